@@ -1,0 +1,133 @@
+//! Privileged x86-64 instructions, each wrapped once.
+//!
+//! Everything here is `unsafe fn` where the instruction can break memory
+//! safety or the machine's state (port writes, MSR writes, CR3 loads), with the
+//! preconditions in a `# Safety` section. Reads that cannot, CPUID and RDTSC,
+//! are safe. Reference: Intel SDM Vol. 2 (instruction set), revision 084.
+
+use core::arch::asm;
+
+/// CPUID with a leaf and sub-leaf; returns (eax, ebx, ecx, edx).
+pub fn cpuid(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+    (r.eax, r.ebx, r.ecx, r.edx)
+}
+
+/// The time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC reads a counter and has no memory effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Reads a model-specific register.
+///
+/// # Safety
+/// The MSR must exist on this CPU (RDMSR of an unimplemented MSR raises #GP),
+/// which the caller checks through CPUID first.
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller guarantees the MSR exists; RDMSR touches no memory.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Reads an I/O port byte.
+///
+/// # Safety
+/// Reading some ports has side effects on devices (it acknowledges, pops a
+/// FIFO...): the caller owns the device behind `port`.
+pub unsafe fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: the caller owns the device; IN touches no memory.
+    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Writes an I/O port byte.
+///
+/// # Safety
+/// The caller owns the device behind `port` and the write is valid for it.
+pub unsafe fn outb(port: u16, v: u8) {
+    // SAFETY: the caller owns the device; OUT touches no memory.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) };
+}
+
+/// Reads an I/O port dword.
+///
+/// # Safety
+/// As [`inb`].
+pub unsafe fn inl(port: u16) -> u32 {
+    let v: u32;
+    // SAFETY: as inb.
+    unsafe { asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Writes an I/O port dword.
+///
+/// # Safety
+/// As [`outb`].
+pub unsafe fn outl(port: u16, v: u32) {
+    // SAFETY: as outb.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags)) };
+}
+
+/// Reads CR2 (the faulting address of the last page fault).
+pub fn cr2() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Reads CR3.
+pub fn cr3() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Loads CR3 (switches address space, flushes non-global TLB entries).
+///
+/// # Safety
+/// `pml4` is the physical address of a valid PML4 that maps the currently
+/// executing code, its stack and every object still in use at the same
+/// virtual addresses.
+pub unsafe fn write_cr3(pml4: u64) {
+    // SAFETY: the caller guarantees the new tables keep everything in use mapped.
+    unsafe { asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
+}
+
+/// Disables interrupts.
+pub fn cli() {
+    // SAFETY: masking interrupts cannot break memory safety.
+    unsafe { asm!("cli", options(nomem, nostack)) };
+}
+
+/// Atomically enables interrupts and halts until the next one.
+pub fn sti_hlt() {
+    // SAFETY: the IDT is loaded before interrupts are ever enabled (see
+    // kmain); `sti; hlt` has no window in which a wake-up is lost.
+    unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
+}
+
+/// Enables interrupts.
+pub fn sti() {
+    // SAFETY: as sti_hlt: the IDT is in place first.
+    unsafe { asm!("sti", options(nomem, nostack)) };
+}
+
+/// Stops this CPU for good.
+pub fn halt_forever() -> ! {
+    loop {
+        cli();
+        // SAFETY: HLT with interrupts off waits for NMI/SMI only.
+        unsafe { asm!("hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Spin-loop hint.
+pub fn pause() {
+    core::hint::spin_loop();
+}

@@ -1,0 +1,144 @@
+//! The operator's shell on COM1: reads lines through the line editor, parses
+//! them ([`crate::shell`]) and runs them against the live system.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::lineedit::{Action, LineEditor};
+use crate::shell::{COMMANDS, Command};
+use crate::{print, println};
+
+/// Longest command line accepted.
+const MAX_LINE: usize = 256;
+
+/// What the shell reports on; gathered once at boot.
+pub struct System {
+    pub hostname: String,
+    pub platform: crate::platform::Platform,
+    pub vmx: crate::vmxcaps::VmxCaps,
+    pub pci: Vec<crate::pci::Function>,
+    /// The periodic timer runs, so the idle loop may halt.
+    pub timer_running: bool,
+}
+
+/// Runs the shell forever.
+pub fn run(sys: System) -> ! {
+    let mut ed = LineEditor::new(MAX_LINE);
+    prompt(&sys);
+    loop {
+        let Some(byte) = crate::serial::try_read() else {
+            if sys.timer_running {
+                // Sleep until the next timer tick (10 ms) instead of spinning.
+                crate::arch::sti_hlt();
+            } else {
+                crate::arch::pause();
+            }
+            continue;
+        };
+        match ed.feed(byte, &mut |b| crate::serial::write_bytes(b)) {
+            Action::Pending => {}
+            Action::Cancel => prompt(&sys),
+            Action::Submit(line) => {
+                match crate::shell::parse(&line) {
+                    Ok(cmd) => execute(&sys, cmd),
+                    Err(msg) => println!("error: {msg}"),
+                }
+                prompt(&sys);
+            }
+        }
+    }
+}
+
+fn prompt(sys: &System) {
+    print!("{}> ", sys.hostname);
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn mib(frames: u64) -> u64 {
+    (frames * crate::addr::PAGE_SIZE) >> 20
+}
+
+fn execute(sys: &System, cmd: Command) {
+    match cmd {
+        Command::Empty => {}
+        Command::Help => {
+            for (_, usage, what) in COMMANDS {
+                println!("  {usage:<40} {what}");
+            }
+        }
+        Command::Version => {
+            println!("hv {} (boot abi {})", env!("CARGO_PKG_VERSION"), boot::BOOT_VERSION)
+        }
+        Command::Status => {
+            let ms = crate::time::uptime_ms();
+            let u = crate::memory::usage();
+            println!("host: {}", sys.hostname);
+            println!("uptime: {}.{:03} s", ms / 1000, ms % 1000);
+            println!(
+                "memory: {} MiB usable, {} MiB used, {} MiB free",
+                mib(u.usable_frames),
+                mib(u.used_frames),
+                mib(u.free_frames)
+            );
+            println!("cpus: {}", sys.platform.cpus.len());
+            let why = if sys.vmx.vmx && sys.vmx.disabled_by_firmware { " (disabled by firmware)" } else { "" };
+            println!("vt-x: {}{why}", yes(sys.vmx.vmx));
+        }
+        Command::Mem => {
+            let u = crate::memory::usage();
+            println!(
+                "frames: usable {} ({} MiB), used {} ({} MiB), free {} ({} MiB)",
+                u.usable_frames,
+                mib(u.usable_frames),
+                u.used_frames,
+                mib(u.used_frames),
+                u.free_frames,
+                mib(u.free_frames)
+            );
+            println!("heap: {} KiB, used {} KiB", u.heap_bytes >> 10, u.heap_used >> 10);
+            println!("loader data: {} KiB (kernel image, boot info, config, modules, first page tables)", u.loader_bytes >> 10);
+        }
+        Command::Cpus => {
+            for (i, c) in sys.platform.cpus.iter().enumerate() {
+                println!("cpu {i}: apic id {}{}", c.apic_id, if c.bsp { " (bsp)" } else { "" });
+            }
+            match sys.platform.source {
+                crate::platform::CpuSource::Madt => println!("cpus: {} (from ACPI MADT)", sys.platform.cpus.len()),
+                crate::platform::CpuSource::BootCpuOnly => {
+                    println!("cpus: {} (no ACPI tables: boot CPU only)", sys.platform.cpus.len())
+                }
+            }
+        }
+        Command::Pci => {
+            if sys.pci.is_empty() {
+                println!("no PCI functions found");
+            }
+            for f in &sys.pci {
+                println!("{f}");
+            }
+        }
+        Command::Vmx => {
+            for (label, v) in sys.vmx.rows() {
+                println!("{label}: {}", yes(v));
+            }
+            if sys.vmx.vmx {
+                println!("vmcs revision: {:#x}", sys.vmx.vmcs_revision);
+                if sys.vmx.disabled_by_firmware {
+                    println!("note: IA32_FEATURE_CONTROL is locked with VMX disabled; enable VT-x in the firmware setup");
+                }
+            }
+        }
+        Command::Log(None) => println!("log level: {}", crate::config::level_name(log::max_level())),
+        Command::Log(Some(level)) => {
+            log::set_max_level(level);
+            println!("log level: {}", crate::config::level_name(level));
+        }
+        Command::Reboot => {
+            println!("rebooting");
+            crate::reboot();
+        }
+    }
+}
