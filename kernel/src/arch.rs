@@ -131,3 +131,23 @@ pub fn halt_forever() -> ! {
 pub fn pause() {
     core::hint::spin_loop();
 }
+
+/// Raises a CPU exception on purpose (the `crash` console command), to show
+/// that the exception handlers report it. Never returns: the handlers halt.
+pub fn raise(fault: crate::shell::Fault) -> ! {
+    use crate::shell::Fault;
+    // SAFETY: each instruction faults before it has any effect; the
+    // exception handler reports and halts, so control never comes back.
+    unsafe {
+        match fault {
+            Fault::PageFault => asm!("mov rax, [0]", out("rax") _, options(nostack)),
+            Fault::GeneralProtection => {
+                asm!("mov rax, [{}]", in(reg) 0x8000_0000_0000_0000u64, lateout("rax") _, options(nostack))
+            }
+            Fault::InvalidOpcode => asm!("ud2", options(nostack)),
+            Fault::DivideError => asm!("xor edx, edx", "xor eax, eax", "xor ecx, ecx", "div ecx",
+                out("eax") _, out("ecx") _, out("edx") _, options(nostack)),
+        }
+    }
+    halt_forever()
+}

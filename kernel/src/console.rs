@@ -136,6 +136,10 @@ fn execute(sys: &System, cmd: Command) {
             log::set_max_level(level);
             println!("log level: {}", crate::config::level_name(level));
         }
+        Command::Crash(fault) => {
+            println!("crashing on purpose: {fault:?}");
+            crate::arch::raise(fault);
+        }
         Command::Reboot => {
             println!("rebooting");
             crate::reboot();

@@ -16,7 +16,21 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("vmx", "vmx", "VT-x capabilities of this CPU"),
     ("log", "log [off|error|warn|info|debug|trace]", "show or set the log level"),
     ("reboot", "reboot", "reset the machine"),
+    ("crash", "crash pf|gp|ud|de", "fault on purpose to test the crash report (halts the host)"),
 ];
+
+/// A fault the `crash` command can raise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Page fault: read of the unmapped page 0.
+    PageFault,
+    /// General protection: access through a non-canonical address.
+    GeneralProtection,
+    /// Invalid opcode: `ud2`.
+    InvalidOpcode,
+    /// Divide error: division by zero.
+    DivideError,
+}
 
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +47,7 @@ pub enum Command {
     /// `log` (show) or `log <level>` (set).
     Log(Option<log::LevelFilter>),
     Reboot,
+    Crash(Fault),
 }
 
 /// Parses one line. The error is the full message after `error: `.
@@ -66,6 +81,13 @@ pub fn parse(line: &str) -> Result<Command, String> {
                 }),
             _ => Err(String::from("usage: log [off|error|warn|info|debug|trace]")),
         },
+        "crash" => match args.as_slice() {
+            ["pf"] => Ok(Command::Crash(Fault::PageFault)),
+            ["gp"] => Ok(Command::Crash(Fault::GeneralProtection)),
+            ["ud"] => Ok(Command::Crash(Fault::InvalidOpcode)),
+            ["de"] => Ok(Command::Crash(Fault::DivideError)),
+            _ => Err(String::from("usage: crash pf|gp|ud|de")),
+        },
         other => Err(format!("unknown command '{}' (type 'help' for a list)", shorten(other))),
     }
 }
@@ -87,9 +109,11 @@ mod tests {
 
     #[test]
     fn parses_every_command() {
-        for (name, _, _) in COMMANDS {
+        for (name, _, _) in COMMANDS.iter().filter(|c| c.0 != "crash") {
             assert!(parse(name).is_ok(), "{name}");
         }
+        assert_eq!(parse("crash pf"), Ok(Command::Crash(Fault::PageFault)));
+        assert_eq!(parse("crash").unwrap_err(), "usage: crash pf|gp|ud|de");
         assert_eq!(parse("  status  "), Ok(Command::Status));
         assert_eq!(parse(""), Ok(Command::Empty));
         assert_eq!(parse("   \t"), Ok(Command::Empty));
