@@ -188,19 +188,20 @@ fn cpuid_tsc_hz() -> Option<u64> {
     None
 }
 
-/// Resets the machine: the chipset reset register, then the keyboard
-/// controller, then a triple fault.
+/// Resets the machine: the keyboard controller, then the chipset reset
+/// register, then a triple fault.
 pub fn reboot() -> ! {
     arch::cli();
-    // SAFETY: 0xCF9 (reset control, PIIX/ICH) and 0x64 (8042 command) are
-    // platform reset mechanisms; the machine is going down on purpose.
+    // SAFETY: 0x64 (8042 command: pulse reset) and 0xCF9 (reset control,
+    // PIIX/ICH: hard reset) are platform reset mechanisms; the machine is
+    // going down on purpose.
+    unsafe { arch::outb(0x64, 0xfe) };
+    crate::time::delay_ms(50);
+    // SAFETY: as above.
     unsafe {
         arch::outb(0xcf9, 0x02);
         arch::outb(0xcf9, 0x06);
     }
-    crate::time::delay_ms(50);
-    // SAFETY: as above.
-    unsafe { arch::outb(0x64, 0xfe) };
     crate::time::delay_ms(50);
     // Last resort: an empty IDT makes the next exception a triple fault.
     let empty = x86_64::structures::DescriptorTablePointer { limit: 0, base: x86_64::VirtAddr::new(0) };

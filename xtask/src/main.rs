@@ -1,0 +1,221 @@
+//! `cargo xtask <command>`: the project's tasks, in Rust so they need nothing
+//! but cargo.
+//!
+//! ```text
+//! setup                 install what the others need (rust targets, apt packages)
+//! build                 build the loader and the kernel (release)
+//! image                 build, then make target/image/esp.img
+//! run [--emulator bochs|qemu|kvm] [--cpus N] [--model M]
+//!                       boot the image with the serial console on this terminal
+//! test [-- ARGS]        host unit tests of every crate, then the system tests
+//! bench boot [--runs N] boot timing and memory use in QEMU and Bochs
+//! ```
+//!
+//! Emulators are started through the `hv-tests` harness, so the emulator
+//! configurations exist once. The profiles abort on panic, so this binary
+//! uses the harness' `try_` API and never panics on an expected failure:
+//! an abort would skip restoring the terminal.
+
+mod bench;
+mod run;
+mod setup;
+
+use std::env;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use hv_tests::image::{self, EspContents};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  setup                  install the rust targets and apt packages the others need
+  build                  build the loader (bootx64.efi) and the kernel (release)
+  image                  build, then write target/image/esp.img
+  run [--emulator bochs|qemu|kvm] [--cpus N] [--model <bochs cpu model>]
+                         boot the image; serial console on this terminal (Ctrl-] quits)
+  test [-- <test args>]  host unit tests of every crate, then the system tests
+  bench boot [--runs N]  boot time and memory use in QEMU and Bochs (default 5 runs)
+";
+
+/// An error message for the user; `main` prints it as `error: <msg>`.
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let res = match cmd.as_str() {
+        "setup" => no_args(cmd, rest).and_then(|()| setup::setup()),
+        "build" => no_args(cmd, rest).and_then(|()| setup::rust_targets().and_then(|()| build())),
+        "image" => no_args(cmd, rest).and_then(|()| setup::setup().and_then(|()| make_image())),
+        "run" => run::main(rest),
+        "test" => test(rest),
+        "bench" => bench::main(rest),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command '{other}'\n{USAGE}")),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_empty() => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn no_args(cmd: &str, rest: &[String]) -> Result {
+    match rest.first() {
+        None => Ok(()),
+        Some(a) => Err(format!("{cmd} takes no arguments (got '{a}')")),
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// `cargo`, as the one running us (`$CARGO`) if there is one.
+fn cargo() -> Command {
+    let mut c = Command::new(env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")));
+    c.current_dir(root());
+    c
+}
+
+/// Runs `cmd`, echoing it; an error if it cannot start or fails.
+fn run_cmd(mut cmd: Command) -> Result {
+    let shown = format!(
+        "{} {}",
+        Path::new(cmd.get_program())
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    eprintln!("xtask: {shown}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{shown}` failed ({status})"))
+    }
+}
+
+const UEFI_TARGET: &str = "x86_64-unknown-uefi";
+const KERNEL_TARGET: &str = "x86_64-unknown-none";
+
+fn loader_path() -> PathBuf {
+    root()
+        .join("target")
+        .join(UEFI_TARGET)
+        .join("release")
+        .join("bootx64.efi")
+}
+
+fn kernel_path() -> PathBuf {
+    root()
+        .join("target")
+        .join(KERNEL_TARGET)
+        .join("release")
+        .join("kernel")
+}
+
+fn build() -> Result {
+    let mut c = cargo();
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "boot",
+        "--bin",
+        "bootx64",
+        "--target",
+        UEFI_TARGET,
+    ]);
+    run_cmd(c)?;
+    let mut c = cargo();
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "kernel",
+        "--bin",
+        "kernel",
+        "--target",
+        KERNEL_TARGET,
+    ]);
+    run_cmd(c)
+}
+
+/// Builds, then writes the ESP image to `target/image/esp.img`.
+fn make_image() -> Result {
+    build()?;
+    let out = hv_tests::host::default_image_path();
+    let contents = EspContents {
+        loader: loader_path(),
+        kernel: kernel_path(),
+        config: root().join("config").join("hv.cfg"),
+    };
+    image::build_esp(&out, &contents)?;
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
+}
+
+fn test(rest: &[String]) -> Result {
+    let passthrough: &[String] = match rest.split_first() {
+        None => &[],
+        Some((dd, tail)) if dd == "--" => tail,
+        Some((a, _)) => {
+            return Err(format!(
+                "test: unexpected argument '{a}' (put test arguments after --)"
+            ));
+        }
+    };
+    setup::setup()?;
+    make_image()?;
+    let img = hv_tests::host::default_image_path();
+
+    let mut unit = cargo();
+    unit.args(["test", "--workspace", "--exclude", "hv-tests"]);
+    let unit_res = run_cmd(unit);
+
+    let mut system = cargo();
+    system
+        .args(["test", "-p", "hv-tests", "--", "--test-threads=2"])
+        .args(passthrough)
+        .env("HV_IMAGE", &img);
+    let system_res = run_cmd(system);
+
+    match (unit_res, system_res) {
+        (Ok(()), Ok(())) => {
+            eprintln!("xtask: all tests passed");
+            Ok(())
+        }
+        (u, s) => {
+            let failed: Vec<&str> = [
+                ("host unit tests", u.is_err()),
+                ("system tests", s.is_err()),
+            ]
+            .into_iter()
+            .filter(|(_, bad)| *bad)
+            .map(|(n, _)| n)
+            .collect();
+            Err(format!("{} failed", failed.join(" and ")))
+        }
+    }
+}
