@@ -82,7 +82,9 @@ impl core::fmt::Display for ElfError {
                 write!(f, "more than {MAX_SEGMENTS} loadable segments")
             }
             ElfError::BadSegment(va) => write!(f, "bad loadable segment at {va:#x}"),
-            ElfError::BadEntry(va) => write!(f, "entry point {va:#x} is not in an executable segment"),
+            ElfError::BadEntry(va) => {
+                write!(f, "entry point {va:#x} is not in an executable segment")
+            }
         }
     }
 }
@@ -168,7 +170,9 @@ pub fn parse(file: &[u8]) -> Result<KernelImage, ElfError> {
         }
         // Rounding the end up to a page must not wrap either.
         vend.checked_add(PAGE - 1).ok_or(bad)?;
-        let fend = file_offset.checked_add(file_len).ok_or(ElfError::Truncated)?;
+        let fend = file_offset
+            .checked_add(file_len)
+            .ok_or(ElfError::Truncated)?;
         if fend > file.len() as u64 {
             return Err(ElfError::Truncated);
         }
@@ -261,8 +265,22 @@ mod tests {
         elf(
             B + 0x10,
             &[
-                Ph { kind: PT_LOAD, flags: 5, off: 0x1000, vaddr: B, filesz: 0x800, memsz: 0x800 },
-                Ph { kind: 4, flags: 4, off: 0, vaddr: 0, filesz: 0, memsz: 0x10 },
+                Ph {
+                    kind: PT_LOAD,
+                    flags: 5,
+                    off: 0x1000,
+                    vaddr: B,
+                    filesz: 0x800,
+                    memsz: 0x800,
+                },
+                Ph {
+                    kind: 4,
+                    flags: 4,
+                    off: 0,
+                    vaddr: 0,
+                    filesz: 0,
+                    memsz: 0x10,
+                },
                 Ph {
                     kind: PT_LOAD,
                     flags: 6,
@@ -290,7 +308,10 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_truncation() {
-        assert_eq!(parse(b"hello world, this is not an elf file at all, no no no no no no no"), Err(ElfError::BadMagic));
+        assert_eq!(
+            parse(b"hello world, this is not an elf file at all, no no no no no no no"),
+            Err(ElfError::BadMagic)
+        );
         assert_eq!(parse(b"\x7fEL"), Err(ElfError::Truncated));
         let g = good();
         assert_eq!(parse(&g[..0x2050]), Err(ElfError::Truncated));
@@ -311,22 +332,50 @@ mod tests {
     fn rejects_bad_segments_and_entry() {
         let low = elf(
             0x1000,
-            &[Ph { kind: PT_LOAD, flags: 5, off: 0, vaddr: 0x1000, filesz: 0, memsz: 0x10 }],
+            &[Ph {
+                kind: PT_LOAD,
+                flags: 5,
+                off: 0,
+                vaddr: 0x1000,
+                filesz: 0,
+                memsz: 0x10,
+            }],
             0x100,
         );
         assert_eq!(parse(&low), Err(ElfError::BadSegment(0x1000)));
         let overlap = elf(
             B,
             &[
-                Ph { kind: PT_LOAD, flags: 5, off: 0, vaddr: B, filesz: 0, memsz: 0x1800 },
-                Ph { kind: PT_LOAD, flags: 6, off: 0, vaddr: B + 0x1000, filesz: 0, memsz: 0x10 },
+                Ph {
+                    kind: PT_LOAD,
+                    flags: 5,
+                    off: 0,
+                    vaddr: B,
+                    filesz: 0,
+                    memsz: 0x1800,
+                },
+                Ph {
+                    kind: PT_LOAD,
+                    flags: 6,
+                    off: 0,
+                    vaddr: B + 0x1000,
+                    filesz: 0,
+                    memsz: 0x10,
+                },
             ],
             0x100,
         );
         assert_eq!(parse(&overlap), Err(ElfError::BadSegment(B + 0x1000)));
         let wrap = elf(
             B,
-            &[Ph { kind: PT_LOAD, flags: 5, off: 0, vaddr: B, filesz: 0, memsz: u64::MAX }],
+            &[Ph {
+                kind: PT_LOAD,
+                flags: 5,
+                off: 0,
+                vaddr: B,
+                filesz: 0,
+                memsz: u64::MAX,
+            }],
             0x100,
         );
         assert_eq!(parse(&wrap), Err(ElfError::BadSegment(B)));

@@ -14,9 +14,9 @@ use uart_16550::backend::PioBackend;
 use uefi::boot::{AllocateType, MemoryType};
 use uefi::fs::FileSystem;
 use uefi::mem::memory_map::MemoryMap;
-use uefi::{Status, entry};
 use uefi::table::cfg::ConfigTableEntry;
 use uefi::{CStr16, CString16};
+use uefi::{Status, entry};
 use x86_64::structures::paging::{
     FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as F, PhysFrame,
     Size1GiB, Size2MiB, Size4KiB,
@@ -36,7 +36,14 @@ impl Serial {
         // the loader is the only code driving it while it runs (the firmware's
         // serial driver only writes during our calls into it, on this CPU).
         let uart = unsafe { Uart16550::new_port(0x3f8) }.ok();
-        Serial(uart.and_then(|mut u| u.init(uart_16550::Config { baud_rate: uart_16550::BaudRate::Baud115200, ..uart_16550::Config::default() }).ok().map(|_| u)))
+        Serial(uart.and_then(|mut u| {
+            u.init(uart_16550::Config {
+                baud_rate: uart_16550::BaudRate::Baud115200,
+                ..uart_16550::Config::default()
+            })
+            .ok()
+            .map(|_| u)
+        }))
     }
 }
 
@@ -164,7 +171,11 @@ fn load(serial: &mut Serial, start_tsc: u64) -> Result<core::convert::Infallible
             ((addr, c.len() as u64), ConfigStatus::Loaded)
         }
         Ok(Some(c)) => {
-            say!(serial, "warning: {}", Error::TooLarge(boot::CONFIG_PATH, c.len()));
+            say!(
+                serial,
+                "warning: {}",
+                Error::TooLarge(boot::CONFIG_PATH, c.len())
+            );
             ((0, 0), ConfigStatus::Unreadable)
         }
         Ok(None) => ((0, 0), ConfigStatus::Missing),
@@ -186,7 +197,11 @@ fn load(serial: &mut Serial, start_tsc: u64) -> Result<core::convert::Infallible
             ConfigStatus::Unreadable => "unreadable",
         },
         modules.len(),
-        if rsdp != 0 { "ACPI RSDP found" } else { "no ACPI RSDP from the firmware" }
+        if rsdp != 0 {
+            "ACPI RSDP found"
+        } else {
+            "no ACPI RSDP from the firmware"
+        }
     );
 
     let kernel_phys = load_kernel(&kernel_file, &image)?;
@@ -223,15 +238,19 @@ fn load(serial: &mut Serial, start_tsc: u64) -> Result<core::convert::Infallible
 
     // SAFETY: regions_addr points to room for map_capacity regions inside the
     // boot-info allocation, which is identity-mapped and ours.
-    let regions = unsafe {
-        core::slice::from_raw_parts_mut(regions_addr as *mut MemoryRegion, map_capacity)
-    };
+    let regions =
+        unsafe { core::slice::from_raw_parts_mut(regions_addr as *mut MemoryRegion, map_capacity) };
     // The global allocator is gone with boot services: build the sorted list
     // in place instead (insertion sort over a few hundred entries).
     let mut n = 0usize;
     for d in mmap.entries() {
         let kind = kind_of(d.ty);
-        let r = MemoryRegion { start: d.phys_start, len: d.page_count * PAGE, kind, _reserved: 0 };
+        let r = MemoryRegion {
+            start: d.phys_start,
+            len: d.page_count * PAGE,
+            kind,
+            _reserved: 0,
+        };
         if n < map_capacity {
             let mut i = n;
             while i > 0 && regions[i - 1].start > r.start {
@@ -294,9 +313,9 @@ fn load(serial: &mut Serial, start_tsc: u64) -> Result<core::convert::Infallible
 
 fn kind_of(ty: MemoryType) -> MemoryKind {
     match ty {
-        MemoryType::CONVENTIONAL | MemoryType::BOOT_SERVICES_CODE | MemoryType::BOOT_SERVICES_DATA => {
-            MemoryKind::Usable
-        }
+        MemoryType::CONVENTIONAL
+        | MemoryType::BOOT_SERVICES_CODE
+        | MemoryType::BOOT_SERVICES_DATA => MemoryKind::Usable,
         MemoryType::LOADER_CODE | MemoryType::LOADER_DATA => MemoryKind::Loader,
         MemoryType::ACPI_RECLAIM => MemoryKind::AcpiReclaimable,
         MemoryType::ACPI_NON_VOLATILE => MemoryKind::AcpiNvs,
@@ -313,7 +332,9 @@ fn find_rsdp() -> u64 {
     use uefi::table::cfg::ConfigTableEntry as E;
     uefi::system::with_config_table(|t: &[ConfigTableEntry]| {
         let find = |g| t.iter().find(|e| e.guid == g).map(|e| e.address as u64);
-        find(E::ACPI2_GUID).or_else(|| find(E::ACPI_GUID)).unwrap_or(0)
+        find(E::ACPI2_GUID)
+            .or_else(|| find(E::ACPI_GUID))
+            .unwrap_or(0)
     })
 }
 
@@ -336,7 +357,11 @@ fn load_modules(serial: &mut Serial, fs: &mut FileSystem) -> Result<Vec<Module>,
         let mut name_utf8 = String::new();
         let _ = write!(name_utf8, "{name}");
         if name_utf8.len() > boot::MAX_MODULE_NAME {
-            say!(serial, "warning: module name {name_utf8} is longer than {} bytes; skipped", boot::MAX_MODULE_NAME);
+            say!(
+                serial,
+                "warning: module name {name_utf8} is longer than {} bytes; skipped",
+                boot::MAX_MODULE_NAME
+            );
             continue;
         }
         let mut path = dir.clone();
@@ -345,7 +370,10 @@ fn load_modules(serial: &mut Serial, fs: &mut FileSystem) -> Result<Vec<Module>,
         let data = match fs.read(path.as_ref()) {
             Ok(d) => d,
             Err(e) => {
-                say!(serial, "warning: cannot read module {name_utf8}: {e:?}; skipped");
+                say!(
+                    serial,
+                    "warning: cannot read module {name_utf8}: {e:?}; skipped"
+                );
                 continue;
             }
         };
@@ -395,7 +423,9 @@ fn build_page_tables(image: &KernelImage, kernel_phys: u64) -> Result<u64, Error
         .unwrap_or(0)
         .max(4 << 30);
     let mut frames = UefiFrames;
-    let pml4_frame = frames.allocate_frame().ok_or(Error::Map("no memory for the PML4"))?;
+    let pml4_frame = frames
+        .allocate_frame()
+        .ok_or(Error::Map("no memory for the PML4"))?;
     // SAFETY: the frame is a fresh zeroed page owned by us, identity-mapped.
     let pml4 = unsafe { &mut *(pml4_frame.start_address().as_u64() as *mut PageTable) };
     // SAFETY: physical memory is identity-mapped while boot services run, so

@@ -83,11 +83,20 @@ pub fn calibrate() -> Option<u64> {
             write(REG_TIMER_INIT, u32::MAX);
         }
     };
-    let mut sample = || if have_apic { read(REG_TIMER_CUR) } else { u32::MAX };
+    let mut sample = || {
+        if have_apic {
+            read(REG_TIMER_CUR)
+        } else {
+            u32::MAX
+        }
+    };
     let c = crate::time::calibrate(&mut start, &mut sample)?;
     if have_apic {
         let elapsed = u64::from(u32::MAX - c.sample_end);
-        TIMER_RATE.store(elapsed * 1000 / crate::time::CALIBRATION_MS, Ordering::Relaxed);
+        TIMER_RATE.store(
+            elapsed * 1000 / crate::time::CALIBRATION_MS,
+            Ordering::Relaxed,
+        );
         write(REG_TIMER_INIT, 0);
     }
     Some(c.tsc_hz)
@@ -107,7 +116,10 @@ pub fn start_periodic() -> bool {
     }
     let count = (rate / TIMER_HZ).min(u64::from(u32::MAX)) as u32;
     write(REG_TIMER_DIV, 0b1011);
-    write(REG_LVT_TIMER, (1 << 17) | u32::from(crate::cpu::TIMER_VECTOR)); // periodic
+    write(
+        REG_LVT_TIMER,
+        (1 << 17) | u32::from(crate::cpu::TIMER_VECTOR),
+    ); // periodic
     write(REG_TIMER_INIT, count);
     true
 }

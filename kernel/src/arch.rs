@@ -27,7 +27,9 @@ pub fn rdtsc() -> u64 {
 pub unsafe fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: the caller guarantees the MSR exists; RDMSR touches no memory.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -39,7 +41,9 @@ pub unsafe fn rdmsr(msr: u32) -> u64 {
 pub unsafe fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: the caller owns the device; IN touches no memory.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
@@ -49,7 +53,9 @@ pub unsafe fn inb(port: u16) -> u8 {
 /// The caller owns the device behind `port` and the write is valid for it.
 pub unsafe fn outb(port: u16, v: u8) {
     // SAFETY: the caller owns the device; OUT touches no memory.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// Reads an I/O port dword.
@@ -59,7 +65,9 @@ pub unsafe fn outb(port: u16, v: u8) {
 pub unsafe fn inl(port: u16) -> u32 {
     let v: u32;
     // SAFETY: as inb.
-    unsafe { asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
@@ -69,7 +77,9 @@ pub unsafe fn inl(port: u16) -> u32 {
 /// As [`outb`].
 pub unsafe fn outl(port: u16, v: u32) {
     // SAFETY: as outb.
-    unsafe { asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// Reads CR2 (the faulting address of the last page fault).

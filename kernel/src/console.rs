@@ -70,7 +70,11 @@ fn execute(sys: &System, cmd: Command) {
             }
         }
         Command::Version => {
-            println!("hv {} (boot abi {})", env!("CARGO_PKG_VERSION"), boot::BOOT_VERSION)
+            println!(
+                "hv {} (boot abi {})",
+                env!("CARGO_PKG_VERSION"),
+                boot::BOOT_VERSION
+            )
         }
         Command::Status => {
             let ms = crate::time::uptime_ms();
@@ -84,7 +88,11 @@ fn execute(sys: &System, cmd: Command) {
                 mib(u.free_frames)
             );
             println!("cpus: {}", sys.platform.cpus.len());
-            let why = if sys.vmx.vmx && sys.vmx.disabled_by_firmware { " (disabled by firmware)" } else { "" };
+            let why = if sys.vmx.vmx && sys.vmx.disabled_by_firmware {
+                " (disabled by firmware)"
+            } else {
+                ""
+            };
             println!("vt-x: {}{why}", yes(sys.vmx.vmx));
         }
         Command::Mem => {
@@ -98,17 +106,33 @@ fn execute(sys: &System, cmd: Command) {
                 u.free_frames,
                 mib(u.free_frames)
             );
-            println!("heap: {} KiB, used {} KiB", u.heap_bytes >> 10, u.heap_used >> 10);
-            println!("loader data: {} KiB (kernel image, boot info, config, modules, first page tables)", u.loader_bytes >> 10);
+            println!(
+                "heap: {} KiB, used {} KiB",
+                u.heap_bytes >> 10,
+                u.heap_used >> 10
+            );
+            println!(
+                "loader data: {} KiB (kernel image, boot info, config, modules, first page tables)",
+                u.loader_bytes >> 10
+            );
         }
         Command::Cpus => {
             for (i, c) in sys.platform.cpus.iter().enumerate() {
-                println!("cpu {i}: apic id {}{}", c.apic_id, if c.bsp { " (bsp)" } else { "" });
+                println!(
+                    "cpu {i}: apic id {}{}",
+                    c.apic_id,
+                    if c.bsp { " (bsp)" } else { "" }
+                );
             }
             match sys.platform.source {
-                crate::platform::CpuSource::Madt => println!("cpus: {} (from ACPI MADT)", sys.platform.cpus.len()),
+                crate::platform::CpuSource::Madt => {
+                    println!("cpus: {} (from ACPI MADT)", sys.platform.cpus.len())
+                }
                 crate::platform::CpuSource::BootCpuOnly => {
-                    println!("cpus: {} (no ACPI tables: boot CPU only)", sys.platform.cpus.len())
+                    println!(
+                        "cpus: {} (no ACPI tables: boot CPU only)",
+                        sys.platform.cpus.len()
+                    )
                 }
             }
         }
@@ -127,11 +151,15 @@ fn execute(sys: &System, cmd: Command) {
             if sys.vmx.vmx {
                 println!("vmcs revision: {:#x}", sys.vmx.vmcs_revision);
                 if sys.vmx.disabled_by_firmware {
-                    println!("note: IA32_FEATURE_CONTROL is locked with VMX disabled; enable VT-x in the firmware setup");
+                    println!(
+                        "note: IA32_FEATURE_CONTROL is locked with VMX disabled; enable VT-x in the firmware setup"
+                    );
                 }
             }
         }
-        Command::Log(None) => println!("log level: {}", crate::config::level_name(log::max_level())),
+        Command::Log(None) => {
+            println!("log level: {}", crate::config::level_name(log::max_level()))
+        }
         Command::Log(Some(level)) => {
             log::set_max_level(level);
             println!("log level: {}", crate::config::level_name(level));

@@ -39,8 +39,12 @@ static mut NMI_STACK: Stack = Stack([0; IST_STACK_SIZE]);
 static mut MCE_STACK: Stack = Stack([0; IST_STACK_SIZE]);
 
 static TSS: Once<TaskStateSegment> = Once::new();
-static GDT: Once<(GlobalDescriptorTable, SegmentSelector, SegmentSelector, SegmentSelector)> =
-    Once::new();
+static GDT: Once<(
+    GlobalDescriptorTable,
+    SegmentSelector,
+    SegmentSelector,
+    SegmentSelector,
+)> = Once::new();
 static IDT: Once<InterruptDescriptorTable> = Once::new();
 
 /// Timer interrupts taken since boot.
@@ -202,14 +206,46 @@ extern "sysv64" fn trap(f: &mut TrapFrame) {
 
 fn fatal(vector: u64, f: &TrapFrame) -> ! {
     let mut w = crate::serial::emergency();
-    let name = EXCEPTION_NAMES.get(vector as usize).copied().unwrap_or("unexpected interrupt");
-    let _ = writeln!(w, "\n!!! kernel exception: vector {vector} {name}, error code {:#x}", f.error_code);
-    let _ = writeln!(w, "rip {:#018x} cs {:#x} rflags {:#x} rsp {:#018x} ss {:#x}", f.rip, f.cs, f.rflags, f.rsp, f.ss);
-    let _ = writeln!(w, "cr2 {:#018x} cr3 {:#018x}", crate::arch::cr2(), crate::arch::cr3());
-    let _ = writeln!(w, "rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
-    let _ = writeln!(w, "rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}", f.rsi, f.rdi, f.rbp, f.r8);
-    let _ = writeln!(w, "r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}", f.r9, f.r10, f.r11, f.r12);
-    let _ = writeln!(w, "r13 {:#018x} r14 {:#018x} r15 {:#018x}", f.r13, f.r14, f.r15);
+    let name = EXCEPTION_NAMES
+        .get(vector as usize)
+        .copied()
+        .unwrap_or("unexpected interrupt");
+    let _ = writeln!(
+        w,
+        "\n!!! kernel exception: vector {vector} {name}, error code {:#x}",
+        f.error_code
+    );
+    let _ = writeln!(
+        w,
+        "rip {:#018x} cs {:#x} rflags {:#x} rsp {:#018x} ss {:#x}",
+        f.rip, f.cs, f.rflags, f.rsp, f.ss
+    );
+    let _ = writeln!(
+        w,
+        "cr2 {:#018x} cr3 {:#018x}",
+        crate::arch::cr2(),
+        crate::arch::cr3()
+    );
+    let _ = writeln!(
+        w,
+        "rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}",
+        f.rax, f.rbx, f.rcx, f.rdx
+    );
+    let _ = writeln!(
+        w,
+        "rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}",
+        f.rsi, f.rdi, f.rbp, f.r8
+    );
+    let _ = writeln!(
+        w,
+        "r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}",
+        f.r9, f.r10, f.r11, f.r12
+    );
+    let _ = writeln!(
+        w,
+        "r13 {:#018x} r14 {:#018x} r15 {:#018x}",
+        f.r13, f.r14, f.r15
+    );
     let _ = writeln!(w, "!!! system halted");
     crate::arch::halt_forever()
 }

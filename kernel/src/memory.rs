@@ -59,9 +59,15 @@ pub enum MemoryError {
 impl fmt::Display for MemoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MemoryError::NoRoomForBitmap(n) => write!(f, "no usable region holds the {n}-byte frame bitmap"),
+            MemoryError::NoRoomForBitmap(n) => {
+                write!(f, "no usable region holds the {n}-byte frame bitmap")
+            }
             MemoryError::Frames(e) => write!(f, "frame allocator: {e}"),
-            MemoryError::NoHeap => write!(f, "no {} MiB run of free frames for the heap", HEAP_SIZE >> 20),
+            MemoryError::NoHeap => write!(
+                f,
+                "no {} MiB run of free frames for the heap",
+                HEAP_SIZE >> 20
+            ),
             MemoryError::PageTables(what) => write!(f, "building the kernel page tables: {what}"),
         }
     }
@@ -104,7 +110,10 @@ pub fn init(regions: &[MemoryRegion], kernel_phys: u64) -> Result<(), MemoryErro
         .ok_or(MemoryError::NoHeap)?;
     // SAFETY: the frames were just taken from the allocator, so they are
     // unused, identity-mapped, and owned by the heap from now on.
-    unsafe { HEAP.lock().init(heap.as_u64() as *mut u8, HEAP_SIZE as usize) };
+    unsafe {
+        HEAP.lock()
+            .init(heap.as_u64() as *mut u8, HEAP_SIZE as usize)
+    };
 
     let pml4 = build_page_tables(&mut frames, regions, kernel_phys)?;
     // SAFETY: the new tables map everything in use at the same addresses:
@@ -113,7 +122,11 @@ pub fn init(regions: &[MemoryRegion], kernel_phys: u64) -> Result<(), MemoryErro
     unsafe { crate::arch::write_cr3(pml4) };
     *FRAMES.lock() = Some(frames);
     LOADER_BYTES.call_once(|| {
-        regions.iter().filter(|r| r.kind == MemoryKind::Loader).map(|r| r.len).sum()
+        regions
+            .iter()
+            .filter(|r| r.kind == MemoryKind::Loader)
+            .map(|r| r.len)
+            .sum()
     });
     Ok(())
 }
@@ -172,7 +185,9 @@ fn build_page_tables(
     kernel_phys: u64,
 ) -> Result<u64, MemoryError> {
     let mut tf = TableFrames(frames);
-    let pml4_frame = tf.allocate_frame().ok_or(MemoryError::PageTables("no frame for the PML4"))?;
+    let pml4_frame = tf
+        .allocate_frame()
+        .ok_or(MemoryError::PageTables("no frame for the PML4"))?;
     let pml4_pa = pml4_frame.start_address().as_u64();
     // SAFETY: a fresh zeroed frame, identity-mapped, used only as this PML4.
     let pml4 = unsafe { &mut *(pml4_pa as *mut PageTable) };
@@ -190,11 +205,17 @@ fn build_page_tables(
         .div_ceil(2 << 20)
         * (2 << 20);
     let overlaps_ram = |start: u64, len: u64| {
-        regions.iter().any(|r| is_ram(r.kind) && r.start < start + len && start < r.end())
+        regions
+            .iter()
+            .any(|r| is_ram(r.kind) && r.start < start + len && start < r.end())
     };
     let flags_for = |start: u64, len: u64| {
         let base = F::PRESENT | F::WRITABLE | F::NO_EXECUTE | F::GLOBAL;
-        if overlaps_ram(start, len) { base } else { base | F::NO_CACHE | F::WRITE_THROUGH }
+        if overlaps_ram(start, len) {
+            base
+        } else {
+            base | F::NO_CACHE | F::WRITE_THROUGH
+        }
     };
     let gib = x86_64_has_1gib_pages();
     fn err<T>(_: T) -> MemoryError {
@@ -205,7 +226,9 @@ fn build_page_tables(
         let page = Page::<Size4KiB>::containing_address(VirtAddr::new(pa));
         let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(pa));
         // SAFETY: identity mappings in fresh tables alias nothing.
-        unsafe { m.map_to(page, frame, flags_for(pa, PAGE_SIZE), &mut tf) }.map_err(err)?.ignore();
+        unsafe { m.map_to(page, frame, flags_for(pa, PAGE_SIZE), &mut tf) }
+            .map_err(err)?
+            .ignore();
     }
     let mut pa: u64 = 2 << 20;
     while pa < top {
@@ -213,13 +236,17 @@ fn build_page_tables(
             let page = Page::<Size1GiB>::containing_address(VirtAddr::new(pa));
             let frame = PhysFrame::<Size1GiB>::containing_address(PhysAddr::new(pa));
             // SAFETY: as above.
-            unsafe { m.map_to(page, frame, flags_for(pa, 1 << 30), &mut tf) }.map_err(err)?.ignore();
+            unsafe { m.map_to(page, frame, flags_for(pa, 1 << 30), &mut tf) }
+                .map_err(err)?
+                .ignore();
             pa += 1 << 30;
         } else {
             let page = Page::<Size2MiB>::containing_address(VirtAddr::new(pa));
             let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(pa));
             // SAFETY: as above.
-            unsafe { m.map_to(page, frame, flags_for(pa, 2 << 20), &mut tf) }.map_err(err)?.ignore();
+            unsafe { m.map_to(page, frame, flags_for(pa, 2 << 20), &mut tf) }
+                .map_err(err)?
+                .ignore();
             pa += 2 << 20;
         }
     }
@@ -244,7 +271,8 @@ fn build_page_tables(
             F::PRESENT | F::GLOBAL | F::WRITABLE | F::NO_EXECUTE
         };
         let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va));
-        let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(kernel_phys + (va - start)));
+        let frame =
+            PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(kernel_phys + (va - start)));
         // SAFETY: the kernel image's pages map to the frames the loader put
         // it in, exactly as in the loader's tables, each page once.
         unsafe { m.map_to(page, frame, flags, &mut tf) }

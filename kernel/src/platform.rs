@@ -42,7 +42,11 @@ pub struct Platform {
 struct IdentityHandler;
 
 impl AcpiHandler for IdentityHandler {
-    unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
+    unsafe fn map_physical_region<T>(
+        &self,
+        physical_address: usize,
+        size: usize,
+    ) -> PhysicalMapping<Self, T> {
         let ptr = NonNull::new(physical_address as *mut T).unwrap_or(NonNull::dangling());
         // SAFETY: all physical memory is identity-mapped by the kernel's page
         // tables, so the physical range is readable at the same address; the
@@ -58,7 +62,10 @@ pub fn discover(rsdp: u64) -> Platform {
     let bsp_id = crate::apic::id();
     let msr_base = crate::apic::base_from_msr();
     let fallback = |why: &'static str| Platform {
-        cpus: alloc::vec![Cpu { apic_id: bsp_id, bsp: true }],
+        cpus: alloc::vec![Cpu {
+            apic_id: bsp_id,
+            bsp: true
+        }],
         source: CpuSource::BootCpuOnly,
         lapic_base: msr_base,
         acpi_problem: Some(why),
@@ -86,14 +93,20 @@ pub fn discover(rsdp: u64) -> Platform {
                 let flags = l.flags;
                 if flags & 0b11 != 0 {
                     let id = u32::from(l.apic_id);
-                    cpus.push(Cpu { apic_id: id, bsp: id == bsp_id });
+                    cpus.push(Cpu {
+                        apic_id: id,
+                        bsp: id == bsp_id,
+                    });
                 }
             }
             MadtEntry::LocalX2Apic(l) => {
                 let flags = l.flags;
                 if flags & 0b11 != 0 {
                     let id = l.x2apic_id;
-                    cpus.push(Cpu { apic_id: id, bsp: id == bsp_id });
+                    cpus.push(Cpu {
+                        apic_id: id,
+                        bsp: id == bsp_id,
+                    });
                 }
             }
             MadtEntry::LocalApicAddressOverride(o) => lapic_base = o.local_apic_address,
@@ -103,5 +116,10 @@ pub fn discover(rsdp: u64) -> Platform {
     if cpus.is_empty() {
         return fallback("the MADT lists no enabled CPU");
     }
-    Platform { cpus, source: CpuSource::Madt, lapic_base, acpi_problem: None }
+    Platform {
+        cpus,
+        source: CpuSource::Madt,
+        lapic_base,
+        acpi_problem: None,
+    }
 }

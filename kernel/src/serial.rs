@@ -19,7 +19,11 @@ pub fn init() {
     // SAFETY: 0x3F8..0x3FF is COM1 on the PC platform and only this module
     // drives it (the firmware is gone).
     if let Ok(mut u) = unsafe { Uart16550::new_port(COM1) }
-        && u.init(uart_16550::Config { baud_rate: uart_16550::BaudRate::Baud115200, ..uart_16550::Config::default() }).is_ok()
+        && u.init(uart_16550::Config {
+            baud_rate: uart_16550::BaudRate::Baud115200,
+            ..uart_16550::Config::default()
+        })
+        .is_ok()
     {
         *PORT.lock() = Some(u);
     }

@@ -14,9 +14,17 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("cpus", "cpus", "CPUs and their local APIC IDs"),
     ("pci", "pci", "PCI functions with their BARs"),
     ("vmx", "vmx", "VT-x capabilities of this CPU"),
-    ("log", "log [off|error|warn|info|debug|trace]", "show or set the log level"),
+    (
+        "log",
+        "log [off|error|warn|info|debug|trace]",
+        "show or set the log level",
+    ),
     ("reboot", "reboot", "reset the machine"),
-    ("crash", "crash pf|gp|ud|de", "fault on purpose to test the crash report (halts the host)"),
+    (
+        "crash",
+        "crash pf|gp|ud|de",
+        "fault on purpose to test the crash report (halts the host)",
+    ),
 ];
 
 /// A fault the `crash` command can raise.
@@ -58,7 +66,11 @@ pub fn parse(line: &str) -> Result<Command, String> {
     };
     let args: alloc::vec::Vec<&str> = words.collect();
     let no_args = |c: Command| {
-        if args.is_empty() { Ok(c) } else { Err(format!("{name} takes no arguments")) }
+        if args.is_empty() {
+            Ok(c)
+        } else {
+            Err(format!("{name} takes no arguments"))
+        }
     };
     match name {
         "help" | "?" => no_args(Command::Help),
@@ -88,7 +100,10 @@ pub fn parse(line: &str) -> Result<Command, String> {
             ["de"] => Ok(Command::Crash(Fault::DivideError)),
             _ => Err(String::from("usage: crash pf|gp|ud|de")),
         },
-        other => Err(format!("unknown command '{}' (type 'help' for a list)", shorten(other))),
+        other => Err(format!(
+            "unknown command '{}' (type 'help' for a list)",
+            shorten(other)
+        )),
     }
 }
 
@@ -118,12 +133,18 @@ mod tests {
         assert_eq!(parse(""), Ok(Command::Empty));
         assert_eq!(parse("   \t"), Ok(Command::Empty));
         assert_eq!(parse("log"), Ok(Command::Log(None)));
-        assert_eq!(parse("log DEBUG"), Ok(Command::Log(Some(log::LevelFilter::Debug))));
+        assert_eq!(
+            parse("log DEBUG"),
+            Ok(Command::Log(Some(log::LevelFilter::Debug)))
+        );
     }
 
     #[test]
     fn reports_errors() {
-        assert_eq!(parse("frobnicate").unwrap_err(), "unknown command 'frobnicate' (type 'help' for a list)");
+        assert_eq!(
+            parse("frobnicate").unwrap_err(),
+            "unknown command 'frobnicate' (type 'help' for a list)"
+        );
         assert_eq!(parse("mem now").unwrap_err(), "mem takes no arguments");
         assert_eq!(
             parse("log loud").unwrap_err(),

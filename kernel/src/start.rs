@@ -46,13 +46,19 @@ pub fn kmain(boot_info: u64) -> ! {
     // Loader memory that the kernel never frees. Kinds are re-validated
     // below through MemoryKind::from_raw before use.
     let raw_regions: &[MemoryRegion] = unsafe {
-        core::slice::from_raw_parts(bi.memory_map as *const MemoryRegion, bi.memory_map_len as usize)
+        core::slice::from_raw_parts(
+            bi.memory_map as *const MemoryRegion,
+            bi.memory_map_len as usize,
+        )
     };
     for r in raw_regions {
         // SAFETY: reading the discriminant as a plain u32 is always valid.
         let raw = unsafe { *(core::ptr::addr_of!(r.kind) as *const u32) };
         if MemoryKind::from_raw(raw).is_none() {
-            die(format_args!("memory map entry at {:#x} has unknown kind {raw}", r.start));
+            die(format_args!(
+                "memory map entry at {:#x} has unknown kind {raw}",
+                r.start
+            ));
         }
     }
     if let Err(e) = crate::memory::init(raw_regions, bi.kernel_phys) {
@@ -71,8 +77,13 @@ pub fn kmain(boot_info: u64) -> ! {
     log::set_max_level(config.log_level);
     match bi.config_status {
         ConfigStatus::Loaded => {}
-        ConfigStatus::Missing => log::warn!("config: {} not found; using defaults", boot::CONFIG_PATH),
-        ConfigStatus::Unreadable => log::warn!("config: {} could not be read; using defaults", boot::CONFIG_PATH),
+        ConfigStatus::Missing => {
+            log::warn!("config: {} not found; using defaults", boot::CONFIG_PATH)
+        }
+        ConfigStatus::Unreadable => log::warn!(
+            "config: {} could not be read; using defaults",
+            boot::CONFIG_PATH
+        ),
     }
     for d in &diagnostics {
         log::warn!("{d}");
@@ -93,7 +104,10 @@ pub fn kmain(boot_info: u64) -> ! {
         None => {
             let hz = cpuid_tsc_hz().unwrap_or(1_000_000_000);
             crate::time::set_tsc_hz(hz);
-            log::warn!("time: the PIT did not respond; assuming a TSC of {} MHz", hz / 1_000_000);
+            log::warn!(
+                "time: the PIT did not respond; assuming a TSC of {} MHz",
+                hz / 1_000_000
+            );
         }
     }
     let timer_running = crate::apic::start_periodic();
@@ -122,11 +136,20 @@ pub fn kmain(boot_info: u64) -> ! {
     });
     log::info!(
         "vmx: {}{}",
-        if vmx.vmx { "available" } else { "not available" },
+        if vmx.vmx {
+            "available"
+        } else {
+            "not available"
+        },
         if vmx.vmx {
             alloc::format!(
                 " (ept {}, unrestricted guest {}, ept a/d {}, pml {}, preemption timer {}, vpid {})",
-                vmx.ept, vmx.unrestricted_guest, vmx.ept_ad, vmx.pml, vmx.preemption_timer, vmx.vpid
+                vmx.ept,
+                vmx.unrestricted_guest,
+                vmx.ept_ad,
+                vmx.pml,
+                vmx.preemption_timer,
+                vmx.vpid
             )
         } else {
             alloc::string::String::new()
@@ -204,7 +227,10 @@ pub fn reboot() -> ! {
     }
     crate::time::delay_ms(50);
     // Last resort: an empty IDT makes the next exception a triple fault.
-    let empty = x86_64::structures::DescriptorTablePointer { limit: 0, base: x86_64::VirtAddr::new(0) };
+    let empty = x86_64::structures::DescriptorTablePointer {
+        limit: 0,
+        base: x86_64::VirtAddr::new(0),
+    };
     // SAFETY: deliberately loading an empty IDT so that int3 triple-faults
     // and resets the CPU.
     unsafe {

@@ -92,7 +92,10 @@ pub fn calibrate(start: &mut dyn FnMut(), sample: &mut dyn FnMut() -> u32) -> Op
     };
     let hz = (t1 - t0) * 1000 / CALIBRATION_MS;
     TSC_HZ.store(hz, Ordering::Relaxed);
-    Some(Calibration { tsc_hz: hz, sample_end: end })
+    Some(Calibration {
+        tsc_hz: hz,
+        sample_end: end,
+    })
 }
 
 /// Sets the TSC frequency when the PIT is unusable (from CPUID leaf 0x15/0x16).

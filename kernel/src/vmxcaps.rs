@@ -59,7 +59,10 @@ impl VmxCaps {
     /// called when VMX is present, and only for the MSRs the previous ones
     /// say exist.
     pub fn probe(cpuid1_ecx: u32, rdmsr: &mut dyn FnMut(u32) -> u64) -> VmxCaps {
-        let mut c = VmxCaps { vmx: cpuid1_ecx & (1 << 5) != 0, ..VmxCaps::default() };
+        let mut c = VmxCaps {
+            vmx: cpuid1_ecx & (1 << 5) != 0,
+            ..VmxCaps::default()
+        };
         if !c.vmx {
             return c;
         }
@@ -69,8 +72,16 @@ impl VmxCaps {
         let basic = rdmsr(MSR_VMX_BASIC);
         c.vmcs_revision = (basic & 0x7fff_ffff) as u32;
         let true_ctls = basic & (1 << 55) != 0;
-        let pin = rdmsr(if true_ctls { MSR_VMX_TRUE_PINBASED } else { MSR_VMX_PINBASED });
-        let proc = rdmsr(if true_ctls { MSR_VMX_TRUE_PROCBASED } else { MSR_VMX_PROCBASED });
+        let pin = rdmsr(if true_ctls {
+            MSR_VMX_TRUE_PINBASED
+        } else {
+            MSR_VMX_PINBASED
+        });
+        let proc = rdmsr(if true_ctls {
+            MSR_VMX_TRUE_PROCBASED
+        } else {
+            MSR_VMX_PROCBASED
+        });
         c.preemption_timer = allowed1(pin) & (1 << 6) != 0;
         c.mtf = allowed1(proc) & (1 << 27) != 0;
         if allowed1(proc) & (1 << 31) != 0 {

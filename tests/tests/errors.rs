@@ -75,7 +75,13 @@ fn qemu_kernel_exception_is_reported() {
     // The kernel runs in the higher half; the fault address is page 0.
     m.expect(r"rip 0xffffffff8[0-9a-f]{7} cs 0x8 ", t);
     m.expect(r"cr2 0x0000000000000000 cr3 0x[0-9a-f]{16}", t);
-    m.expect(r"rax 0x[0-9a-f]{16} rbx 0x[0-9a-f]{16} rcx 0x[0-9a-f]{16} rdx", t);
-    m.expect(r"r13 0x[0-9a-f]{16} r14 0x[0-9a-f]{16} r15 0x[0-9a-f]{16}", t);
+    m.expect(
+        r"rax 0x[0-9a-f]{16} rbx 0x[0-9a-f]{16} rcx 0x[0-9a-f]{16} rdx",
+        t,
+    );
+    m.expect(
+        r"r13 0x[0-9a-f]{16} r14 0x[0-9a-f]{16} r15 0x[0-9a-f]{16}",
+        t,
+    );
     m.expect(r"!!! system halted", t);
 }
