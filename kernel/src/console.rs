@@ -157,6 +157,28 @@ fn execute(sys: &System, cmd: Command) {
                 }
             }
         }
+        Command::VmxMsrs => {
+            if !sys.vmx.vmx {
+                println!("error: this CPU has no VMX (CPUID.1:ECX.VMX is clear), so no VMX MSRs");
+                return;
+            }
+            let basic = crate::vmxcaps::read_msr(crate::vmxcaps::MSR_VMX_BASIC);
+            // IA32_VMX_BASIC .. IA32_VMX_VMFUNC; the TRUE_* ones only when
+            // BASIC[55] says they exist, the later ones when the secondary
+            // controls or VM functions do (SDM Vol. 3D A.1).
+            for msr in 0x480..=0x491u32 {
+                let exists = match msr {
+                    0x48b => sys.vmx.has_secondary,
+                    0x48c => sys.vmx.ept || sys.vmx.vpid,
+                    0x48d..=0x490 => basic & (1 << 55) != 0,
+                    0x491 => sys.vmx.has_vmfunc,
+                    _ => true,
+                };
+                if exists {
+                    println!("msr {msr:#x}: {:#018x}", crate::vmxcaps::read_msr(msr));
+                }
+            }
+        }
         Command::Log(None) => {
             println!("log level: {}", crate::config::level_name(log::max_level()))
         }

@@ -13,7 +13,11 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("mem", "mem", "physical frames and kernel heap"),
     ("cpus", "cpus", "CPUs and their local APIC IDs"),
     ("pci", "pci", "PCI functions with their BARs"),
-    ("vmx", "vmx", "VT-x capabilities of this CPU"),
+    (
+        "vmx",
+        "vmx [msrs]",
+        "VT-x capabilities of this CPU (msrs: the raw capability MSRs)",
+    ),
     (
         "log",
         "log [off|error|warn|info|debug|trace]",
@@ -52,6 +56,8 @@ pub enum Command {
     Cpus,
     Pci,
     Vmx,
+    /// `vmx msrs`: the raw IA32_VMX_* capability MSRs.
+    VmxMsrs,
     /// `log` (show) or `log <level>` (set).
     Log(Option<log::LevelFilter>),
     Reboot,
@@ -79,7 +85,11 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "mem" => no_args(Command::Mem),
         "cpus" => no_args(Command::Cpus),
         "pci" => no_args(Command::Pci),
-        "vmx" => no_args(Command::Vmx),
+        "vmx" => match args.as_slice() {
+            [] => Ok(Command::Vmx),
+            ["msrs"] => Ok(Command::VmxMsrs),
+            _ => Err(String::from("usage: vmx [msrs]")),
+        },
         "reboot" => no_args(Command::Reboot),
         "log" => match args.as_slice() {
             [] => Ok(Command::Log(None)),
@@ -127,6 +137,8 @@ mod tests {
         for (name, _, _) in COMMANDS.iter().filter(|c| c.0 != "crash") {
             assert!(parse(name).is_ok(), "{name}");
         }
+        assert_eq!(parse("vmx msrs"), Ok(Command::VmxMsrs));
+        assert_eq!(parse("vmx x").unwrap_err(), "usage: vmx [msrs]");
         assert_eq!(parse("crash pf"), Ok(Command::Crash(Fault::PageFault)));
         assert_eq!(parse("crash").unwrap_err(), "usage: crash pf|gp|ud|de");
         assert_eq!(parse("  status  "), Ok(Command::Status));

@@ -45,6 +45,10 @@ pub struct VmxCaps {
     pub preemption_timer: bool,
     /// Virtual-processor identifiers.
     pub vpid: bool,
+    /// Secondary processor-based controls exist (IA32_VMX_PROCBASED_CTLS2 readable).
+    pub has_secondary: bool,
+    /// VM functions exist (IA32_VMX_VMFUNC readable).
+    pub has_vmfunc: bool,
     /// Monitor trap flag (offered; Bochs offers it on some models and never fires it).
     pub mtf: bool,
 }
@@ -85,7 +89,9 @@ impl VmxCaps {
         c.preemption_timer = allowed1(pin) & (1 << 6) != 0;
         c.mtf = allowed1(proc) & (1 << 27) != 0;
         if allowed1(proc) & (1 << 31) != 0 {
+            c.has_secondary = true;
             let proc2 = allowed1(rdmsr(MSR_VMX_PROCBASED2));
+            c.has_vmfunc = proc2 & (1 << 13) != 0;
             c.ept = proc2 & (1 << 1) != 0;
             c.vpid = proc2 & (1 << 5) != 0;
             c.unrestricted_guest = proc2 & (1 << 7) != 0;
@@ -162,4 +168,11 @@ mod tests {
         assert!(c.vmx && c.mtf && c.disabled_by_firmware);
         assert!(!c.ept && !c.pml && !c.ept_ad && !c.vpid);
     }
+}
+
+/// Reads a VMX capability MSR on the running CPU.
+#[cfg(target_os = "none")]
+pub fn read_msr(msr: u32) -> u64 {
+    // SAFETY: callers only pass MSRs that VmxCaps::probe found to exist.
+    unsafe { crate::arch::rdmsr(msr) }
 }
