@@ -7,7 +7,8 @@
 //! /EFI/BOOT/BOOTX64.EFI   the UEFI loader (firmware's default boot path)
 //! /EFI/hv/kernel.elf      the kernel
 //! /EFI/hv/hv.cfg          boot configuration (config/hv.cfg in the repo)
-//! /EFI/hv/modules/        every file in it is loaded as a module
+//! /EFI/hv/modules/        every file in it is loaded as a module (the test
+//!                         guests: hello, ticks, memtest, rogue)
 //! ```
 
 use std::fs;
@@ -155,6 +156,9 @@ pub struct EspContents {
     pub kernel: PathBuf,
     /// The config file.
     pub config: PathBuf,
+    /// Modules: a file name in [`MODULES_DIR`] and the host file copied
+    /// there (the test guests).
+    pub modules: Vec<(String, PathBuf)>,
 }
 
 /// Builds the ESP image at `out` from `contents`. The image is built in a
@@ -168,6 +172,14 @@ pub fn build_esp(out: &Path, contents: &EspContents) -> Result<(), String> {
     ] {
         if !p.is_file() {
             return Err(format!("{what} {} does not exist", p.display()));
+        }
+    }
+    for (name, p) in &contents.modules {
+        if name.is_empty() || name.contains(['/', '\\']) {
+            return Err(format!("bad module name '{name}' (one file name expected)"));
+        }
+        if !p.is_file() {
+            return Err(format!("module {name}: {} does not exist", p.display()));
         }
     }
     let dir = out
@@ -187,6 +199,9 @@ pub fn build_esp(out: &Path, contents: &EspContents) -> Result<(), String> {
     copy_in(img, &contents.loader, LOADER_PATH)?;
     copy_in(img, &contents.kernel, KERNEL_PATH)?;
     copy_in(img, &contents.config, CONFIG_PATH)?;
+    for (name, p) in &contents.modules {
+        copy_in(img, p, &format!("{MODULES_DIR}/{name}"))?;
+    }
     // Temporary files are created 0600; the image is an ordinary build output.
     {
         use std::os::unix::fs::PermissionsExt;
@@ -215,17 +230,24 @@ mod tests {
         fs::write(p("loader"), b"MZ loader").unwrap();
         fs::write(p("kernel"), b"\x7fELF kernel").unwrap();
         fs::write(p("cfg"), b"hostname = hv\n").unwrap();
+        fs::write(p("hello"), b"\x7fELF hello").unwrap();
         let out = p("out/esp.img");
-        let contents = EspContents {
+        let mut contents = EspContents {
             loader: p("loader"),
             kernel: p("kernel"),
             config: p("cfg"),
+            modules: vec![("hello".into(), p("hello"))],
         };
         build_esp(&out, &contents).unwrap();
         assert_eq!(fs::metadata(&out).unwrap().len(), IMAGE_SIZE);
         assert_eq!(read(&out, LOADER_PATH).unwrap(), b"MZ loader");
         assert_eq!(read(&out, KERNEL_PATH).unwrap(), b"\x7fELF kernel");
         assert_eq!(read(&out, CONFIG_PATH).unwrap(), b"hostname = hv\n");
+        assert_eq!(
+            read(&out, &format!("{MODULES_DIR}/hello")).unwrap(),
+            b"\x7fELF hello"
+        );
+        assert_eq!(list(&out, MODULES_DIR).unwrap(), ["/EFI/hv/modules/hello"]);
         let listing = list(&out, "/EFI/hv").unwrap();
         assert!(
             listing.iter().any(|l| l == "/EFI/hv/modules/"),
@@ -240,5 +262,13 @@ mod tests {
         delete(&out, KERNEL_PATH).unwrap();
         assert!(read(&out, KERNEL_PATH).is_err());
         assert!(delete(&out, KERNEL_PATH).is_err());
+
+        // A module that is missing or badly named is refused up front.
+        contents.modules = vec![("nosuch".into(), p("nosuch"))];
+        let err = build_esp(&out, &contents).unwrap_err();
+        assert!(err.contains("module nosuch"), "{err}");
+        contents.modules = vec![("a/b".into(), p("hello"))];
+        let err = build_esp(&out, &contents).unwrap_err();
+        assert!(err.contains("bad module name"), "{err}");
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! setup                 install what the others need (rust targets, apt packages)
-//! build                 build the loader and the kernel (release)
-//! image                 build, then make target/image/esp.img
+//! build                 build the loader, the kernel and the test guests (release)
+//! image                 build, then make target/image/esp.img (guests as modules)
 //! run [--emulator bochs|qemu|kvm] [--cpus N] [--model M]
 //!                       boot the image with the serial console on this terminal
 //! test [-- ARGS]        host unit tests of every crate, then the system tests
@@ -32,8 +32,8 @@ usage: cargo xtask <command>
 
 commands:
   setup                  install the rust targets and apt packages the others need
-  build                  build the loader (bootx64.efi) and the kernel (release)
-  image                  build, then write target/image/esp.img
+  build                  build the loader (bootx64.efi), the kernel and the test guests (release)
+  image                  build, then write target/image/esp.img (the guests as modules)
   run [--emulator bochs|qemu|kvm] [--cpus N] [--model <bochs cpu model>]
                          boot the image; serial console on this terminal (Ctrl-] quits)
   test [-- <test args>]  host unit tests of every crate, then the system tests
@@ -118,6 +118,9 @@ fn run_cmd(mut cmd: Command) -> Result {
 
 const UEFI_TARGET: &str = "x86_64-unknown-uefi";
 const KERNEL_TARGET: &str = "x86_64-unknown-none";
+/// The test guests (binaries of the `guests` crate, built for
+/// [`KERNEL_TARGET`]); each goes into the image as module `<name>`.
+const GUESTS: [&str; 4] = ["hello", "ticks", "memtest", "rogue"];
 
 fn loader_path() -> PathBuf {
     root()
@@ -133,6 +136,14 @@ fn kernel_path() -> PathBuf {
         .join(KERNEL_TARGET)
         .join("release")
         .join("kernel")
+}
+
+fn guest_path(name: &str) -> PathBuf {
+    root()
+        .join("target")
+        .join(KERNEL_TARGET)
+        .join("release")
+        .join(name)
 }
 
 fn build() -> Result {
@@ -159,6 +170,16 @@ fn build() -> Result {
         "--target",
         KERNEL_TARGET,
     ]);
+    run_cmd(c)?;
+    let mut c = cargo();
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "guests",
+        "--target",
+        KERNEL_TARGET,
+    ]);
     run_cmd(c)
 }
 
@@ -170,6 +191,10 @@ fn make_image() -> Result {
         loader: loader_path(),
         kernel: kernel_path(),
         config: root().join("config").join("hv.cfg"),
+        modules: GUESTS
+            .iter()
+            .map(|g| (g.to_string(), guest_path(g)))
+            .collect(),
     };
     image::build_esp(&out, &contents)?;
     eprintln!("xtask: wrote {}", out.display());

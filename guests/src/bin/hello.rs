@@ -1,0 +1,40 @@
+//! `hello`: prints a greeting, checks that CPUID shows the hypervisor as the
+//! contract says (leaf 0x4000_0000 signature, CPUID.1:ECX bits 31 and 5),
+//! prints the RAM size and argument it was given, and exits with 0 (2 if
+//! CPUID is wrong).
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    println!(
+        "hello is a guest program for the hv hypervisor (build it with --target x86_64-unknown-none)"
+    );
+}
+
+#[cfg(target_os = "none")]
+guests::entry!("hello", main);
+
+#[cfg(target_os = "none")]
+fn main(boot: guests::Boot) -> ! {
+    use guests::{arch, console, exit_code, hv, say};
+
+    say!("hello from a guest");
+    let (max_leaf, b, c, d) = arch::cpuid(hv::LEAF_SIGNATURE, 0);
+    let sig = hv::signature(b, c, d);
+    let (_, _, ecx1, _) = arch::cpuid(1, 0);
+    if sig == hv::SIGNATURE && max_leaf >= hv::MAX_LEAF && hv::cpuid1_ecx_ok(ecx1) {
+        say!("hypervisor signature ok");
+    } else {
+        let shown = hv::printable(&sig);
+        say!(
+            "cpuid 0x40000000: eax {max_leaf:#x} signature \"{}\" (want {:#x} \"hvhypervisor\"); cpuid 1: ecx {ecx1:#x} (want bit 31 set, bit 5 clear)",
+            core::str::from_utf8(&shown).unwrap_or("?"),
+            hv::MAX_LEAF
+        );
+        say!("FAIL");
+        console::exit(exit_code::HELLO_FAILED);
+    }
+    say!("ram {} MiB, arg {}", boot.ram >> 20, boot.arg);
+    say!("ok");
+    console::exit(exit_code::OK)
+}
