@@ -111,8 +111,15 @@ fn u64_at(b: &[u8], off: usize) -> Result<u64, ElfError> {
     Ok(u64::from_le_bytes(a))
 }
 
-/// Checks `file` and describes what to load.
+/// Checks a kernel `file` (segments in the higher half) and describes what
+/// to load.
 pub fn parse(file: &[u8]) -> Result<KernelImage, ElfError> {
+    parse_range(file, crate::KERNEL_BASE, u64::MAX)
+}
+
+/// Checks an ELF whose segments must all lie in `[lo, hi)` (a guest image:
+/// its guest-physical load range) and describes what to load.
+pub fn parse_range(file: &[u8], lo: u64, hi: u64) -> Result<KernelImage, ElfError> {
     if file.len() < 64 {
         return Err(if file.len() >= 4 && &file[..4] != b"\x7fELF" {
             ElfError::BadMagic
@@ -165,7 +172,7 @@ pub fn parse(file: &[u8]) -> Result<KernelImage, ElfError> {
         }
         let bad = ElfError::BadSegment(vaddr);
         let vend = vaddr.checked_add(mem_len).ok_or(bad)?;
-        if vaddr < crate::KERNEL_BASE || vaddr % PAGE != 0 || file_len > mem_len {
+        if vaddr < lo || vend > hi || vaddr % PAGE != 0 || file_len > mem_len {
             return Err(bad);
         }
         // Rounding the end up to a page must not wrap either.
@@ -382,6 +389,31 @@ mod tests {
         let mut g = good();
         g[24..32].copy_from_slice(&(B + 0x1000).to_le_bytes());
         assert_eq!(parse(&g), Err(ElfError::BadEntry(B + 0x1000)));
+    }
+
+    #[test]
+    fn range_limits_where_segments_may_go() {
+        let g = elf(
+            0x100010,
+            &[Ph {
+                kind: PT_LOAD,
+                flags: 5,
+                off: 0x1000,
+                vaddr: 0x100000,
+                filesz: 0x10,
+                memsz: 0x2000,
+            }],
+            0x2000,
+        );
+        assert_eq!(
+            parse_range(&g, 0x100000, 0x200000).unwrap().virt_end,
+            0x102000
+        );
+        assert_eq!(
+            parse_range(&g, 0x100000, 0x101000),
+            Err(ElfError::BadSegment(0x100000))
+        );
+        assert_eq!(parse(&g), Err(ElfError::BadSegment(0x100000)));
     }
 
     #[test]

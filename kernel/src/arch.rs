@@ -33,6 +33,53 @@ pub unsafe fn rdmsr(msr: u32) -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
+/// Writes a model-specific register.
+///
+/// # Safety
+/// The MSR must exist and the value must be valid for it; many MSRs change
+/// how the CPU behaves (the caller owns that change).
+pub unsafe fn wrmsr(msr: u32, v: u64) {
+    // SAFETY: the caller guarantees the MSR exists and the value is valid.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nostack, preserves_flags))
+    };
+}
+
+/// Reads CR0.
+pub fn cr0() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR0 has no side effects.
+    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Writes CR0.
+///
+/// # Safety
+/// The new value must keep paging, protection and write-protect as the
+/// kernel relies on them (PG, PE, WP set).
+pub unsafe fn write_cr0(v: u64) {
+    // SAFETY: the caller keeps the kernel's invariants.
+    unsafe { asm!("mov cr0, {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Reads CR4.
+pub fn cr4() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Writes CR4.
+///
+/// # Safety
+/// The new value must keep PAE (long mode) and everything the kernel uses.
+pub unsafe fn write_cr4(v: u64) {
+    // SAFETY: the caller keeps the kernel's invariants.
+    unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
 /// Reads an I/O port byte.
 ///
 /// # Safety
@@ -120,6 +167,14 @@ pub fn sti_hlt() {
     // SAFETY: the IDT is loaded before interrupts are ever enabled (see
     // kmain); `sti; hlt` has no window in which a wake-up is lost.
     unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
+}
+
+/// Opens a window for pending interrupts, with interrupts disabled on
+/// entry and on return. The NOP matters: STI only takes effect after the
+/// next instruction (SDM Vol. 2B, STI), so `sti; cli` would deliver nothing.
+pub fn interrupt_window() {
+    // SAFETY: the IDT is in place (kmain) before any caller exists.
+    unsafe { asm!("sti", "nop", "cli", options(nomem, nostack)) };
 }
 
 /// Enables interrupts.

@@ -3,6 +3,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::lineedit::{Action, LineEditor};
 use crate::shell::{COMMANDS, Command};
@@ -21,12 +22,36 @@ pub struct System {
     pub timer_running: bool,
 }
 
+/// A prompt is on the screen with nothing printed after it but the
+/// operator's typing.
+static PROMPT_SHOWN: AtomicBool = AtomicBool::new(false);
+/// Output appeared after the prompt: print it again.
+static REDRAW: AtomicBool = AtomicBool::new(false);
+
+/// Prints a line that arrives on its own (guest output, a VM stopping),
+/// not as the answer to a command: it starts on a fresh line, and the shell
+/// prints the prompt and the half-typed line again afterwards.
+pub fn async_line(args: core::fmt::Arguments<'_>) {
+    if PROMPT_SHOWN.swap(false, Ordering::Relaxed) {
+        println!();
+        REDRAW.store(true, Ordering::Relaxed);
+    }
+    println!("{args}");
+}
+
 /// Runs the shell forever.
 pub fn run(sys: System) -> ! {
     let mut ed = LineEditor::new(MAX_LINE);
     prompt(&sys);
     loop {
         let Some(byte) = crate::serial::try_read() else {
+            if crate::vm::run_slice() {
+                if REDRAW.swap(false, Ordering::Relaxed) {
+                    prompt(&sys);
+                    print!("{}", ed.line());
+                }
+                continue;
+            }
             if sys.timer_running {
                 // Sleep until the next timer tick (10 ms) instead of spinning.
                 crate::arch::sti_hlt();
@@ -39,6 +64,7 @@ pub fn run(sys: System) -> ! {
             Action::Pending => {}
             Action::Cancel => prompt(&sys),
             Action::Submit(line) => {
+                PROMPT_SHOWN.store(false, Ordering::Relaxed);
                 match crate::shell::parse(&line) {
                     Ok(cmd) => execute(&sys, cmd),
                     Err(msg) => println!("error: {msg}"),
@@ -51,6 +77,7 @@ pub fn run(sys: System) -> ! {
 
 fn prompt(sys: &System) {
     print!("{}> ", sys.hostname);
+    PROMPT_SHOWN.store(true, Ordering::Relaxed);
 }
 
 fn yes(b: bool) -> &'static str {
@@ -186,6 +213,7 @@ fn execute(sys: &System, cmd: Command) {
             log::set_max_level(level);
             println!("log level: {}", crate::config::level_name(level));
         }
+        Command::Vm(v) => vm_command(v),
         Command::Crash(fault) => {
             println!("crashing on purpose: {fault:?}");
             crate::arch::raise(fault);
@@ -194,5 +222,36 @@ fn execute(sys: &System, cmd: Command) {
             println!("rebooting");
             crate::reboot();
         }
+    }
+}
+
+fn vm_command(cmd: crate::shell::VmCommand) {
+    use crate::shell::VmCommand as V;
+    let r = match cmd {
+        V::Help => {
+            for line in crate::shell::VM_USAGE {
+                println!("  {line}");
+            }
+            println!("  {}", crate::vm::describe_images());
+            Ok(())
+        }
+        V::List => {
+            crate::vm::list();
+            Ok(())
+        }
+        V::Create {
+            name,
+            mem_mib,
+            image,
+            arg,
+        } => crate::vm::create(&name, mem_mib, &image, arg)
+            .map(|()| println!("vm {name}: created ({mem_mib} MiB, image {image})")),
+        V::Start(name) => crate::vm::start(&name).map(|()| println!("vm {name}: started")),
+        V::Stop(name) => crate::vm::stop(&name).map(|()| println!("vm {name}: stopped")),
+        V::Delete(name) => crate::vm::delete(&name).map(|()| println!("vm {name}: deleted")),
+        V::Stats(name) => crate::vm::stats(&name),
+    };
+    if let Err(e) = r {
+        println!("error: {e}");
     }
 }

@@ -330,3 +330,33 @@ static EXCEPTION_STUBS: [extern "sysv64" fn(); 32] = [
 pub fn timer_ticks() -> u64 {
     TIMER_TICKS.load(Ordering::Relaxed)
 }
+
+/// Host segment state the VMCS needs (SDM Vol. 3C 25.5: host-state area).
+pub struct HostSelectors {
+    pub code: u16,
+    pub data: u16,
+    pub tss: u16,
+    pub tss_base: u64,
+    pub gdt_base: u64,
+    pub idt_base: u64,
+}
+
+/// The selectors and table bases installed by [`init`].
+pub fn selectors() -> HostSelectors {
+    let (code, data, tss) = GDT
+        .get()
+        .map(|g| (g.1.0, g.2.0, g.3.0))
+        .unwrap_or((0, 0, 0));
+    HostSelectors {
+        code,
+        data,
+        tss,
+        tss_base: TSS
+            .get()
+            .map(|t| t as *const TaskStateSegment as u64)
+            .unwrap_or(0),
+        // What the CPU has loaded, not a guess at the crate's struct layout.
+        gdt_base: x86_64::instructions::tables::sgdt().base.as_u64(),
+        idt_base: x86_64::instructions::tables::sidt().base.as_u64(),
+    }
+}

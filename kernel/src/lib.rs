@@ -8,6 +8,7 @@ extern crate alloc;
 
 pub mod addr;
 pub mod config;
+pub mod devices;
 pub mod frames;
 pub mod lineedit;
 pub mod pci;
@@ -32,6 +33,8 @@ pub mod platform;
 pub mod serial;
 #[cfg(target_os = "none")]
 pub mod time;
+#[cfg(target_os = "none")]
+pub mod vm;
 
 #[cfg(target_os = "none")]
 mod start;

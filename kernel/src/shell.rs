@@ -44,6 +44,40 @@ pub enum Fault {
     DivideError,
 }
 
+/// Smallest guest RAM: the guest's page tables, stack and a 1 MiB image area.
+pub const MIN_VM_MIB: u64 = 4;
+/// Largest guest RAM: guest-physical memory stays below the 3 GiB MMIO hole.
+pub const MAX_VM_MIB: u64 = 3072;
+/// Longest VM name.
+pub const MAX_VM_NAME: usize = 16;
+
+/// The `vm` sub-commands.
+pub const VM_USAGE: &[&str] = &[
+    "vm list                                       name, state, RAM, exit code",
+    "vm create <name> mem=<MiB> image=<module> [arg=<n>]",
+    "vm start <name>                               run it (again, from the image, if it stopped)",
+    "vm stop <name>                                stop it; its RAM stays allocated",
+    "vm delete <name>                              stop it and free its RAM",
+    "vm stats <name>                               exits by reason, run time",
+];
+
+/// A parsed `vm` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmCommand {
+    Help,
+    List,
+    Create {
+        name: String,
+        mem_mib: u64,
+        image: String,
+        arg: u64,
+    },
+    Start(String),
+    Stop(String),
+    Delete(String),
+    Stats(String),
+}
+
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -62,6 +96,7 @@ pub enum Command {
     Log(Option<log::LevelFilter>),
     Reboot,
     Crash(Fault),
+    Vm(VmCommand),
 }
 
 /// Parses one line. The error is the full message after `error: `.
@@ -103,6 +138,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
                 }),
             _ => Err(String::from("usage: log [off|error|warn|info|debug|trace]")),
         },
+        "vm" => parse_vm(&args).map(Command::Vm),
         "crash" => match args.as_slice() {
             ["pf"] => Ok(Command::Crash(Fault::PageFault)),
             ["gp"] => Ok(Command::Crash(Fault::GeneralProtection)),
@@ -114,6 +150,91 @@ pub fn parse(line: &str) -> Result<Command, String> {
             "unknown command '{}' (type 'help' for a list)",
             shorten(other)
         )),
+    }
+}
+
+fn parse_vm(args: &[&str]) -> Result<VmCommand, String> {
+    let name_arg = |sub: &str| -> Result<String, String> {
+        match &args[1..] {
+            [name] => check_vm_name(name),
+            _ => Err(format!("usage: vm {sub} <name>")),
+        }
+    };
+    match args.first().copied() {
+        None | Some("help") => Ok(VmCommand::Help),
+        Some("list") if args.len() == 1 => Ok(VmCommand::List),
+        Some("list") => Err(String::from("vm list takes no arguments")),
+        Some("start") => name_arg("start").map(VmCommand::Start),
+        Some("stop") => name_arg("stop").map(VmCommand::Stop),
+        Some("delete") => name_arg("delete").map(VmCommand::Delete),
+        Some("stats") => name_arg("stats").map(VmCommand::Stats),
+        Some("create") => {
+            let usage = "usage: vm create <name> mem=<MiB> image=<module> [arg=<n>]";
+            let name = check_vm_name(args.get(1).ok_or(usage)?)?;
+            let (mut mem, mut image, mut arg) = (None, None, 0u64);
+            for opt in &args[2..] {
+                let (key, value) = opt
+                    .split_once('=')
+                    .ok_or_else(|| format!("expected key=value, got '{}'", shorten(opt)))?;
+                match key {
+                    "mem" => {
+                        let mib = parse_u64(value)
+                            .filter(|m| (MIN_VM_MIB..=MAX_VM_MIB).contains(m))
+                            .ok_or_else(|| {
+                                format!(
+                                    "bad size 'mem={}' (expected {MIN_VM_MIB} to {MAX_VM_MIB} MiB)",
+                                    shorten(value)
+                                )
+                            })?;
+                        mem = Some(mib);
+                    }
+                    "image" if !value.is_empty() => image = Some(String::from(value)),
+                    "arg" => {
+                        arg = parse_u64(value).ok_or_else(|| {
+                            format!("bad value 'arg={}' (expected a number)", shorten(value))
+                        })?
+                    }
+                    _ => return Err(format!("unknown option '{}' ({usage})", shorten(opt))),
+                }
+            }
+            match (mem, image) {
+                (Some(mem_mib), Some(image)) => Ok(VmCommand::Create {
+                    name,
+                    mem_mib,
+                    image,
+                    arg,
+                }),
+                _ => Err(String::from(usage)),
+            }
+        }
+        Some(other) => Err(format!(
+            "unknown vm command '{}' (type 'vm help')",
+            shorten(other)
+        )),
+    }
+}
+
+fn check_vm_name(name: &str) -> Result<String, String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_VM_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(String::from(name))
+    } else {
+        Err(format!(
+            "bad VM name '{}' (1-{MAX_VM_NAME} letters, digits, '-' or '_')",
+            shorten(name)
+        ))
+    }
+}
+
+/// Decimal, or hexadecimal with `0x`.
+fn parse_u64(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
     }
 }
 
@@ -134,7 +255,7 @@ mod tests {
 
     #[test]
     fn parses_every_command() {
-        for (name, _, _) in COMMANDS.iter().filter(|c| c.0 != "crash") {
+        for (name, _, _) in COMMANDS.iter().filter(|c| c.0 != "crash" && c.0 != "vm") {
             assert!(parse(name).is_ok(), "{name}");
         }
         assert_eq!(parse("vmx msrs"), Ok(Command::VmxMsrs));
@@ -148,6 +269,79 @@ mod tests {
         assert_eq!(
             parse("log DEBUG"),
             Ok(Command::Log(Some(log::LevelFilter::Debug)))
+        );
+    }
+
+    #[test]
+    fn parses_vm_commands() {
+        assert_eq!(parse("vm"), Ok(Command::Vm(VmCommand::Help)));
+        assert_eq!(parse("vm list"), Ok(Command::Vm(VmCommand::List)));
+        assert_eq!(
+            parse("vm create g1 mem=16 image=hello"),
+            Ok(Command::Vm(VmCommand::Create {
+                name: "g1".into(),
+                mem_mib: 16,
+                image: "hello".into(),
+                arg: 0
+            }))
+        );
+        assert_eq!(
+            parse("vm create g-2 image=rogue mem=0x20 arg=2"),
+            Ok(Command::Vm(VmCommand::Create {
+                name: "g-2".into(),
+                mem_mib: 32,
+                image: "rogue".into(),
+                arg: 2
+            }))
+        );
+        assert_eq!(
+            parse("vm start g1"),
+            Ok(Command::Vm(VmCommand::Start("g1".into())))
+        );
+        assert_eq!(
+            parse("vm stats g1"),
+            Ok(Command::Vm(VmCommand::Stats("g1".into())))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_vm_commands() {
+        assert_eq!(
+            parse("vm create g1 mem=2 image=hello").unwrap_err(),
+            "bad size 'mem=2' (expected 4 to 3072 MiB)"
+        );
+        assert_eq!(
+            parse("vm create g1 mem=lots image=hello").unwrap_err(),
+            "bad size 'mem=lots' (expected 4 to 3072 MiB)"
+        );
+        assert!(
+            parse("vm create g1 mem=16")
+                .unwrap_err()
+                .starts_with("usage: vm create")
+        );
+        assert!(
+            parse("vm create g1 mem=16 image=x colour=red")
+                .unwrap_err()
+                .starts_with("unknown option 'colour=red'")
+        );
+        assert!(
+            parse("vm create bad/name mem=16 image=x")
+                .unwrap_err()
+                .starts_with("bad VM name")
+        );
+        assert!(
+            parse("vm create 12345678901234567 mem=16 image=x")
+                .unwrap_err()
+                .starts_with("bad VM name")
+        );
+        assert_eq!(parse("vm start").unwrap_err(), "usage: vm start <name>");
+        assert_eq!(
+            parse("vm frob").unwrap_err(),
+            "unknown vm command 'frob' (type 'vm help')"
+        );
+        assert_eq!(
+            parse("vm list x").unwrap_err(),
+            "vm list takes no arguments"
         );
     }
 

@@ -169,9 +169,15 @@ pub fn kmain(boot_info: u64) -> ! {
         // in Loader memory the kernel keeps.
         unsafe { core::slice::from_raw_parts(bi.modules as *const Module, bi.modules_len as usize) }
     };
+    let mut images = alloc::vec::Vec::new();
     for m in modules {
         log::info!("module {}: {} bytes at {:#x}", m.name(), m.len, m.start);
+        // SAFETY: the loader copied the module's `len` bytes to `start`, in
+        // Loader memory the kernel never frees or writes.
+        let data = unsafe { core::slice::from_raw_parts(m.start as *const u8, m.len as usize) };
+        images.push((alloc::string::String::from(m.name()), data));
     }
+    crate::vm::set_modules(images);
 
     let u = crate::memory::usage();
     log::info!(

@@ -1,0 +1,1167 @@
+//! The VM manager: guests under VT-x with EPT, time-sliced on the boot CPU.
+//!
+//! ```text
+//!   console loop ──► vm::run_slice() ──► pick next runnable VM (round robin)
+//!                                         │ vmptrld its VMCS, inject a due
+//!                                         │ timer interrupt, arm the
+//!                                         │ preemption timer (one slice)
+//!                                         ▼
+//!                                   VMLAUNCH/VMRESUME ... VM exit
+//!                                         │ handle the exit (CPUID, I/O,
+//!                                         │ HLT, MSR, CR, EPT violation...)
+//!                                         ▼
+//!                            back to the console loop (input, other VMs)
+//! ```
+//!
+//! Each guest starts directly in 64-bit mode: the hypervisor writes its
+//! page tables (first 4 GiB identity-mapped with 2 MiB pages, at 0x1000-
+//! 0x6FFF), a GDT (0x8000) and its registers; see `guests/src/lib.rs` for
+//! the whole contract. Guest RAM is host memory in 2 MiB runs, mapped by EPT
+//! at guest-physical 0; anything outside it is not mapped, so a guest that
+//! touches it exits with an EPT violation and is stopped with a report.
+//!
+//! Reference: Intel SDM Vol. 3C, chapters 25-28 (VMCS, VM entry, VM exit),
+//! revision 084.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+use spin::Mutex;
+use vmx::caps::VmxCapabilities;
+use vmx::controls::{EntryControls, ExitControls, PinControls, PrimaryControls, SecondaryControls};
+use vmx::exit::{CrAccessKind, ExitReason, InterruptionInfo, IoQualification};
+use vmx::insn::{self, GuestRegs, VmFail};
+use vmx::vmcs::Field;
+
+use crate::addr::PAGE_SIZE;
+use crate::console::async_line;
+use crate::devices::{Pic, Pit, Uart};
+use crate::{arch, println};
+
+const MIB2: u64 = 2 << 20;
+/// Guest-physical layout set up by the hypervisor.
+const GUEST_PML4: u64 = 0x1000;
+const GUEST_PDPT: u64 = 0x2000;
+const GUEST_PD: u64 = 0x3000; // four PDs: 0x3000-0x6FFF
+const GUEST_GDT: u64 = 0x8000;
+const GUEST_STACK_TOP: u64 = 0x80000;
+/// Guest images load from 1 MiB up.
+pub const GUEST_IMAGE_BASE: u64 = 0x10_0000;
+/// Time slice per VM entry.
+const SLICE_MS: u64 = 5;
+/// CPUID leaf 0x40000000 signature (EBX, ECX, EDX): "hvhypervisor".
+const SIGNATURE: [u32; 3] = [
+    u32::from_le_bytes(*b"hvhy"),
+    u32::from_le_bytes(*b"perv"),
+    u32::from_le_bytes(*b"isor"),
+];
+
+/// Lifecycle of a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Created, never started.
+    Created,
+    /// Running (or runnable).
+    Running,
+    /// Halted until its next timer interrupt.
+    Halted,
+    /// Stopped: by the guest through the exit port (with its code), or by the operator.
+    Stopped { code: Option<u32> },
+    /// Stopped by the hypervisor because the guest did something it may not
+    /// (memory outside its RAM, an unsupported exit): the report.
+    Faulted(String),
+    /// The guest triple-faulted.
+    Crashed(String),
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Created => "created",
+            State::Running => "running",
+            State::Halted => "halted",
+            State::Stopped { .. } => "stopped",
+            State::Faulted(_) => "faulted",
+            State::Crashed(_) => "crashed",
+        }
+    }
+
+    fn runs(&self) -> bool {
+        matches!(self, State::Running | State::Halted)
+    }
+}
+
+/// One guest.
+pub struct Vm {
+    name: String,
+    mem_mib: u64,
+    image: String,
+    arg: u64,
+    state: State,
+    /// Host-physical start of each 2 MiB run of guest RAM, in guest order.
+    chunks: Vec<u64>,
+    ept: ept::Ept,
+    vmcs: u64,
+    launched: bool,
+    regs: GuestRegs,
+    uart: Uart,
+    pic: Pic,
+    pit: Pit,
+    tick_period: u64,
+    next_tick: u64,
+    exits: [u64; 70],
+    total_exits: u64,
+    guest_tsc: u64,
+    started_tsc: u64,
+    tsc_offset: u64,
+}
+
+/// VT-x state of the host CPU.
+struct Host {
+    caps: VmxCapabilities,
+    pin: u32,
+    primary: u32,
+    secondary: u32,
+    exit: u32,
+    entry: u32,
+    /// Preemption timer counts once per 2^rate TSC ticks.
+    timer_rate: u32,
+    cr0_fixed: (u64, u64),
+    cr4_fixed: (u64, u64),
+}
+
+struct Manager {
+    host: Option<Host>,
+    vms: Vec<Vm>,
+    next: usize,
+    current_vmcs: u64,
+}
+
+static MANAGER: Mutex<Manager> = Mutex::new(Manager {
+    host: None,
+    vms: Vec::new(),
+    next: 0,
+    current_vmcs: 0,
+});
+
+/// Guest images (modules the loader read from the ESP).
+static MODULES: spin::Once<Vec<(String, &'static [u8])>> = spin::Once::new();
+
+/// Records the loader's modules as guest images.
+pub fn set_modules(modules: Vec<(String, &'static [u8])>) {
+    MODULES.call_once(|| modules);
+}
+
+fn module(name: &str) -> Option<&'static [u8]> {
+    MODULES
+        .get()?
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, d)| *d)
+}
+
+/// Names of the available guest images.
+pub fn module_names() -> Vec<String> {
+    MODULES
+        .get()
+        .map(|m| m.iter().map(|(n, _)| n.clone()).collect())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// Host set-up
+
+/// Enables VMX operation on the boot CPU. Called once, at the first `vm create`.
+fn enable_vmx() -> Result<Host, String> {
+    let cpuid1 = arch::cpuid(1, 0).2;
+    let caps = VmxCapabilities::read(&mut |msr| crate::vmxcaps::read_msr(msr), cpuid1)
+        .map_err(|e| format!("VT-x is not available: {e}"))?;
+    if !caps.ept() {
+        return Err("this CPU has VT-x but no EPT; guests need EPT".into());
+    }
+    use vmx::controls::negotiate;
+    let pin = negotiate(
+        "pin-based",
+        caps.pin,
+        (PinControls::EXTERNAL_INTERRUPT_EXITING | PinControls::NMI_EXITING).bits(),
+        PinControls::PREEMPTION_TIMER.bits(),
+    )
+    .map_err(|e| e.to_string())?;
+    let primary = negotiate(
+        "primary processor-based",
+        caps.proc,
+        (PrimaryControls::HLT_EXITING
+            | PrimaryControls::UNCONDITIONAL_IO_EXITING
+            | PrimaryControls::USE_TSC_OFFSETTING
+            | PrimaryControls::ACTIVATE_SECONDARY_CONTROLS)
+            .bits(),
+        0,
+    )
+    .map_err(|e| e.to_string())?;
+    let secondary = negotiate(
+        "secondary processor-based",
+        caps.proc2,
+        SecondaryControls::ENABLE_EPT.bits(),
+        (SecondaryControls::UNRESTRICTED_GUEST | SecondaryControls::ENABLE_RDTSCP).bits(),
+    )
+    .map_err(|e| e.to_string())?;
+    let exit = negotiate(
+        "VM-exit",
+        caps.exit,
+        (ExitControls::HOST_ADDRESS_SPACE_SIZE
+            | ExitControls::SAVE_IA32_EFER
+            | ExitControls::LOAD_IA32_EFER)
+            .bits(),
+        0,
+    )
+    .map_err(|e| e.to_string())?;
+    let entry = negotiate(
+        "VM-entry",
+        caps.entry,
+        (EntryControls::IA32E_MODE_GUEST | EntryControls::LOAD_IA32_EFER).bits(),
+        0,
+    )
+    .map_err(|e| e.to_string())?;
+
+    // IA32_FEATURE_CONTROL: OVMF leaves it unlocked (TESTBED.md); lock it
+    // with "VMX outside SMX" as firmware would. Locked without it: refuse.
+    let fc = crate::vmxcaps::read_msr(crate::vmxcaps::MSR_FEATURE_CONTROL);
+    if fc & 1 == 0 {
+        // SAFETY: the MSR exists (CPUID.1:ECX.VMX is set) and is unlocked;
+        // setting lock + VMX-outside-SMX is what firmware does at boot.
+        unsafe { arch::wrmsr(crate::vmxcaps::MSR_FEATURE_CONTROL, fc | 1 | (1 << 2)) };
+    } else if fc & (1 << 2) == 0 {
+        return Err(
+            "the firmware locked IA32_FEATURE_CONTROL with VMX disabled; enable VT-x in its setup"
+                .into(),
+        );
+    }
+    // The host itself runs with paging and protection on, so it takes the
+    // strict CR0 fixed bits (SDM 24.8); guests get their own in setup_vmcs.
+    let cr0_fixed = (caps.cr0_fixed.fixed0, caps.cr0_fixed.fixed1);
+    let cr4_fixed = (caps.cr4_fixed.fixed0, caps.cr4_fixed.fixed1);
+    // SAFETY: CR0/CR4 are adjusted to the VMX fixed bits (SDM 24.8), which
+    // only force bits such as CR0.NE and CR4.VMXE that the kernel does not
+    // rely on being clear.
+    unsafe {
+        arch::write_cr0((arch::cr0() | cr0_fixed.0) & cr0_fixed.1);
+        arch::write_cr4((arch::cr4() | cr4_fixed.0 | (1 << 13)) & cr4_fixed.1);
+    }
+    let region = alloc_page().ok_or("out of memory for the VMXON region")?;
+    // SAFETY: region is a fresh zeroed frame; the revision id goes first.
+    unsafe { core::ptr::write_volatile(region as *mut u32, caps.basic.revision_id) };
+    // SAFETY: CR4.VMXE is set, CR0/CR4 satisfy the fixed bits, feature
+    // control allows VMXON outside SMX and `region` is a 4 KiB-aligned
+    // VMXON region with the right revision id.
+    unsafe { insn::vmxon(region) }.map_err(|e| format!("VMXON failed: {e:?}"))?;
+    let timer_rate = u32::from(caps.misc.preemption_timer_rate);
+    log::info!(
+        "vmx: enabled (VMCS revision {:#x}, preemption timer {})",
+        caps.basic.revision_id,
+        if pin & PinControls::PREEMPTION_TIMER.bits() != 0 {
+            "on"
+        } else {
+            "off"
+        }
+    );
+    Ok(Host {
+        caps,
+        pin,
+        primary,
+        secondary,
+        exit,
+        entry,
+        timer_rate,
+        cr0_fixed,
+        cr4_fixed,
+    })
+}
+
+fn alloc_page() -> Option<u64> {
+    let pa = crate::memory::FRAMES.lock().as_mut()?.alloc()?.as_u64();
+    // SAFETY: a fresh frame from the allocator, identity-mapped, ours.
+    unsafe { core::ptr::write_bytes(pa as *mut u8, 0, PAGE_SIZE as usize) };
+    Some(pa)
+}
+
+fn free_page(pa: u64) {
+    if let Some(f) = crate::memory::FRAMES.lock().as_mut() {
+        let _ = f.free(crate::addr::Hpa::new(pa));
+    }
+}
+
+/// Physical memory through the kernel's identity map, for the EPT code.
+struct IdentityMem;
+
+impl ept::PhysMem for IdentityMem {
+    fn read_u64(&self, pa: ept::Hpa) -> u64 {
+        // SAFETY: EPT table pages are frames the kernel allocated, identity-
+        // mapped and 8-byte aligned entries.
+        unsafe { core::ptr::read_volatile(pa.as_u64() as *const u64) }
+    }
+
+    fn write_u64(&mut self, pa: ept::Hpa, v: u64) {
+        // SAFETY: as read_u64.
+        unsafe { core::ptr::write_volatile(pa.as_u64() as *mut u64, v) }
+    }
+}
+
+/// Page-table frames for EPT from the kernel's allocator.
+struct KernelFrames;
+
+impl ept::FrameAlloc for KernelFrames {
+    fn alloc_zeroed(&mut self) -> Option<ept::Hpa> {
+        alloc_page().map(ept::Hpa::new)
+    }
+
+    fn free(&mut self, pa: ept::Hpa) {
+        free_page(pa.as_u64());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// VMCS access
+
+/// Reads a field of the current VMCS.
+fn vmread(f: Field) -> u64 {
+    // SAFETY: only called while this CPU is in VMX operation with a current
+    // VMCS (the manager vmptrlds before touching a VM); a field this CPU
+    // does not support fails cleanly and reads as 0.
+    unsafe { insn::vmread(f) }.unwrap_or(0)
+}
+
+/// Writes a field of the current VMCS.
+fn vmwrite(f: Field, v: u64) {
+    // SAFETY: as vmread; a failure is reported, not ignored silently.
+    if let Err(e) = unsafe { insn::vmwrite(f, v) } {
+        log::error!("vmx: VMWRITE {:#x} = {v:#x} failed: {e:?}", f.0);
+    }
+}
+
+fn make_current(m: &mut Manager, vmcs: u64) {
+    if m.current_vmcs != vmcs {
+        // SAFETY: `vmcs` is a VMCS region this manager initialised with
+        // VMCLEAR and the right revision id.
+        if let Err(e) = unsafe { insn::vmptrld(vmcs) } {
+            log::error!("vmx: VMPTRLD {vmcs:#x} failed: {e:?}");
+        }
+        m.current_vmcs = vmcs;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Guest memory
+
+impl Vm {
+    fn ram_bytes(&self) -> u64 {
+        self.chunks.len() as u64 * MIB2
+    }
+
+    /// Host address of a guest-physical byte range inside one chunk.
+    fn host_ptr(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+        let chunk = *self.chunks.get((gpa / MIB2) as usize)?;
+        let off = gpa % MIB2;
+        (off + len <= MIB2).then_some((chunk + off) as *mut u8)
+    }
+
+    /// Copies `data` into guest RAM at `gpa` (the hypervisor's own write).
+    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> Result<(), String> {
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = gpa + done as u64;
+            let n = ((MIB2 - at % MIB2) as usize).min(data.len() - done);
+            let dst = self
+                .host_ptr(at, n as u64)
+                .ok_or_else(|| format!("guest-physical {at:#x} is outside RAM"))?;
+            // SAFETY: dst..dst+n lies inside one 2 MiB chunk of this VM's RAM,
+            // identity-mapped host memory that only this VM uses.
+            unsafe { core::ptr::copy_nonoverlapping(data[done..].as_ptr(), dst, n) };
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn zero_ram(&mut self) {
+        for &c in &self.chunks {
+            // SAFETY: each chunk is 2 MiB of this VM's RAM.
+            unsafe { core::ptr::write_bytes(c as *mut u8, 0, MIB2 as usize) };
+        }
+    }
+
+    fn write_u64s(&mut self, gpa: u64, words: &[u64]) -> Result<(), String> {
+        let mut bytes = Vec::with_capacity(words.len() * 8);
+        for w in words {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        self.write_guest(gpa, &bytes)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Lifecycle
+
+/// `vm create`.
+pub fn create(name: &str, mem_mib: u64, image: &str, arg: u64) -> Result<(), String> {
+    let mut m = MANAGER.lock();
+    if m.vms.iter().any(|v| v.name == name) {
+        return Err(format!("a VM named '{name}' already exists"));
+    }
+    let data = module(image).ok_or_else(|| {
+        let names = module_names();
+        if names.is_empty() {
+            format!("no image '{image}': the ESP has no modules")
+        } else {
+            format!("no image '{image}' (available: {})", names.join(", "))
+        }
+    })?;
+    let ram = mem_mib.div_ceil(2) * MIB2;
+    boot::elf::parse_range(data, GUEST_IMAGE_BASE, ram)
+        .map_err(|e| format!("image '{image}' cannot run in {mem_mib} MiB: {e}"))?;
+    if m.host.is_none() {
+        m.host = Some(enable_vmx()?);
+    }
+    let chunks_needed = (ram / MIB2) as usize;
+    let mut chunks = Vec::with_capacity(chunks_needed);
+    {
+        let mut frames = crate::memory::FRAMES.lock();
+        let f = frames.as_mut().ok_or("no frame allocator")?;
+        let free = f.free_frames() * PAGE_SIZE;
+        for _ in 0..chunks_needed {
+            match f.alloc_contiguous(512, MIB2) {
+                Some(pa) => chunks.push(pa.as_u64()),
+                None => {
+                    for &c in &chunks {
+                        let _ = f.free_contiguous(crate::addr::Hpa::new(c), 512);
+                    }
+                    return Err(format!(
+                        "not enough memory for {mem_mib} MiB of guest RAM ({} MiB free)",
+                        free >> 20
+                    ));
+                }
+            }
+        }
+    }
+    let mut ept = ept::Ept::new(&mut KernelFrames).map_err(|e| format!("EPT: {e}"))?;
+    for (i, &c) in chunks.iter().enumerate() {
+        ept.map(
+            &mut IdentityMem,
+            &mut KernelFrames,
+            ept::Gpa::new(i as u64 * MIB2),
+            ept::Hpa::new(c),
+            MIB2,
+            ept::Perm::READ | ept::Perm::WRITE | ept::Perm::EXECUTE,
+            ept::MemType::WriteBack,
+        )
+        .map_err(|e| format!("EPT: {e}"))?;
+    }
+    let vmcs = alloc_page().ok_or("out of memory for the VMCS")?;
+    let revision = m
+        .host
+        .as_ref()
+        .map(|h| h.caps.basic.revision_id)
+        .unwrap_or(0);
+    // SAFETY: a fresh frame; the VMCS revision id goes in its first dword.
+    unsafe { core::ptr::write_volatile(vmcs as *mut u32, revision) };
+    // SAFETY: VMX is on; `vmcs` is a VMCS region with the right revision.
+    unsafe { insn::vmclear(vmcs) }.map_err(|e| format!("VMCLEAR failed: {e:?}"))?;
+    m.vms.push(Vm {
+        name: name.into(),
+        mem_mib,
+        image: image.into(),
+        arg,
+        state: State::Created,
+        chunks,
+        ept,
+        vmcs,
+        launched: false,
+        regs: GuestRegs::default(),
+        uart: Uart::default(),
+        pic: Pic::default(),
+        pit: Pit::default(),
+        tick_period: 0,
+        next_tick: 0,
+        exits: [0; 70],
+        total_exits: 0,
+        guest_tsc: 0,
+        started_tsc: 0,
+        tsc_offset: 0,
+    });
+    log::debug!(
+        "vm {name}: created, {mem_mib} MiB RAM, image {image} ({} bytes)",
+        data.len()
+    );
+    Ok(())
+}
+
+fn find(m: &mut Manager, name: &str) -> Result<usize, String> {
+    m.vms
+        .iter()
+        .position(|v| v.name == name)
+        .ok_or_else(|| format!("no VM named '{name}' (see 'vm list')"))
+}
+
+/// `vm start`: loads the image into fresh RAM and runs it from its entry.
+pub fn start(name: &str) -> Result<(), String> {
+    let mut m = MANAGER.lock();
+    let i = find(&mut m, name)?;
+    if m.vms[i].state.runs() {
+        return Err(format!("VM '{name}' is already running"));
+    }
+    let vmcs = m.vms[i].vmcs;
+    // A fresh launch: VMCLEAR resets the launch state.
+    // SAFETY: `vmcs` is this VM's VMCS region; VMX is on.
+    unsafe { insn::vmclear(vmcs) }.map_err(|e| format!("VMCLEAR failed: {e:?}"))?;
+    m.current_vmcs = 0;
+    make_current(&mut m, vmcs);
+    let Manager { host, vms, .. } = &mut *m;
+    let host = host.as_ref().ok_or("VMX is not enabled")?;
+    let vm = &mut vms[i];
+    let data = module(&vm.image).ok_or_else(|| format!("image '{}' disappeared", vm.image))?;
+    let image = boot::elf::parse_range(data, GUEST_IMAGE_BASE, vm.ram_bytes())
+        .map_err(|e| e.to_string())?;
+    vm.zero_ram();
+    for s in image.segments() {
+        let src = &data[s.file_offset as usize..(s.file_offset + s.file_len) as usize];
+        vm.write_guest(s.vaddr, src)?;
+    }
+    setup_guest_memory(vm)?;
+    setup_vmcs(host, vm, image.entry);
+    vm.launched = false;
+    vm.regs = GuestRegs::default();
+    vm.regs.rdi = vm.ram_bytes();
+    vm.regs.rsi = vm.arg;
+    vm.uart = Uart::default();
+    vm.pic = Pic::default();
+    vm.pit = Pit::default();
+    vm.tick_period = 0;
+    vm.state = State::Running;
+    vm.started_tsc = arch::rdtsc();
+    log::debug!("vm {name}: started at {:#x}", image.entry);
+    Ok(())
+}
+
+/// `vm stop`.
+pub fn stop(name: &str) -> Result<(), String> {
+    let mut m = MANAGER.lock();
+    let i = find(&mut m, name)?;
+    let vm = &mut m.vms[i];
+    if !vm.state.runs() {
+        return Err(format!("VM '{name}' is not running ({})", vm.state.name()));
+    }
+    flush_output(vm);
+    vm.state = State::Stopped { code: None };
+    log::debug!("vm {name}: stopped by the operator");
+    Ok(())
+}
+
+/// `vm delete`: stops it and frees its RAM, tables and VMCS.
+pub fn delete(name: &str) -> Result<(), String> {
+    let mut m = MANAGER.lock();
+    let i = find(&mut m, name)?;
+    let vm = m.vms.remove(i);
+    if m.current_vmcs == vm.vmcs {
+        m.current_vmcs = 0;
+    }
+    // SAFETY: the VMCS region belongs to this VM and VMX is on; clearing
+    // it makes the region safe to free.
+    let _ = unsafe { insn::vmclear(vm.vmcs) };
+    free_page(vm.vmcs);
+    let freed_mib = vm.ram_bytes() >> 20;
+    vm.ept.destroy(&mut IdentityMem, &mut KernelFrames);
+    if let Some(f) = crate::memory::FRAMES.lock().as_mut() {
+        for &c in &vm.chunks {
+            let _ = f.free_contiguous(crate::addr::Hpa::new(c), 512);
+        }
+    }
+    log::debug!("vm {name}: deleted, {freed_mib} MiB freed");
+    Ok(())
+}
+
+/// `vm list`.
+pub fn list() {
+    let m = MANAGER.lock();
+    if m.vms.is_empty() {
+        println!("no VMs (create one with 'vm create')");
+        return;
+    }
+    println!(
+        "{:<16} {:<8} {:>8} {:<10} exit",
+        "name", "state", "ram", "image"
+    );
+    for vm in &m.vms {
+        let exit = match &vm.state {
+            State::Stopped { code: Some(c) } => format!("code {c}"),
+            State::Faulted(why) | State::Crashed(why) => why.clone(),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<16} {:<8} {:>4} MiB {:<10} {exit}",
+            vm.name,
+            vm.state.name(),
+            vm.mem_mib,
+            vm.image
+        );
+    }
+}
+
+/// `vm stats`.
+pub fn stats(name: &str) -> Result<(), String> {
+    let mut m = MANAGER.lock();
+    let i = find(&mut m, name)?;
+    let vm = &m.vms[i];
+    println!(
+        "vm {}: {}, {} exits, {} ms in the guest",
+        vm.name,
+        vm.state.name(),
+        vm.total_exits,
+        crate::time::tsc_to_ms(vm.guest_tsc)
+    );
+    for (reason, &n) in vm.exits.iter().enumerate() {
+        if n > 0 {
+            println!("  {:<28} {n}", ExitReason::from(reason as u16).to_string());
+        }
+    }
+    println!("  console bytes {}", vm.uart.bytes);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Guest state
+
+fn setup_guest_memory(vm: &mut Vm) -> Result<(), String> {
+    // Identity map of 4 GiB with 2 MiB pages: PML4[0] -> PDPT, PDPT[0..4] -> PDs.
+    vm.write_u64s(GUEST_PML4, &[GUEST_PDPT | 0x3])?;
+    vm.write_u64s(
+        GUEST_PDPT,
+        &[
+            GUEST_PD | 0x3,
+            (GUEST_PD + 0x1000) | 0x3,
+            (GUEST_PD + 0x2000) | 0x3,
+            (GUEST_PD + 0x3000) | 0x3,
+        ],
+    )?;
+    let pds: Vec<u64> = (0..2048u64).map(|i| (i * MIB2) | 0x83).collect();
+    vm.write_u64s(GUEST_PD, &pds)?;
+    // Null, 64-bit code (0x08), data (0x10).
+    vm.write_u64s(
+        GUEST_GDT,
+        &[0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff],
+    )
+}
+
+fn setup_vmcs(host: &Host, vm: &mut Vm, entry: u64) {
+    use Field as F;
+    // Controls.
+    vmwrite(F::PIN_BASED_CONTROLS, u64::from(host.pin));
+    vmwrite(F::PRIMARY_PROC_CONTROLS, u64::from(host.primary));
+    vmwrite(F::SECONDARY_PROC_CONTROLS, u64::from(host.secondary));
+    vmwrite(F::EXIT_CONTROLS, u64::from(host.exit));
+    vmwrite(F::ENTRY_CONTROLS, u64::from(host.entry));
+    vmwrite(F::EXCEPTION_BITMAP, 0);
+    vmwrite(F::CR3_TARGET_COUNT, 0);
+    vmwrite(F::EXIT_MSR_STORE_COUNT, 0);
+    vmwrite(F::EXIT_MSR_LOAD_COUNT, 0);
+    vmwrite(F::ENTRY_MSR_LOAD_COUNT, 0);
+    vmwrite(F::ENTRY_INTERRUPTION_INFO, 0);
+    vmwrite(F::EPT_POINTER, vm.ept.eptp(false));
+    vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
+    vm.tsc_offset = 0u64.wrapping_sub(arch::rdtsc());
+    vmwrite(F::TSC_OFFSET, vm.tsc_offset);
+
+    // Guest CR0/CR4: the VMX fixed bits are forced, and hidden from the
+    // guest through the read shadows (CR4.VMXE above all).
+    let cr0 = 0x8001_0033u64; // PG, WP, NE, ET, MP, PE
+    let cr4 = 0x20u64; // PAE
+    let cr0_mask = host.cr0_fixed.0 & !(0x8000_0001) | 0x20;
+    let cr4_mask = host.cr4_fixed.0 | (1 << 13);
+    vmwrite(F::CR0_GUEST_HOST_MASK, cr0_mask);
+    vmwrite(F::CR4_GUEST_HOST_MASK, cr4_mask);
+    vmwrite(F::CR0_READ_SHADOW, cr0);
+    vmwrite(F::CR4_READ_SHADOW, cr4);
+    vmwrite(F::GUEST_CR0, (cr0 | host.cr0_fixed.0) & host.cr0_fixed.1);
+    vmwrite(F::GUEST_CR4, (cr4 | host.cr4_fixed.0) & host.cr4_fixed.1);
+    vmwrite(F::GUEST_CR3, GUEST_PML4);
+    vmwrite(F::GUEST_IA32_EFER, 0xd00); // NXE, LMA, LME
+    vmwrite(F::GUEST_DR7, 0x400);
+    vmwrite(F::GUEST_RSP, GUEST_STACK_TOP);
+    vmwrite(F::GUEST_RIP, entry);
+    vmwrite(F::GUEST_RFLAGS, 0x2);
+    for (sel, base, limit, ar) in [
+        (
+            F::GUEST_ES_SELECTOR,
+            F::GUEST_ES_BASE,
+            F::GUEST_ES_LIMIT,
+            F::GUEST_ES_ACCESS_RIGHTS,
+        ),
+        (
+            F::GUEST_SS_SELECTOR,
+            F::GUEST_SS_BASE,
+            F::GUEST_SS_LIMIT,
+            F::GUEST_SS_ACCESS_RIGHTS,
+        ),
+        (
+            F::GUEST_DS_SELECTOR,
+            F::GUEST_DS_BASE,
+            F::GUEST_DS_LIMIT,
+            F::GUEST_DS_ACCESS_RIGHTS,
+        ),
+        (
+            F::GUEST_FS_SELECTOR,
+            F::GUEST_FS_BASE,
+            F::GUEST_FS_LIMIT,
+            F::GUEST_FS_ACCESS_RIGHTS,
+        ),
+        (
+            F::GUEST_GS_SELECTOR,
+            F::GUEST_GS_BASE,
+            F::GUEST_GS_LIMIT,
+            F::GUEST_GS_ACCESS_RIGHTS,
+        ),
+    ] {
+        vmwrite(sel, 0x10);
+        vmwrite(base, 0);
+        vmwrite(limit, 0xffff_ffff);
+        vmwrite(ar, 0xc093);
+    }
+    vmwrite(F::GUEST_CS_SELECTOR, 0x08);
+    vmwrite(F::GUEST_CS_BASE, 0);
+    vmwrite(F::GUEST_CS_LIMIT, 0xffff_ffff);
+    vmwrite(F::GUEST_CS_ACCESS_RIGHTS, 0xa09b);
+    vmwrite(F::GUEST_TR_SELECTOR, 0);
+    vmwrite(F::GUEST_TR_BASE, 0);
+    vmwrite(F::GUEST_TR_LIMIT, 0xff);
+    vmwrite(F::GUEST_TR_ACCESS_RIGHTS, 0x8b);
+    vmwrite(F::GUEST_LDTR_SELECTOR, 0);
+    vmwrite(F::GUEST_LDTR_BASE, 0);
+    vmwrite(F::GUEST_LDTR_LIMIT, 0);
+    vmwrite(F::GUEST_LDTR_ACCESS_RIGHTS, 0x1_0000); // unusable
+    vmwrite(F::GUEST_GDTR_BASE, GUEST_GDT);
+    vmwrite(F::GUEST_GDTR_LIMIT, 23);
+    vmwrite(F::GUEST_IDTR_BASE, 0);
+    vmwrite(F::GUEST_IDTR_LIMIT, 0);
+    vmwrite(F::GUEST_INTERRUPTIBILITY_STATE, 0);
+    vmwrite(F::GUEST_ACTIVITY_STATE, 0);
+    vmwrite(F::GUEST_PENDING_DEBUG_EXCEPTIONS, 0);
+    vmwrite(F::GUEST_IA32_SYSENTER_CS, 0);
+    vmwrite(F::GUEST_IA32_SYSENTER_ESP, 0);
+    vmwrite(F::GUEST_IA32_SYSENTER_EIP, 0);
+    vmwrite(F::GUEST_IA32_DEBUGCTL, 0);
+
+    // Host state: what the CPU loads on every VM exit.
+    vmwrite(F::HOST_CR0, arch::cr0());
+    vmwrite(F::HOST_CR3, arch::cr3());
+    vmwrite(F::HOST_CR4, arch::cr4());
+    let sel = crate::cpu::selectors();
+    vmwrite(F::HOST_CS_SELECTOR, u64::from(sel.code));
+    for f in [
+        F::HOST_SS_SELECTOR,
+        F::HOST_DS_SELECTOR,
+        F::HOST_ES_SELECTOR,
+    ] {
+        vmwrite(f, u64::from(sel.data));
+    }
+    vmwrite(F::HOST_FS_SELECTOR, 0);
+    vmwrite(F::HOST_GS_SELECTOR, 0);
+    vmwrite(F::HOST_TR_SELECTOR, u64::from(sel.tss));
+    vmwrite(F::HOST_FS_BASE, 0);
+    vmwrite(F::HOST_GS_BASE, 0);
+    vmwrite(F::HOST_TR_BASE, sel.tss_base);
+    vmwrite(F::HOST_GDTR_BASE, sel.gdt_base);
+    vmwrite(F::HOST_IDTR_BASE, sel.idt_base);
+    vmwrite(F::HOST_IA32_SYSENTER_CS, 0);
+    vmwrite(F::HOST_IA32_SYSENTER_ESP, 0);
+    vmwrite(F::HOST_IA32_SYSENTER_EIP, 0);
+    // SAFETY: IA32_EFER exists on every x86-64 CPU.
+    vmwrite(F::HOST_IA32_EFER, unsafe { arch::rdmsr(0xc000_0080) });
+    vmwrite(F::HOST_RIP, insn::vm_exit_rip());
+}
+
+// ---------------------------------------------------------------------------
+// The run loop
+
+/// Runs one slice of the next runnable VM. Returns false when no VM could
+/// run (the caller may then sleep until the next host interrupt).
+pub fn run_slice() -> bool {
+    let mut m = MANAGER.lock();
+    let n = m.vms.len();
+    if n == 0 || m.host.is_none() {
+        return false;
+    }
+    let now = arch::rdtsc();
+    for k in 0..n {
+        let i = (m.next + k) % n;
+        let vm = &mut m.vms[i];
+        update_timer(vm, now);
+        let runnable = match vm.state {
+            State::Running => true,
+            State::Halted => vm.pic.pending().is_some(),
+            _ => false,
+        };
+        if runnable {
+            m.next = (i + 1) % n;
+            let vmcs = m.vms[i].vmcs;
+            make_current(&mut m, vmcs);
+            let Manager { host, vms, .. } = &mut *m;
+            if let Some(host) = host.as_ref() {
+                run_vm(host, &mut vms[i]);
+            }
+            return true;
+        }
+    }
+    false
+}
+
+/// Raises IRQ0 when the guest's PIT period has elapsed.
+fn update_timer(vm: &mut Vm, now: u64) {
+    if vm.pit.take_changed() {
+        vm.tick_period = vm.pit.period_tsc(crate::time::tsc_hz()).unwrap_or(0);
+        vm.next_tick = now.saturating_add(vm.tick_period);
+    }
+    if vm.tick_period != 0 && now >= vm.next_tick {
+        vm.pic.raise(0);
+        // Keep the phase (no drift), but never queue more than one late tick.
+        vm.next_tick = vm.next_tick.saturating_add(vm.tick_period).max(now);
+    }
+}
+
+fn run_vm(host: &Host, vm: &mut Vm) {
+    // Deliver a pending interrupt if the guest can take it now, else ask
+    // for an exit as soon as it can (interrupt-window exiting).
+    let mut primary = host.primary;
+    if let Some(vector) = vm.pic.pending() {
+        let rflags = vmread(Field::GUEST_RFLAGS);
+        let blocked = vmread(Field::GUEST_INTERRUPTIBILITY_STATE) & 0x3 != 0;
+        if rflags & 0x200 != 0 && !blocked {
+            let info = InterruptionInfo::external_interrupt(vector);
+            vmwrite(Field::ENTRY_INTERRUPTION_INFO, u64::from(info.encode()));
+            vm.pic.acknowledge(vector);
+            vm.state = State::Running;
+        } else {
+            primary |= PrimaryControls::INTERRUPT_WINDOW_EXITING.bits();
+        }
+    }
+    vmwrite(Field::PRIMARY_PROC_CONTROLS, u64::from(primary));
+    if host.pin & PinControls::PREEMPTION_TIMER.bits() != 0 {
+        let slice = crate::time::tsc_hz() / 1000 * SLICE_MS;
+        vmwrite(
+            Field::PREEMPTION_TIMER_VALUE,
+            (slice >> host.timer_rate).min(u64::from(u32::MAX)),
+        );
+    }
+
+    let t0 = arch::rdtsc();
+    arch::cli();
+    // SAFETY: the VM's VMCS is current and fully initialised (setup_vmcs),
+    // HOST_RIP is the exit landing of vm_enter, and interrupts are off so
+    // no host handler runs between VM entry and exit.
+    let r = unsafe { insn::vm_enter(&mut vm.regs, vm.launched) };
+    // Let the host timer interrupt that probably caused this exit in.
+    arch::interrupt_window();
+    vm.guest_tsc += arch::rdtsc().saturating_sub(t0);
+    match r {
+        Ok(()) => {
+            vm.launched = true;
+            handle_exit(vm);
+        }
+        Err(e) => {
+            let why = match e {
+                VmFail::Valid(err) => format!("VM entry failed: {err}"),
+                VmFail::Invalid => "VM entry failed: no current VMCS".to_string(),
+            };
+            fault(vm, why);
+        }
+    }
+}
+
+fn flush_output(vm: &mut Vm) {
+    if let Some(line) = vm.uart.flush() {
+        async_line(format_args!("[{}] {line}", vm.name));
+    }
+}
+
+fn fault(vm: &mut Vm, why: String) {
+    flush_output(vm);
+    async_line(format_args!("vm {}: stopped: {why}", vm.name));
+    log::debug!("vm {}: faulted: {why}", vm.name);
+    vm.state = State::Faulted(why);
+}
+
+fn skip_instruction() {
+    let len = vmread(Field::EXIT_INSTRUCTION_LENGTH);
+    vmwrite(Field::GUEST_RIP, vmread(Field::GUEST_RIP) + len);
+}
+
+fn handle_exit(vm: &mut Vm) {
+    let raw = vmread(Field::EXIT_REASON) as u32;
+    let info = vmx::exit::ExitInfo::from_raw(raw);
+    let basic = (raw & 0xffff) as usize;
+    vm.total_exits += 1;
+    if let Some(c) = vm.exits.get_mut(basic) {
+        *c += 1;
+    }
+    if info.entry_failure {
+        let qual = vmread(Field::EXIT_QUALIFICATION);
+        fault(
+            vm,
+            format!("VM entry failed: {} (qualification {qual:#x})", info.reason),
+        );
+        return;
+    }
+    match info.reason {
+        ExitReason::ExternalInterrupt | ExitReason::PreemptionTimer => {}
+        ExitReason::InterruptWindow => {}
+        ExitReason::Cpuid => {
+            emulate_cpuid(vm);
+            skip_instruction();
+        }
+        ExitReason::Hlt => {
+            skip_instruction();
+            let rflags = vmread(Field::GUEST_RFLAGS);
+            if rflags & 0x200 == 0 && vm.tick_period == 0 {
+                fault(
+                    vm,
+                    format!(
+                        "halted with interrupts disabled at rip {:#x}",
+                        vmread(Field::GUEST_RIP)
+                    ),
+                );
+            } else {
+                vm.state = State::Halted;
+            }
+        }
+        ExitReason::IoInstruction => {
+            let raw = vmread(Field::EXIT_QUALIFICATION);
+            match IoQualification::try_from(raw) {
+                Ok(q) => emulate_io(vm, q),
+                Err(e) => fault(vm, format!("bad I/O exit qualification {raw:#x}: {e}")),
+            }
+        }
+        ExitReason::Rdmsr => {
+            let msr = vm.regs.rcx as u32;
+            match read_msr(vm, msr) {
+                Some(v) => {
+                    vm.regs.rax = v & 0xffff_ffff;
+                    vm.regs.rdx = v >> 32;
+                    skip_instruction();
+                }
+                None => inject_gp(vm, format!("rdmsr {msr:#x}")),
+            }
+        }
+        ExitReason::Wrmsr => {
+            let msr = vm.regs.rcx as u32;
+            let v = (vm.regs.rdx << 32) | (vm.regs.rax & 0xffff_ffff);
+            if write_msr(msr, v) {
+                skip_instruction();
+            } else {
+                inject_gp(vm, format!("wrmsr {msr:#x} = {v:#x}"));
+            }
+        }
+        ExitReason::CrAccess => emulate_cr(vm),
+        ExitReason::EptViolation => {
+            let gpa = vmread(Field::GUEST_PHYSICAL_ADDRESS);
+            let q = vmx::exit::EptViolation::from(vmread(Field::EXIT_QUALIFICATION));
+            let what = if q.fetch {
+                "instruction fetch"
+            } else if q.write {
+                "write"
+            } else {
+                "read"
+            };
+            let why = format!(
+                "{what} of guest-physical {gpa:#x} outside its {} MiB of RAM at rip {:#x}",
+                vm.mem_mib,
+                vmread(Field::GUEST_RIP)
+            );
+            fault(vm, why);
+        }
+        ExitReason::TripleFault => {
+            flush_output(vm);
+            let why = format!(
+                "triple fault at rip {:#x} rsp {:#x} cr2 {:#x} rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x}",
+                vmread(Field::GUEST_RIP),
+                vmread(Field::GUEST_RSP),
+                vm.regs.cr2,
+                vm.regs.rax,
+                vm.regs.rbx,
+                vm.regs.rcx,
+                vm.regs.rdx
+            );
+            async_line(format_args!("vm {}: crashed: {why}", vm.name));
+            log::debug!("vm {}: crashed", vm.name);
+            vm.state = State::Crashed(why);
+        }
+        other => {
+            let why = format!(
+                "unhandled exit {other} (qualification {:#x}) at rip {:#x}",
+                vmread(Field::EXIT_QUALIFICATION),
+                vmread(Field::GUEST_RIP)
+            );
+            fault(vm, why);
+        }
+    }
+}
+
+fn emulate_cpuid(vm: &mut Vm) {
+    let leaf = vm.regs.rax as u32;
+    let sub = vm.regs.rcx as u32;
+    let (a, b, c, d) = match leaf {
+        0x4000_0000 => (0x4000_0010, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]),
+        0x4000_0010 => ((crate::time::tsc_hz() / 1000) as u32, 0, 0, 0),
+        0x4000_0001..=0x4000_00ff => (0, 0, 0, 0),
+        1 => {
+            let (a, b, c, d) = arch::cpuid(1, sub);
+            // Hypervisor present (bit 31) and no VMX (bit 5) for the guest.
+            (a, b, (c | (1 << 31)) & !(1 << 5), d)
+        }
+        _ => arch::cpuid(leaf, sub),
+    };
+    vm.regs.rax = u64::from(a);
+    vm.regs.rbx = u64::from(b);
+    vm.regs.rcx = u64::from(c);
+    vm.regs.rdx = u64::from(d);
+}
+
+fn emulate_io(vm: &mut Vm, q: IoQualification) {
+    if q.string || q.rep {
+        fault(
+            vm,
+            format!("string I/O on port {:#x} is not supported", q.port),
+        );
+        return;
+    }
+    skip_instruction();
+    let value = vm.regs.rax
+        & match q.size {
+            1 => 0xff,
+            2 => 0xffff,
+            _ => 0xffff_ffff,
+        };
+    if q.input {
+        let v: u64 = match q.port {
+            0x3f8..=0x3ff => u64::from(vm.uart.read(q.port - 0x3f8)),
+            0x20 | 0x21 => u64::from(vm.pic.read(q.port - 0x20)),
+            0x40..=0x43 => u64::from(vm.pit.read(q.port - 0x40)),
+            _ => u64::MAX,
+        };
+        let mask = match q.size {
+            1 => 0xff,
+            2 => 0xffff,
+            _ => 0xffff_ffff,
+        };
+        vm.regs.rax = (vm.regs.rax & !mask) | (v & mask);
+        return;
+    }
+    match q.port {
+        0x3f8..=0x3ff => {
+            if let Some(line) = vm.uart.write(q.port - 0x3f8, value as u8) {
+                async_line(format_args!("[{}] {line}", vm.name));
+            }
+        }
+        0x20 | 0x21 => vm.pic.write(q.port - 0x20, value as u8),
+        0x40..=0x43 => vm.pit.write(q.port - 0x40, value as u8),
+        0xf4 => {
+            flush_output(vm);
+            let code = value as u32;
+            async_line(format_args!("vm {}: exited with code {code}", vm.name));
+            log::debug!("vm {}: exited with code {code}", vm.name);
+            vm.state = State::Stopped { code: Some(code) };
+        }
+        _ => log::debug!(
+            "vm {}: write {value:#x} to unmodelled port {:#x} ignored",
+            vm.name,
+            q.port
+        ),
+    }
+}
+
+/// MSRs a guest may read: (value source).
+fn read_msr(vm: &Vm, msr: u32) -> Option<u64> {
+    Some(match msr {
+        0x10 => arch::rdtsc().wrapping_add(vm.tsc_offset), // IA32_TSC
+        0x1b => 0xfee0_0900,                               // IA32_APIC_BASE: BSP, enabled
+        0x1a0 => 1,                                        // IA32_MISC_ENABLE: fast strings
+        0x277 => vmread(Field::GUEST_IA32_PAT),            // IA32_PAT
+        0xc000_0080 => vmread(Field::GUEST_IA32_EFER),     // IA32_EFER
+        0xc000_0100 => vmread(Field::GUEST_FS_BASE),       // FS base
+        0xc000_0101 => vmread(Field::GUEST_GS_BASE),       // GS base
+        _ => return None,
+    })
+}
+
+/// MSRs a guest may write. False: the write gets #GP.
+fn write_msr(msr: u32, v: u64) -> bool {
+    match msr {
+        0x277 => vmwrite(Field::GUEST_IA32_PAT, v),
+        // EFER: only NXE/SCE may change; LME/LMA stay as set up.
+        0xc000_0080 if v & !0xd01 == 0 && v & 0x500 == 0x500 => {
+            vmwrite(Field::GUEST_IA32_EFER, v | 0x400)
+        }
+        0xc000_0100 => vmwrite(Field::GUEST_FS_BASE, v),
+        0xc000_0101 => vmwrite(Field::GUEST_GS_BASE, v),
+        _ => return false,
+    }
+    true
+}
+
+fn inject_gp(vm: &mut Vm, what: String) {
+    log::info!("vm {}: {what} refused: #GP injected", vm.name);
+    let info = InterruptionInfo::hardware_exception(13, true);
+    vmwrite(Field::ENTRY_INTERRUPTION_INFO, u64::from(info.encode()));
+    vmwrite(Field::ENTRY_EXCEPTION_ERROR_CODE, 0);
+}
+
+/// The current VMCS, for the `vmx` crate's register helpers.
+struct CurrentVmcs;
+
+impl vmx::Vmcs for CurrentVmcs {
+    fn read(&self, f: Field) -> u64 {
+        vmread(f)
+    }
+
+    fn write(&mut self, f: Field, v: u64) {
+        vmwrite(f, v)
+    }
+}
+
+fn emulate_cr(vm: &mut Vm) {
+    let q = vmx::exit::CrAccess::from(vmread(Field::EXIT_QUALIFICATION));
+    let cr4_fixed0 = vmread(Field::CR4_GUEST_HOST_MASK) & !(1 << 13);
+    match q.kind {
+        CrAccessKind::MovToCr { gpr } if q.cr == 0 || q.cr == 4 => {
+            let v = vm.regs.get(gpr, &CurrentVmcs);
+            if q.cr == 0 {
+                vmwrite(Field::CR0_READ_SHADOW, v);
+                vmwrite(Field::GUEST_CR0, v | 0x20);
+            } else {
+                vmwrite(Field::CR4_READ_SHADOW, v);
+                vmwrite(Field::GUEST_CR4, v | cr4_fixed0 | (1 << 13));
+            }
+            skip_instruction();
+        }
+        _ => {
+            let why = format!(
+                "unsupported control-register access {q:?} at rip {:#x}",
+                vmread(Field::GUEST_RIP)
+            );
+            fault(vm, why);
+        }
+    }
+}
+
+/// Module listing for `vm help`.
+pub fn describe_images() -> String {
+    let mut s = String::new();
+    let names = module_names();
+    let _ = write!(
+        s,
+        "images: {}",
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    );
+    s
+}
