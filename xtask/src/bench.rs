@@ -2,6 +2,12 @@
 //! in Bochs (one at a time, so the runs do not compete for the two cores) and
 //! prints boot times and the hypervisor's memory use.
 //!
+//! `cargo xtask bench vmx`: runs the `exitbench` guest in Bochs (two CPU
+//! models) and prints VM exit round trips per second for a CPUID loop and a
+//! port-I/O loop, and the TSC cycles each round trip costs as the guest
+//! sees it (under Bochs with `ips=100000000` the TSC runs at 100 MHz, one
+//! tick per emulated instruction, so cycles = instructions per round trip).
+//!
 //! A benchmark, not a test: it reports numbers and fails only when a boot
 //! does not reach the prompt.
 
@@ -27,7 +33,9 @@ fn parse(args: &[String]) -> Result<u32> {
         return Err("bench: say what to benchmark: cargo xtask bench boot [--runs N]".into());
     };
     if what != "boot" {
-        return Err(format!("bench: unknown benchmark '{what}' (expected boot)"));
+        return Err(format!(
+            "bench: unknown benchmark '{what}' (expected boot or vmx)"
+        ));
     }
     match rest {
         [] => Ok(5),
@@ -83,8 +91,68 @@ fn same_or_range<T: PartialEq + Clone + std::fmt::Display>(v: &[Option<T>]) -> S
     }
 }
 
-/// `cargo xtask bench boot [--runs N]`.
+/// Exit round trips measured by the `exitbench` guest per loop.
+const EXITBENCH_LOOPS: u32 = 20_000;
+
+/// `cargo xtask bench vmx`.
+fn vmx(args: &[String]) -> Result {
+    if !args.is_empty() {
+        return Err(format!("bench vmx: unexpected arguments {args:?}"));
+    }
+    setup::setup()?;
+    make_image()?;
+    let line = Regex::new(r"\[b\] exitbench: (\w+) (\d+) exits, (\d+) cycles/exit, (\d+) exits/s")
+        .expect("static regex");
+    let mut rows = Vec::new();
+    for model in ["corei7_skylake_x", "corei7_sandy_bridge_2600k"] {
+        let mut m = Machine::builder(Emulator::Bochs)
+            .bochs_model(model)
+            .name(&format!("bench-vmx-{model}"))
+            .try_start()
+            .map_err(|e| e.to_string())?;
+        m.try_boot_to_prompt().map_err(|e| e.to_string())?;
+        let t = Emulator::Bochs.command_timeout();
+        m.try_command(
+            &format!("vm create b mem=8 image=exitbench arg={EXITBENCH_LOOPS}"),
+            t,
+        )
+        .map_err(|e| e.to_string())?;
+        m.send_line("vm start b");
+        let done = m
+            .try_expect(
+                r"vm b: (exited with code \d+|stopped: .*|crashed: .*)\r?\n",
+                Duration::from_secs(300),
+            )
+            .map_err(|e| e.to_string())?;
+        let out = m.output();
+        for c in line.captures_iter(&out) {
+            rows.push((model, c[1].to_string(), c[3].to_string(), c[4].to_string()));
+        }
+        eprintln!("xtask: {model}: {}", done.text.trim());
+    }
+    println!();
+    println!(
+        "VM exit round trips, exitbench guest in Bochs ({EXITBENCH_LOOPS} exits per loop; TSC 100 MHz = 1 cycle per emulated instruction)"
+    );
+    println!();
+    println!(
+        "{:<28} {:<6} {:>12} {:>14}",
+        "cpu model", "loop", "cycles/exit", "exits/s"
+    );
+    for (model, what, cycles, rate) in &rows {
+        println!("{model:<28} {what:<6} {cycles:>12} {rate:>14}");
+    }
+    if rows.is_empty() {
+        return Err("bench vmx: the exitbench guest printed no results".into());
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench boot [--runs N]` and `cargo xtask bench vmx`.
 pub fn main(args: &[String]) -> Result {
+    if args.first().map(String::as_str) == Some("vmx") {
+        return vmx(&args[1..]);
+    }
     let runs = parse(args)?;
     setup::setup()?;
     make_image()?;

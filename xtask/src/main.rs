@@ -9,6 +9,7 @@
 //!                       boot the image with the serial console on this terminal
 //! test [-- ARGS]        host unit tests of every crate, then the system tests
 //! bench boot [--runs N] boot timing and memory use in QEMU and Bochs
+//! bench vmx            VM exit round-trip cost in Bochs
 //! ```
 //!
 //! Emulators are started through the `hv-tests` harness, so the emulator
@@ -38,6 +39,7 @@ commands:
                          boot the image; serial console on this terminal (Ctrl-] quits)
   test [-- <test args>]  host unit tests of every crate, then the system tests
   bench boot [--runs N]  boot time and memory use in QEMU and Bochs (default 5 runs)
+  bench vmx              VM exit round trips per second (CPUID and port I/O loops) in Bochs
 ";
 
 /// An error message for the user; `main` prints it as `error: <msg>`.
@@ -120,7 +122,7 @@ const UEFI_TARGET: &str = "x86_64-unknown-uefi";
 const KERNEL_TARGET: &str = "x86_64-unknown-none";
 /// The test guests (binaries of the `guests` crate, built for
 /// [`KERNEL_TARGET`]); each goes into the image as module `<name>`.
-const GUESTS: [&str; 4] = ["hello", "ticks", "memtest", "rogue"];
+const GUESTS: [&str; 5] = ["hello", "ticks", "memtest", "rogue", "exitbench"];
 
 fn loader_path() -> PathBuf {
     root()
