@@ -182,10 +182,17 @@ fn bochs_two_guests_share_the_cpu() {
     m.send_line("vm start tk");
     m.expect(r"\[tk\] ticks: alive 1\r?\n", secs(60));
     m.expect(r"\[tk\] ticks: alive 2\r?\n", secs(60));
+    // A third guest crashes beside them; the ticking one carries on.
+    m.send_line("vm create boom mem=8 image=rogue arg=1");
+    m.expect(r"vm boom: created", t);
+    m.send_line("vm start boom");
+    m.expect(r"vm boom: crashed: triple fault at rip 0x[0-9a-f]+", secs(60));
+    m.expect(r"\[tk\] ticks: alive \d+\r?\n", secs(60));
     // Guest output keeps arriving: match the answers, not whole outputs.
     m.send_line("vm list");
     m.expect(r"(?m)^spin +(running|halted) ", t);
     m.expect(r"(?m)^tk +(running|halted) ", t);
+    m.expect(r"(?m)^boom +crashed ", t);
     m.send_line("vm stop spin");
     m.expect(r"(?m)^vm spin: stopped\r?$", t);
     m.send_line("vm stop tk");
