@@ -3,6 +3,8 @@
 /// Leaf 0x4000_0000: the highest hypervisor leaf in EAX, the signature in
 /// EBX:ECX:EDX.
 pub const LEAF_SIGNATURE: u32 = 0x4000_0000;
+/// Guest-physical base of the memory-mapped 16550 (registers 1 byte apart).
+pub const MMIO_UART: u64 = 0xfe00_0000;
 /// Leaf 0x4000_0010: the TSC frequency in kHz in EAX (as VMware's leaf).
 pub const LEAF_TSC_KHZ: u32 = 0x4000_0010;
 /// The highest hypervisor leaf the hypervisor reports.

@@ -59,7 +59,9 @@
 //! **Devices (port I/O; `IN`/`OUT` only, string I/O is not emulated).**
 //! - COM1 at 0x3F8: bytes written to 0x3F8 appear on the host console,
 //!   line by line, as `[<vm>] <line>` (`\r` is dropped); the LSR (0x3FD)
-//!   reads 0x60, transmitter empty.
+//!   reads 0x60, transmitter empty. The same 16550 is also memory-mapped
+//!   at guest-physical 0xFE00_0000 ([`hv::MMIO_UART`]), registers one byte
+//!   apart, for plain `MOV` accesses (the hypervisor decodes them).
 //! - Exit device at 0xF4: a 32-bit `out dx, eax` of the exit code stops the
 //!   VM with that code (0 = success; see [`exit_code`]).
 //! - A master 8259 PIC (0x20/0x21) and PIT channel 0 (0x40/0x43): ICW1 0x11,

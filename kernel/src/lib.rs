@@ -11,6 +11,7 @@ pub mod config;
 pub mod devices;
 pub mod frames;
 pub mod lineedit;
+pub mod mmio;
 pub mod pci;
 pub mod shell;
 pub mod vmxcaps;

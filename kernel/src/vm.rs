@@ -49,6 +49,10 @@ const GUEST_GDT: u64 = 0x8000;
 const GUEST_STACK_TOP: u64 = 0x80000;
 /// Guest images load from 1 MiB up.
 pub const GUEST_IMAGE_BASE: u64 = 0x10_0000;
+/// The guest's 16550 is also memory-mapped here (registers one byte apart),
+/// through EPT violations and [`crate::mmio`] instruction decoding.
+pub const MMIO_UART_BASE: u64 = 0xfe00_0000;
+const MMIO_UART_LEN: u64 = 0x1000;
 /// Time slice per VM entry.
 const SLICE_MS: u64 = 5;
 /// CPUID leaf 0x40000000 signature (EBX, ECX, EDX): "hvhypervisor".
@@ -959,6 +963,16 @@ fn handle_exit(vm: &mut Vm) {
             }
         }
         ExitReason::CrAccess => emulate_cr(vm),
+        ExitReason::EptViolation
+            if (MMIO_UART_BASE..MMIO_UART_BASE + MMIO_UART_LEN)
+                .contains(&vmread(Field::GUEST_PHYSICAL_ADDRESS)) =>
+        {
+            let gpa = vmread(Field::GUEST_PHYSICAL_ADDRESS);
+            let q = vmx::exit::EptViolation::from(vmread(Field::EXIT_QUALIFICATION));
+            if let Err(why) = emulate_mmio_uart(vm, gpa, q.write) {
+                fault(vm, why);
+            }
+        }
         ExitReason::EptViolation => {
             let gpa = vmread(Field::GUEST_PHYSICAL_ADDRESS);
             let q = vmx::exit::EptViolation::from(vmread(Field::EXIT_QUALIFICATION));
@@ -1148,6 +1162,83 @@ fn emulate_cr(vm: &mut Vm) {
             fault(vm, why);
         }
     }
+}
+
+/// Translates a guest-virtual address with the guest's own page tables
+/// (4-level, 4 KiB/2 MiB/1 GiB pages; SDM Vol. 3A 4.5).
+fn guest_virt_to_phys(vm: &Vm, gva: u64) -> Option<u64> {
+    let cr0 = vmread(Field::GUEST_CR0);
+    if cr0 & (1 << 31) == 0 {
+        return Some(gva);
+    }
+    let mut table = vmread(Field::GUEST_CR3) & 0x000f_ffff_ffff_f000;
+    for level in (0..4).rev() {
+        let index = (gva >> (12 + 9 * level)) & 0x1ff;
+        let ptr = vm.host_ptr(table + index * 8, 8)?;
+        // SAFETY: host_ptr checked that the 8 bytes lie in this VM's RAM.
+        let entry = unsafe { core::ptr::read_unaligned(ptr as *const u64) };
+        if entry & 1 == 0 {
+            return None;
+        }
+        let frame = entry & 0x000f_ffff_ffff_f000;
+        if level == 0 || (level <= 2 && entry & 0x80 != 0) {
+            let page_mask = (1u64 << (12 + 9 * level)) - 1;
+            return Some((frame & !page_mask) | (gva & page_mask));
+        }
+        table = frame;
+    }
+    None
+}
+
+/// Emulates the instruction that touched the MMIO 16550.
+fn emulate_mmio_uart(vm: &mut Vm, gpa: u64, write: bool) -> Result<(), String> {
+    let rip = vmread(Field::GUEST_RIP);
+    let mut bytes = [0u8; 15];
+    let mut fetched = 0;
+    while fetched < bytes.len() {
+        let Some(pa) = guest_virt_to_phys(vm, rip + fetched as u64) else {
+            break;
+        };
+        let Some(p) = vm.host_ptr(pa, 1) else { break };
+        // SAFETY: host_ptr checked the byte lies in this VM's RAM.
+        bytes[fetched] = unsafe { core::ptr::read(p) };
+        fetched += 1;
+    }
+    let insn = crate::mmio::decode(&bytes[..fetched])
+        .map_err(|e| format!("MMIO access to {gpa:#x} at rip {rip:#x}: {e}"))?;
+    let offset = (gpa - MMIO_UART_BASE) as u16;
+    use crate::mmio::Access;
+    match (insn.access, write) {
+        (Access::Load { reg, zero_extend }, false) => {
+            let gpr = vmx::Gpr::from_index(reg).ok_or("bad register")?;
+            let value = u64::from(vm.uart.read(offset));
+            let old = vm.regs.get(gpr, &CurrentVmcs);
+            vm.regs.set(
+                gpr,
+                crate::mmio::merge_load(old, value, insn.size, zero_extend),
+                &mut CurrentVmcs,
+            );
+        }
+        (Access::Store { reg, high_byte }, true) => {
+            let gpr = vmx::Gpr::from_index(reg).ok_or("bad register")?;
+            let v = vm.regs.get(gpr, &CurrentVmcs) >> if high_byte { 8 } else { 0 };
+            if let Some(line) = vm.uart.write(offset, v as u8) {
+                async_line(format_args!("[{}] {line}", vm.name));
+            }
+        }
+        (Access::StoreImm(v), true) => {
+            if let Some(line) = vm.uart.write(offset, v as u8) {
+                async_line(format_args!("[{}] {line}", vm.name));
+            }
+        }
+        _ => {
+            return Err(format!(
+                "MMIO access to {gpa:#x} at rip {rip:#x}: decoded {insn:?} disagrees with the exit"
+            ));
+        }
+    }
+    vmwrite(Field::GUEST_RIP, rip + u64::from(insn.len));
+    Ok(())
 }
 
 /// Module listing for `vm help`.

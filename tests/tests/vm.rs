@@ -60,6 +60,8 @@ fn bochs_hello_guest_and_vm_errors() {
     m.expect(r"\[h1\] hello: hello from a guest\r?\n", secs(60));
     m.expect(r"\[h1\] hello: hypervisor signature ok\r?\n", secs(30));
     m.expect(r"\[h1\] hello: ram 16 MiB, arg 0\r?\n", secs(30));
+    // The same UART through MMIO: EPT violation, decoded MOV, device model.
+    m.expect(r"\[h1\] hello: via mmio, lsr 0x60\r?\n", secs(30));
     m.expect(r"vm h1: exited with code 0\r?\n", secs(30));
     m.expect_prompt(t);
 
@@ -186,7 +188,10 @@ fn bochs_two_guests_share_the_cpu() {
     m.send_line("vm create boom mem=8 image=rogue arg=1");
     m.expect(r"vm boom: created", t);
     m.send_line("vm start boom");
-    m.expect(r"vm boom: crashed: triple fault at rip 0x[0-9a-f]+", secs(60));
+    m.expect(
+        r"vm boom: crashed: triple fault at rip 0x[0-9a-f]+",
+        secs(60),
+    );
     m.expect(r"\[tk\] ticks: alive \d+\r?\n", secs(60));
     // Guest output keeps arriving: match the answers, not whole outputs.
     m.send_line("vm list");

@@ -35,6 +35,21 @@ fn main(boot: guests::Boot) -> ! {
         console::exit(exit_code::HELLO_FAILED);
     }
     say!("ram {} MiB, arg {}", boot.ram >> 20, boot.arg);
+
+    // The same 16550 memory-mapped at hv::MMIO_UART (registers one byte
+    // apart): read its line status, then write a line through it.
+    let mmio = hv::MMIO_UART as *mut u8;
+    // SAFETY: the contract maps the 16550 at MMIO_UART; offset 5 is the LSR,
+    // a side-effect-free read.
+    let lsr = unsafe { core::ptr::read_volatile(mmio.add(5)) };
+    let hex = |n: u8| if n < 10 { b'0' + n } else { b'a' + n - 10 };
+    let mut line = *b"hello: via mmio, lsr 0x??\n";
+    line[23] = hex(lsr >> 4);
+    line[24] = hex(lsr & 0xf);
+    for &b in &line {
+        // SAFETY: offset 0 is the transmit register of the MMIO 16550.
+        unsafe { core::ptr::write_volatile(mmio, b) };
+    }
     say!("ok");
     console::exit(exit_code::OK)
 }
