@@ -447,29 +447,19 @@ pub fn create(name: &str, mem_mib: u64, image: &str, arg: u64) -> Result<(), Str
             }
         }
     }
-    let mut ept = ept::Ept::new(&mut KernelFrames).map_err(|e| format!("EPT: {e}"))?;
-    for (i, &c) in chunks.iter().enumerate() {
-        ept.map(
-            &mut IdentityMem,
-            &mut KernelFrames,
-            ept::Gpa::new(i as u64 * MIB2),
-            ept::Hpa::new(c),
-            MIB2,
-            ept::Perm::READ | ept::Perm::WRITE | ept::Perm::EXECUTE,
-            ept::MemType::WriteBack,
-        )
-        .map_err(|e| format!("EPT: {e}"))?;
-    }
-    let vmcs = alloc_page().ok_or("out of memory for the VMCS")?;
     let revision = m
         .host
         .as_ref()
         .map(|h| h.caps.basic.revision_id)
         .unwrap_or(0);
-    // SAFETY: a fresh frame; the VMCS revision id goes in its first dword.
-    unsafe { core::ptr::write_volatile(vmcs as *mut u32, revision) };
-    // SAFETY: VMX is on; `vmcs` is a VMCS region with the right revision.
-    unsafe { insn::vmclear(vmcs) }.map_err(|e| format!("VMCLEAR failed: {e:?}"))?;
+    let (ept, vmcs) = match build_ept_and_vmcs(&chunks, revision) {
+        Ok(v) => v,
+        Err(e) => {
+            // Nothing of a half-built VM stays allocated.
+            free_chunks(&chunks);
+            return Err(e);
+        }
+    };
     m.vms.push(Vm {
         name: name.into(),
         mem_mib,
@@ -497,6 +487,51 @@ pub fn create(name: &str, mem_mib: u64, image: &str, arg: u64) -> Result<(), Str
         data.len()
     );
     Ok(())
+}
+
+/// EPT tables mapping `chunks` at guest-physical 0, and a cleared VMCS.
+/// On failure everything it allocated is freed again.
+fn build_ept_and_vmcs(chunks: &[u64], revision: u32) -> Result<(ept::Ept, u64), String> {
+    let mut ept = ept::Ept::new(&mut KernelFrames).map_err(|e| format!("EPT: {e}"))?;
+    let mapped = chunks.iter().enumerate().try_for_each(|(i, &c)| {
+        ept.map(
+            &mut IdentityMem,
+            &mut KernelFrames,
+            ept::Gpa::new(i as u64 * MIB2),
+            ept::Hpa::new(c),
+            MIB2,
+            ept::Perm::READ | ept::Perm::WRITE | ept::Perm::EXECUTE,
+            ept::MemType::WriteBack,
+        )
+    });
+    let vmcs = match (mapped, alloc_page()) {
+        (Ok(()), Some(vmcs)) => vmcs,
+        (r, page) => {
+            page.into_iter().for_each(free_page);
+            ept.destroy(&mut IdentityMem, &mut KernelFrames);
+            return Err(match r {
+                Err(e) => format!("EPT: {e}"),
+                Ok(()) => "out of memory for the VMCS".into(),
+            });
+        }
+    };
+    // SAFETY: a fresh frame; the VMCS revision id goes in its first dword.
+    unsafe { core::ptr::write_volatile(vmcs as *mut u32, revision) };
+    // SAFETY: VMX is on; `vmcs` is a VMCS region with the right revision.
+    if let Err(e) = unsafe { insn::vmclear(vmcs) } {
+        free_page(vmcs);
+        ept.destroy(&mut IdentityMem, &mut KernelFrames);
+        return Err(format!("VMCLEAR failed: {e:?}"));
+    }
+    Ok((ept, vmcs))
+}
+
+fn free_chunks(chunks: &[u64]) {
+    if let Some(f) = crate::memory::FRAMES.lock().as_mut() {
+        for &c in chunks {
+            let _ = f.free_contiguous(crate::addr::Hpa::new(c), 512);
+        }
+    }
 }
 
 fn find(m: &mut Manager, name: &str) -> Result<usize, String> {
@@ -574,11 +609,7 @@ pub fn delete(name: &str) -> Result<(), String> {
     free_page(vm.vmcs);
     let freed_mib = vm.ram_bytes() >> 20;
     vm.ept.destroy(&mut IdentityMem, &mut KernelFrames);
-    if let Some(f) = crate::memory::FRAMES.lock().as_mut() {
-        for &c in &vm.chunks {
-            let _ = f.free_contiguous(crate::addr::Hpa::new(c), 512);
-        }
-    }
+    free_chunks(&vm.chunks);
     log::debug!("vm {name}: deleted, {freed_mib} MiB freed");
     Ok(())
 }
