@@ -26,7 +26,6 @@
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use core::fmt::Write as _;
 
 use spin::Mutex;
 use vmx::caps::VmxCapabilities;
@@ -910,6 +909,14 @@ fn run_vm(host: &Host, vm: &mut Vm) {
     }
 }
 
+/// A guest write to its 16550 (port or MMIO): completed lines go to the
+/// host console with the VM's name.
+fn uart_write(vm: &mut Vm, offset: u16, byte: u8) {
+    if let Some(line) = vm.uart.write(offset, byte) {
+        async_line(format_args!("[{}] {line}", vm.name));
+    }
+}
+
 fn flush_output(vm: &mut Vm) {
     if let Some(line) = vm.uart.flush() {
         async_line(format_args!("[{}] {line}", vm.name));
@@ -1077,12 +1084,6 @@ fn emulate_io(vm: &mut Vm, q: IoQualification) {
         return;
     }
     skip_instruction();
-    let value = vm.regs.rax
-        & match q.size {
-            1 => 0xff,
-            2 => 0xffff,
-            _ => 0xffff_ffff,
-        };
     if q.input {
         let v: u64 = match q.port {
             0x3f8..=0x3ff => u64::from(vm.uart.read(q.port - 0x3f8)),
@@ -1090,20 +1091,14 @@ fn emulate_io(vm: &mut Vm, q: IoQualification) {
             0x40..=0x43 => u64::from(vm.pit.read(q.port - 0x40)),
             _ => u64::MAX,
         };
-        let mask = match q.size {
-            1 => 0xff,
-            2 => 0xffff,
-            _ => 0xffff_ffff,
-        };
-        vm.regs.rax = (vm.regs.rax & !mask) | (v & mask);
+        // Same register rules as a load: `in eax` clears bits 63:32.
+        vm.regs.rax = crate::mmio::merge_load(vm.regs.rax, v, q.size, false);
         return;
     }
+    // The low `size` bytes of RAX, as OUT sends them.
+    let value = crate::mmio::merge_load(0, vm.regs.rax, q.size, true);
     match q.port {
-        0x3f8..=0x3ff => {
-            if let Some(line) = vm.uart.write(q.port - 0x3f8, value as u8) {
-                async_line(format_args!("[{}] {line}", vm.name));
-            }
-        }
+        0x3f8..=0x3ff => uart_write(vm, q.port - 0x3f8, value as u8),
         0x20 | 0x21 => vm.pic.write(q.port - 0x20, value as u8),
         0x40..=0x43 => vm.pit.write(q.port - 0x40, value as u8),
         0xf4 => {
@@ -1253,15 +1248,9 @@ fn emulate_mmio_uart(vm: &mut Vm, gpa: u64, write: bool) -> Result<(), String> {
         (Access::Store { reg, high_byte }, true) => {
             let gpr = vmx::Gpr::from_index(reg).ok_or("bad register")?;
             let v = vm.regs.get(gpr, &CurrentVmcs) >> if high_byte { 8 } else { 0 };
-            if let Some(line) = vm.uart.write(offset, v as u8) {
-                async_line(format_args!("[{}] {line}", vm.name));
-            }
+            uart_write(vm, offset, v as u8);
         }
-        (Access::StoreImm(v), true) => {
-            if let Some(line) = vm.uart.write(offset, v as u8) {
-                async_line(format_args!("[{}] {line}", vm.name));
-            }
-        }
+        (Access::StoreImm(v), true) => uart_write(vm, offset, v as u8),
         _ => {
             return Err(format!(
                 "MMIO access to {gpa:#x} at rip {rip:#x}: decoded {insn:?} disagrees with the exit"
@@ -1274,16 +1263,13 @@ fn emulate_mmio_uart(vm: &mut Vm, gpa: u64, write: bool) -> Result<(), String> {
 
 /// Module listing for `vm help`.
 pub fn describe_images() -> String {
-    let mut s = String::new();
     let names = module_names();
-    let _ = write!(
-        s,
+    format!(
         "images: {}",
         if names.is_empty() {
             "none".into()
         } else {
             names.join(", ")
         }
-    );
-    s
+    )
 }
