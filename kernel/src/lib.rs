@@ -9,6 +9,7 @@ extern crate alloc;
 pub mod addr;
 pub mod config;
 pub mod devices;
+pub mod e1000;
 pub mod frames;
 pub mod lineedit;
 pub mod mmio;

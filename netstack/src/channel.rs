@@ -1,0 +1,531 @@
+//! Authenticated message channels over TCP: the [`crate::codec`] driven
+//! over a `smoltcp` socket.
+//!
+//! A [`Channel`] goes Connecting → Handshaking → Open → Closed. It never
+//! holds more than one frame of received bytes beyond what TCP buffers
+//! (it stops reading, so the peer's window closes) and refuses to queue
+//! more than [`Channel::tx_limit`] bytes of sealed output ([`SendError::WouldBlock`]),
+//! so a slow peer cannot grow memory without bound. Any error closes the
+//! connection (reset) and is kept as the [`CloseReason`].
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp::State;
+use smoltcp::wire::{IpEndpoint, Ipv4Address};
+
+use crate::codec::{self, ChannelError, Handshake, Key, Opener, Sealer};
+use crate::stack::{Stack, StackError};
+
+/// Why a channel closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// We closed it.
+    Local,
+    /// The peer sent a close frame.
+    Clean,
+    /// The peer closed or reset TCP without a close frame.
+    PeerGone,
+    /// TCP never connected: refused, unreachable or timed out.
+    ConnectFailed,
+    /// The handshake did not finish within the timeout.
+    HandshakeTimeout,
+    /// The peer sent bytes the codec refused.
+    Protocol(ChannelError),
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Local => write!(f, "closed by us"),
+            CloseReason::Clean => write!(f, "closed by the peer"),
+            CloseReason::PeerGone => write!(f, "the peer dropped the connection"),
+            CloseReason::ConnectFailed => write!(f, "connection refused or timed out"),
+            CloseReason::HandshakeTimeout => write!(f, "handshake timed out"),
+            CloseReason::Protocol(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Why a send was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Output is queued up to the limit: poll and retry.
+    #[error("send queue full")]
+    WouldBlock,
+    /// Not open (yet, or any more).
+    #[error("channel not open")]
+    NotOpen,
+    #[error("{0}")]
+    Codec(ChannelError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Handshaking,
+    Open,
+    /// Close frame queued: flush, then close TCP.
+    Closing,
+    Closed,
+}
+
+/// Options shared by both ends.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelOptions {
+    /// Largest payload we accept.
+    pub max_payload: u32,
+    /// How long connect plus handshake may take (µs).
+    pub timeout_us: u64,
+    /// Sealed bytes queued beyond the socket before sends block.
+    pub tx_limit: usize,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        ChannelOptions {
+            max_payload: codec::DEFAULT_MAX_PAYLOAD,
+            timeout_us: 5_000_000,
+            tx_limit: 256 * 1024,
+        }
+    }
+}
+
+/// Traffic through one channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// One authenticated connection.
+pub struct Channel {
+    handle: Option<SocketHandle>,
+    phase: Phase,
+    handshake: Option<Handshake>,
+    sealer: Option<Sealer>,
+    opener: Option<Opener>,
+    rx: Vec<u8>,
+    rx_start: usize,
+    tx: Vec<u8>,
+    tx_start: usize,
+    deadline_us: u64,
+    opts: ChannelOptions,
+    peer: Option<IpEndpoint>,
+    reason: Option<CloseReason>,
+    stats: ChannelStats,
+}
+
+impl Channel {
+    fn new(
+        handle: SocketHandle,
+        handshake: Handshake,
+        phase: Phase,
+        opts: ChannelOptions,
+        now_us: u64,
+    ) -> Channel {
+        Channel {
+            handle: Some(handle),
+            phase,
+            handshake: Some(handshake),
+            sealer: None,
+            opener: None,
+            rx: Vec::new(),
+            rx_start: 0,
+            tx: Vec::new(),
+            tx_start: 0,
+            deadline_us: now_us + opts.timeout_us,
+            opts,
+            peer: None,
+            reason: None,
+            stats: ChannelStats::default(),
+        }
+    }
+
+    /// Connects to `remote` and authenticates as the client.
+    pub fn connect(
+        stack: &mut Stack,
+        remote: (Ipv4Address, u16),
+        key: &Key,
+        nonce: [u8; 32],
+        opts: ChannelOptions,
+        now_us: u64,
+    ) -> Result<Channel, StackError> {
+        let h = stack.tcp_connect(remote)?;
+        let hs = Handshake::client(key, nonce, opts.max_payload);
+        let mut c = Channel::new(h, hs, Phase::Connecting, opts, now_us);
+        c.peer = Some(IpEndpoint::new(remote.0.into(), remote.1));
+        Ok(c)
+    }
+
+    /// Takes over a socket a listener handed over (the peer connected) and
+    /// authenticates as the server.
+    pub fn accept(
+        stack: &mut Stack,
+        handle: SocketHandle,
+        key: &Key,
+        nonce: [u8; 32],
+        opts: ChannelOptions,
+        now_us: u64,
+    ) -> Channel {
+        let hs = Handshake::server(key, nonce, opts.max_payload);
+        let mut c = Channel::new(handle, hs, Phase::Connecting, opts, now_us);
+        c.peer = stack.tcp(handle).remote_endpoint();
+        c
+    }
+
+    /// The peer's address, once known.
+    pub fn peer(&self) -> Option<IpEndpoint> {
+        self.peer
+    }
+
+    /// Authenticated and ready for frames.
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    /// Finished, for the reason [`Channel::close_reason`] gives.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Why it closed, once closed.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.reason.as_ref()
+    }
+
+    /// Frames and bytes so far.
+    pub fn stats(&self) -> ChannelStats {
+        self.stats
+    }
+
+    /// Received bytes buffered beyond TCP, waiting for [`Channel::recv`].
+    pub fn buffered(&self) -> usize {
+        self.rx.len() - self.rx_start
+    }
+
+    /// Sealed bytes queued beyond TCP.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued()
+    }
+
+    /// The configured output limit.
+    pub fn tx_limit(&self) -> usize {
+        self.opts.tx_limit
+    }
+
+    /// Largest payload the peer accepts (once open).
+    pub fn peer_max_payload(&self) -> Option<u32> {
+        self.sealer.as_ref().map(|s| s.max_payload())
+    }
+
+    fn queued(&self) -> usize {
+        self.tx.len() - self.tx_start
+    }
+
+    /// Whether a send of `len` payload bytes would be taken now.
+    pub fn can_send(&self, len: usize) -> bool {
+        self.phase == Phase::Open
+            && self.queued() + len + Sealer::overhead() <= self.opts.tx_limit.max(len + 64)
+    }
+
+    /// Seals and queues one frame.
+    pub fn send(&mut self, ty: codec::FrameType, payload: &[u8]) -> Result<(), SendError> {
+        if self.phase != Phase::Open {
+            return Err(SendError::NotOpen);
+        }
+        if !self.can_send(payload.len()) {
+            return Err(SendError::WouldBlock);
+        }
+        let sealer = self.sealer.as_mut().ok_or(SendError::NotOpen)?;
+        sealer
+            .seal(ty, payload, &mut self.tx)
+            .map_err(SendError::Codec)?;
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += payload.len() as u64;
+        Ok(())
+    }
+
+    /// The next received frame (type and payload), if a whole one is here.
+    /// A protocol error closes the channel; see [`Channel::close_reason`].
+    pub fn recv(&mut self, stack: &mut Stack) -> Option<(codec::FrameType, Vec<u8>)> {
+        if !matches!(self.phase, Phase::Open | Phase::Closing) {
+            return None;
+        }
+        let opener = self.opener.as_mut()?;
+        match opener.decode(&self.rx[self.rx_start..]) {
+            Ok(None) => None,
+            Ok(Some((frame, used))) => {
+                let ty = frame.ty;
+                let payload = frame.payload.to_vec();
+                self.rx_start += used;
+                self.compact();
+                if ty == codec::TYPE_CLOSE {
+                    self.finish(stack, CloseReason::Clean, false);
+                    return None;
+                }
+                self.stats.frames_in += 1;
+                self.stats.bytes_in += payload.len() as u64;
+                Some((ty, payload))
+            }
+            Err(e) => {
+                self.fail(stack, CloseReason::Protocol(e));
+                None
+            }
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.rx_start == self.rx.len() {
+            self.rx.clear();
+            self.rx_start = 0;
+        } else if self.rx_start > 64 * 1024 {
+            self.rx.drain(..self.rx_start);
+            self.rx_start = 0;
+        }
+    }
+
+    /// Queues a close frame; TCP closes once it is sent.
+    pub fn close(&mut self, stack: &mut Stack) {
+        match self.phase {
+            Phase::Open => {
+                if let Some(s) = self.sealer.as_mut() {
+                    s.seal_close(&mut self.tx);
+                }
+                self.phase = Phase::Closing;
+                self.reason = Some(CloseReason::Local);
+                self.flush(stack);
+            }
+            Phase::Closed | Phase::Closing => {}
+            _ => self.finish(stack, CloseReason::Local, true),
+        }
+    }
+
+    /// Frees the socket. Call once closed (or to abandon the channel).
+    pub fn release(mut self, stack: &mut Stack) {
+        if let Some(h) = self.handle.take() {
+            stack.tcp(h).abort();
+            stack.remove(h);
+        }
+    }
+
+    fn fail(&mut self, stack: &mut Stack, reason: CloseReason) {
+        log::warn!(
+            "channel {}: closed: {reason}",
+            self.peer
+                .map(|p| alloc::format!("{p}"))
+                .unwrap_or_else(|| "?".into())
+        );
+        self.finish(stack, reason, true);
+    }
+
+    fn finish(&mut self, stack: &mut Stack, reason: CloseReason, abort: bool) {
+        if let Some(h) = self.handle {
+            let s = stack.tcp(h);
+            if abort {
+                s.abort();
+            } else {
+                s.close();
+            }
+        }
+        self.phase = Phase::Closed;
+        if self.reason.is_none() || reason != CloseReason::Local {
+            self.reason = Some(reason);
+        }
+        self.handshake = None;
+        self.rx = Vec::new();
+        self.rx_start = 0;
+        self.tx = Vec::new();
+        self.tx_start = 0;
+    }
+
+    fn flush(&mut self, stack: &mut Stack) {
+        let Some(h) = self.handle else { return };
+        let s = stack.tcp(h);
+        while self.tx_start < self.tx.len() && s.can_send() {
+            match s.send_slice(&self.tx[self.tx_start..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.tx_start += n,
+            }
+        }
+        if self.tx_start == self.tx.len() {
+            self.tx.clear();
+            self.tx_start = 0;
+        } else if self.tx_start > 64 * 1024 {
+            self.tx.drain(..self.tx_start);
+            self.tx_start = 0;
+        }
+    }
+
+    /// Reads from the socket while we want bytes: during the handshake
+    /// anything; once open, only until one maximal frame is buffered.
+    fn fill(&mut self, stack: &mut Stack) {
+        let Some(h) = self.handle else { return };
+        let limit = codec::HEADER_LEN + self.opts.max_payload as usize + codec::MAC_LEN;
+        let s = stack.tcp(h);
+        while s.can_recv() {
+            let have = self.rx.len() - self.rx_start;
+            if have >= limit {
+                break;
+            }
+            let want = (limit - have).min(16 * 1024);
+            let old = self.rx.len();
+            self.rx.resize(old + want, 0);
+            let n = s.recv_slice(&mut self.rx[old..]).unwrap_or(0);
+            self.rx.truncate(old + n);
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Moves bytes between the channel and its socket, drives the
+    /// handshake and notices timeouts and closes. Call after every
+    /// [`Stack::poll`].
+    pub fn poll(&mut self, stack: &mut Stack, now_us: u64) {
+        let Some(h) = self.handle else { return };
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let state = stack.tcp(h).state();
+        if self.peer.is_none() {
+            self.peer = stack.tcp(h).remote_endpoint();
+        }
+        match self.phase {
+            Phase::Connecting => {
+                if matches!(state, State::Established | State::CloseWait) {
+                    self.phase = Phase::Handshaking;
+                    self.deadline_us = now_us + self.opts.timeout_us;
+                } else if state == State::Closed || now_us >= self.deadline_us {
+                    return self.fail(stack, CloseReason::ConnectFailed);
+                } else {
+                    return;
+                }
+            }
+            Phase::Closing => {
+                self.flush(stack);
+                if self.queued() == 0 {
+                    self.finish(stack, CloseReason::Local, false);
+                }
+                return;
+            }
+            _ => {}
+        }
+        if self.phase == Phase::Handshaking {
+            if let Some(hs) = self.handshake.as_mut() {
+                let out = hs.take_output();
+                self.tx.extend_from_slice(&out);
+            }
+            self.flush(stack);
+            self.fill(stack);
+            let Some(mut hs) = self.handshake.take() else {
+                return;
+            };
+            let fed = hs.feed(&self.rx[self.rx_start..]);
+            // Whatever the handshake has to say goes out, even a refusal
+            // (e.g. of the protocol version) that precedes the reset.
+            let out = hs.take_output();
+            self.tx.extend_from_slice(&out);
+            self.flush(stack);
+            match fed {
+                Ok(used) => {
+                    self.rx_start += used;
+                    self.compact();
+                }
+                Err(e) => return self.fail(stack, CloseReason::Protocol(e)),
+            }
+            if hs.is_done() {
+                let (sealer, opener) = hs.into_session().expect("done handshake has a session");
+                self.sealer = Some(sealer);
+                self.opener = Some(opener);
+                self.phase = Phase::Open;
+            } else if now_us >= self.deadline_us {
+                return self.fail(stack, CloseReason::HandshakeTimeout);
+            } else if !stack.tcp(h).may_recv() {
+                return self.fail(stack, CloseReason::PeerGone);
+            } else {
+                self.handshake = Some(hs);
+            }
+        }
+        if self.phase == Phase::Open {
+            self.flush(stack);
+            self.fill(stack);
+            let s = stack.tcp(h);
+            let peer_done = !s.may_recv() && !s.can_recv();
+            if peer_done || state == State::Closed {
+                // Nothing more will arrive: whatever is buffered must be whole frames.
+                let buffered = &self.rx[self.rx_start..];
+                if buffered.is_empty() {
+                    self.fail(stack, CloseReason::PeerGone);
+                } else if let Some(o) = self.opener.as_ref() {
+                    // A whole frame is still waiting for recv(); only a
+                    // partial one is an error.
+                    match o.at_eof(buffered) {
+                        Err(e) if !frame_complete(buffered) => {
+                            self.fail(stack, CloseReason::Protocol(e))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether `buf` starts with at least one whole frame.
+fn frame_complete(buf: &[u8]) -> bool {
+    if buf.len() < codec::HEADER_LEN {
+        return false;
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    buf.len() >= codec::HEADER_LEN + len + codec::MAC_LEN
+}
+
+/// Accepts connections on a port: keeps one listening socket and hands
+/// out each socket a peer connected to.
+pub struct Listener {
+    port: u16,
+    handle: SocketHandle,
+}
+
+impl Listener {
+    /// Listens on `port`.
+    pub fn new(stack: &mut Stack, port: u16) -> Result<Listener, StackError> {
+        Ok(Listener {
+            port,
+            handle: stack.tcp_listen(port)?,
+        })
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A socket a peer has connected to, if any; a fresh socket listens
+    /// in its place.
+    pub fn accept(&mut self, stack: &mut Stack) -> Option<SocketHandle> {
+        let s = stack.tcp(self.handle);
+        if s.is_listening() {
+            return None;
+        }
+        let connected = self.handle;
+        match stack.tcp_listen(self.port) {
+            Ok(h) => self.handle = h,
+            Err(e) => {
+                log::warn!("listener {}: {e}", self.port);
+                return None;
+            }
+        }
+        Some(connected)
+    }
+
+    /// Stops listening.
+    pub fn close(self, stack: &mut Stack) {
+        stack.tcp(self.handle).abort();
+        stack.remove(self.handle);
+    }
+}

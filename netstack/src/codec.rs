@@ -1,0 +1,894 @@
+//! Sans-IO codec for an authenticated host-to-host message channel over TCP.
+//!
+//! The channel carries the fault-tolerance log and live-migration streams
+//! between two hypervisor hosts that share a pre-shared [`Key`]. Every message
+//! is authenticated with HMAC-SHA-256 under a per-direction session key, carries
+//! a sequence number, and anything forged, corrupted, replayed, reordered,
+//! reflected or truncated is rejected with a precise [`ChannelError`].
+//!
+//! The codec does no I/O: the caller feeds it the bytes it received and sends
+//! the bytes it produces.
+//!
+//! # Handshake
+//!
+//! All handshake messages have a fixed size, so there is no framing ambiguity.
+//! Integers are little-endian.
+//!
+//! | Message     | Direction       | Size | Layout                                                                                   |
+//! |-------------|-----------------|-----:|------------------------------------------------------------------------------------------|
+//! | `Hello`     | client → server |   44 | `"HVCH"` · version u16 · flags u16 (0) · nonce_c \[32\] · max_payload u32                  |
+//! | `Challenge` | server → client |   76 | `"HVCS"` · version u16 · status u16 · nonce_s \[32\] · max_payload u32 · mac_s \[32\]       |
+//! | `Auth`      | client → server |   36 | `"HVCA"` · mac_c \[32\]                                                                   |
+//!
+//! * `status`: 0 = ok, 1 = version not supported.
+//! * `mac_s = HMAC(psk, "hv server" ‖ Hello ‖ Challenge[..44])`
+//! * `mac_c = HMAC(psk, "hv client" ‖ Hello ‖ Challenge)`
+//! * `k_c2s = HMAC(psk, "hv c2s" ‖ nonce_c ‖ nonce_s)`,
+//!   `k_s2c = HMAC(psk, "hv s2c" ‖ nonce_c ‖ nonce_s)`
+//!
+//! The client seals with `k_c2s` and opens with `k_s2c`; the server does the
+//! opposite, so a frame reflected back to its sender fails authentication.
+//! Each side's [`Sealer`] limits payloads to the `max_payload` announced by the
+//! *peer*; each [`Opener`] enforces its *own* `max_payload`.
+//!
+//! # Data frames
+//!
+//! | Offset        | Size | Field                                          |
+//! |---------------|-----:|------------------------------------------------|
+//! | 0             |    4 | `len`: payload length, u32                     |
+//! | 4             |    1 | `ty`: [`FrameType`]                            |
+//! | 5             |    8 | `seq`: sequence number, u64                    |
+//! | 13            | len  | payload                                        |
+//! | 13 + len      |   32 | `mac = HMAC(k_dir, header[13] ‖ payload)`      |
+//!
+//! Sequence numbers start at 0 in each direction and increase by one per
+//! frame. Types `0..=15` are reserved for the codec; only [`TYPE_CLOSE`]
+//! (a clean end of stream with an empty payload) is exposed.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Version of the channel protocol spoken by this codec.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Length of the HMAC-SHA-256 authentication code appended to every frame.
+pub const MAC_LEN: usize = 32;
+/// Length of a data frame header (`len` u32, `ty` u8, `seq` u64).
+pub const HEADER_LEN: usize = 13;
+/// A sensible default for the largest payload a side accepts (1 MiB).
+pub const DEFAULT_MAX_PAYLOAD: u32 = 1 << 20;
+
+/// The type of a data frame. Values `0..=15` are reserved for the codec.
+pub type FrameType = u8;
+/// Reserved frame type marking a clean close of the stream (empty payload).
+pub const TYPE_CLOSE: FrameType = 1;
+/// The smallest frame type available to callers.
+pub const FIRST_USER_TYPE: FrameType = 16;
+
+/// Size of the client's `Hello` message.
+pub const HELLO_LEN: usize = 44;
+/// Size of the server's `Challenge` message.
+pub const CHALLENGE_LEN: usize = 76;
+/// Size of the client's `Auth` message.
+pub const AUTH_LEN: usize = 36;
+
+const MAGIC_HELLO: &[u8; 4] = b"HVCH";
+const MAGIC_CHALLENGE: &[u8; 4] = b"HVCS";
+const MAGIC_AUTH: &[u8; 4] = b"HVCA";
+
+const STATUS_OK: u16 = 0;
+const STATUS_VERSION: u16 = 1;
+
+/// Offset of `mac_s` inside a `Challenge`.
+const CHALLENGE_MAC_OFF: usize = CHALLENGE_LEN - MAC_LEN;
+
+const MIN_KEY: usize = 16;
+const MAX_KEY: usize = 64;
+
+// ---------------------------------------------------------------------------
+// Key
+// ---------------------------------------------------------------------------
+
+/// Why a pre-shared key was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The key string was empty.
+    #[error("the pre-shared key is empty")]
+    Empty,
+    /// The hex string has an odd number of digits.
+    #[error("the pre-shared key has an odd number of hex digits ({0}); each byte needs two")]
+    OddLength(usize),
+    /// A character that is not a hex digit was found at byte position `pos`.
+    #[error("the pre-shared key has a non-hex character at position {pos}")]
+    NotHex {
+        /// Byte offset of the offending character in the input string.
+        pos: usize,
+    },
+    /// The key is shorter than 16 bytes.
+    #[error("the pre-shared key is {bytes} bytes; it must be at least 16 bytes (32 hex digits)")]
+    TooShort {
+        /// Length of the rejected key in bytes.
+        bytes: usize,
+    },
+    /// The key is longer than 64 bytes.
+    #[error("the pre-shared key is {bytes} bytes; it must be at most 64 bytes (128 hex digits)")]
+    TooLong {
+        /// Length of the rejected key in bytes.
+        bytes: usize,
+    },
+}
+
+/// A pre-shared key of 16 to 64 bytes.
+///
+/// Its [`Debug`](fmt::Debug) output never shows the key material; use
+/// [`Key::fingerprint`] to compare keys between hosts.
+#[derive(Clone)]
+pub struct Key {
+    bytes: [u8; MAX_KEY],
+    len: usize,
+}
+
+impl Key {
+    /// Parses a key from hex digits (upper or lower case, no separators).
+    pub fn from_hex(hex: &str) -> Result<Key, KeyError> {
+        let digits = hex.as_bytes();
+        if digits.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if !digits.len().is_multiple_of(2) {
+            return Err(KeyError::OddLength(digits.len()));
+        }
+        let mut bytes = [0u8; MAX_KEY];
+        for (i, pair) in digits.chunks_exact(2).enumerate() {
+            let hi = hex_val(pair[0]).ok_or(KeyError::NotHex { pos: 2 * i })?;
+            let lo = hex_val(pair[1]).ok_or(KeyError::NotHex { pos: 2 * i + 1 })?;
+            if let Some(b) = bytes.get_mut(i) {
+                *b = (hi << 4) | lo;
+            }
+        }
+        Self::check_len(digits.len() / 2)?;
+        Ok(Key {
+            bytes,
+            len: digits.len() / 2,
+        })
+    }
+
+    /// Builds a key from raw bytes (16 to 64 of them).
+    pub fn from_bytes(raw: &[u8]) -> Result<Key, KeyError> {
+        if raw.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        Self::check_len(raw.len())?;
+        let mut bytes = [0u8; MAX_KEY];
+        bytes[..raw.len()].copy_from_slice(raw);
+        Ok(Key {
+            bytes,
+            len: raw.len(),
+        })
+    }
+
+    fn check_len(bytes: usize) -> Result<(), KeyError> {
+        if bytes < MIN_KEY {
+            Err(KeyError::TooShort { bytes })
+        } else if bytes > MAX_KEY {
+            Err(KeyError::TooLong { bytes })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Length of the key in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always `false`: a key holds at least 16 bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// First 4 bytes of `SHA-256("hv key fingerprint" ‖ key)`: lets operators
+    /// check that two hosts hold the same key without revealing it.
+    pub fn fingerprint(&self) -> [u8; 4] {
+        let digest = Sha256::new()
+            .chain_update(b"hv key fingerprint")
+            .chain_update(self.as_bytes())
+            .finalize();
+        [digest[0], digest[1], digest[2], digest[3]]
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    fn hmac(&self) -> HmacSha256 {
+        keyed(self.as_bytes())
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key(<redacted>, {} bytes)", self.len)
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn keyed(key: &[u8]) -> HmacSha256 {
+    // HMAC accepts keys of any length, so this cannot fail.
+    match HmacSha256::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC accepts keys of any length"),
+    }
+}
+
+fn mac_of(base: &HmacSha256, parts: &[&[u8]]) -> [u8; MAC_LEN] {
+    let mut mac = base.clone();
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+fn verify(base: &HmacSha256, parts: &[&[u8]], tag: &[u8]) -> bool {
+    let mut mac = base.clone();
+    for part in parts {
+        mac.update(part);
+    }
+    mac.verify_slice(tag).is_ok()
+}
+
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes([b[off], b[off + 1]])
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(v)
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// Everything that can go wrong on a channel.
+///
+/// Once a [`Handshake`] or [`Opener`] has reported an error it is poisoned and
+/// reports the same error on every later call: the stream must be dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    /// A frame (or a payload to seal) is larger than the agreed limit.
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    Oversized {
+        /// Announced or requested payload length.
+        len: u64,
+        /// The limit in force.
+        max: u32,
+    },
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended inside a frame ({have} of {need} bytes)")]
+    Truncated {
+        /// Bytes of the partial frame that were received.
+        have: usize,
+        /// Bytes needed for the frame (or its header, if that was incomplete).
+        need: usize,
+    },
+    /// A frame's authentication code did not verify.
+    #[error("frame {seq}: authentication code mismatch (corrupted or forged)")]
+    BadMac {
+        /// Sequence number claimed by the (unauthenticated) header.
+        seq: u64,
+    },
+    /// An authentic frame was received again.
+    #[error("frame {got} replayed (expected frame {expected})")]
+    Replayed {
+        /// Sequence number in the frame.
+        got: u64,
+        /// Sequence number that was expected.
+        expected: u64,
+    },
+    /// An authentic frame arrived ahead of its predecessors (frames were lost or reordered).
+    #[error(
+        "frame {got} arrived out of order (expected frame {expected}); frames were lost or reordered"
+    )]
+    OutOfOrder {
+        /// Sequence number in the frame.
+        got: u64,
+        /// Sequence number that was expected.
+        expected: u64,
+    },
+    /// The peer's handshake message did not start with the expected magic.
+    #[error("not a channel peer (bad handshake magic)")]
+    BadMagic,
+    /// The two sides speak different protocol versions.
+    #[error("protocol version mismatch: we speak version {ours}, the peer speaks version {theirs}")]
+    Version {
+        /// Our protocol version.
+        ours: u16,
+        /// The peer's protocol version.
+        theirs: u16,
+    },
+    /// The peer could not prove that it holds our pre-shared key.
+    #[error("authentication failed: the peer does not hold our key (compare key fingerprints)")]
+    WrongKey,
+    /// A reserved frame type (below 16) was sealed or received.
+    #[error("frame type {0} is reserved for the channel codec (user types start at 16)")]
+    ReservedType(u8),
+    /// The server's Challenge carried a status code this codec does not know.
+    #[error("the peer rejected the handshake with unknown status {0}")]
+    BadStatus(u16),
+    /// The stream ended before the handshake completed.
+    #[error("stream ended during the channel handshake")]
+    HandshakeTruncated,
+    /// Data arrived after the peer's close frame.
+    #[error("data received after the peer closed the channel")]
+    DataAfterClose,
+}
+
+// ---------------------------------------------------------------------------
+// Handshake
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    /// Client: Hello sent, waiting for the Challenge.
+    ClientAwaitChallenge,
+    /// Server: waiting for the Hello.
+    ServerAwaitHello,
+    /// Server: Challenge sent, waiting for the Auth.
+    ServerAwaitAuth,
+    /// Handshake complete.
+    Done,
+}
+
+/// The sans-IO handshake of one side of a channel.
+///
+/// Create it with [`Handshake::client`] or [`Handshake::server`], then loop:
+/// send [`Handshake::take_output`], [`Handshake::feed`] received bytes, until
+/// [`Handshake::is_done`]; finally split it with [`Handshake::into_session`].
+pub struct Handshake {
+    psk: HmacSha256,
+    is_client: bool,
+    state: State,
+    nonce: [u8; 32],
+    max_payload: u32,
+    peer_max: u32,
+    peer_nonce: [u8; 32],
+    hello: [u8; HELLO_LEN],
+    challenge: [u8; CHALLENGE_LEN],
+    rx: Vec<u8>,
+    out: Vec<u8>,
+    error: Option<ChannelError>,
+}
+
+impl fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handshake")
+            .field("role", &if self.is_client { "client" } else { "server" })
+            .field("state", &self.state)
+            .field("max_payload", &self.max_payload)
+            .field("pending_output", &self.out.len())
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handshake {
+    /// Starts the client side. The `Hello` is queued at once.
+    ///
+    /// `nonce` must be fresh random bytes; `max_payload` is the largest payload
+    /// this side will accept.
+    pub fn client(key: &Key, nonce: [u8; 32], max_payload: u32) -> Self {
+        let mut hs = Self::new(key, nonce, max_payload, true, State::ClientAwaitChallenge);
+        let mut hello = [0u8; HELLO_LEN];
+        hello[0..4].copy_from_slice(MAGIC_HELLO);
+        hello[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        hello[6..8].copy_from_slice(&0u16.to_le_bytes());
+        hello[8..40].copy_from_slice(&nonce);
+        hello[40..44].copy_from_slice(&max_payload.to_le_bytes());
+        hs.hello = hello;
+        hs.out.extend_from_slice(&hello);
+        hs
+    }
+
+    /// Starts the server side; it waits for the client's `Hello`.
+    ///
+    /// `nonce` must be fresh random bytes; `max_payload` is the largest payload
+    /// this side will accept.
+    pub fn server(key: &Key, nonce: [u8; 32], max_payload: u32) -> Self {
+        Self::new(key, nonce, max_payload, false, State::ServerAwaitHello)
+    }
+
+    fn new(key: &Key, nonce: [u8; 32], max_payload: u32, is_client: bool, state: State) -> Self {
+        Handshake {
+            psk: key.hmac(),
+            is_client,
+            state,
+            nonce,
+            max_payload,
+            peer_max: 0,
+            peer_nonce: [0; 32],
+            hello: [0; HELLO_LEN],
+            challenge: [0; CHALLENGE_LEN],
+            rx: Vec::with_capacity(CHALLENGE_LEN),
+            out: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Bytes to send now (drains the queue; empty if none).
+    ///
+    /// Output queued before an error (such as the server's "version not
+    /// supported" Challenge) is still returned, so the peer learns why.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        core::mem::take(&mut self.out)
+    }
+
+    /// Feeds received bytes and returns how many were consumed.
+    ///
+    /// It never consumes bytes past the last handshake message: data frames
+    /// that follow in the same TCP segment must be passed to the [`Opener`].
+    /// After an error every later call returns the same error.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, ChannelError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        match self.feed_inner(bytes) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                log::warn!("channel handshake failed: {e}");
+                self.error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn feed_inner(&mut self, bytes: &[u8]) -> Result<usize, ChannelError> {
+        let mut consumed = 0;
+        while self.state != State::Done && consumed < bytes.len() {
+            let (want, magic) = match self.state {
+                State::ClientAwaitChallenge => (CHALLENGE_LEN, MAGIC_CHALLENGE),
+                State::ServerAwaitHello => (HELLO_LEN, MAGIC_HELLO),
+                State::ServerAwaitAuth => (AUTH_LEN, MAGIC_AUTH),
+                State::Done => break,
+            };
+            let take = (want - self.rx.len()).min(bytes.len() - consumed);
+            self.rx.extend_from_slice(&bytes[consumed..consumed + take]);
+            consumed += take;
+            // Reject a stranger at its first wrong byte.
+            let m = self.rx.len().min(magic.len());
+            if self.rx[..m] != magic[..m] {
+                return Err(ChannelError::BadMagic);
+            }
+            if self.rx.len() == want {
+                let msg = core::mem::take(&mut self.rx);
+                match self.state {
+                    State::ClientAwaitChallenge => self.on_challenge(&msg)?,
+                    State::ServerAwaitHello => self.on_hello(&msg)?,
+                    State::ServerAwaitAuth => self.on_auth(&msg)?,
+                    State::Done => {}
+                }
+                self.rx = msg;
+                self.rx.clear();
+            }
+        }
+        Ok(consumed)
+    }
+
+    fn on_hello(&mut self, msg: &[u8]) -> Result<(), ChannelError> {
+        self.hello.copy_from_slice(msg);
+        let theirs = u16_at(msg, 4);
+        self.peer_nonce.copy_from_slice(&msg[8..40]);
+        self.peer_max = u32_at(msg, 40);
+        let status = if theirs == PROTOCOL_VERSION {
+            STATUS_OK
+        } else {
+            STATUS_VERSION
+        };
+
+        let mut ch = [0u8; CHALLENGE_LEN];
+        ch[0..4].copy_from_slice(MAGIC_CHALLENGE);
+        ch[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        ch[6..8].copy_from_slice(&status.to_le_bytes());
+        ch[8..40].copy_from_slice(&self.nonce);
+        ch[40..44].copy_from_slice(&self.max_payload.to_le_bytes());
+        let mac = mac_of(
+            &self.psk,
+            &[b"hv server", &self.hello, &ch[..CHALLENGE_MAC_OFF]],
+        );
+        ch[CHALLENGE_MAC_OFF..].copy_from_slice(&mac);
+        self.challenge = ch;
+        self.out.extend_from_slice(&ch);
+
+        if status != STATUS_OK {
+            return Err(ChannelError::Version {
+                ours: PROTOCOL_VERSION,
+                theirs,
+            });
+        }
+        self.state = State::ServerAwaitAuth;
+        Ok(())
+    }
+
+    fn on_challenge(&mut self, msg: &[u8]) -> Result<(), ChannelError> {
+        let theirs = u16_at(msg, 4);
+        let status = u16_at(msg, 6);
+        if status == STATUS_VERSION || theirs != PROTOCOL_VERSION {
+            return Err(ChannelError::Version {
+                ours: PROTOCOL_VERSION,
+                theirs,
+            });
+        }
+        if status != STATUS_OK {
+            return Err(ChannelError::BadStatus(status));
+        }
+        let tag = &msg[CHALLENGE_MAC_OFF..];
+        if !verify(
+            &self.psk,
+            &[b"hv server", &self.hello, &msg[..CHALLENGE_MAC_OFF]],
+            tag,
+        ) {
+            return Err(ChannelError::WrongKey);
+        }
+        self.challenge.copy_from_slice(msg);
+        self.peer_nonce.copy_from_slice(&msg[8..40]);
+        self.peer_max = u32_at(msg, 40);
+
+        let mac = mac_of(&self.psk, &[b"hv client", &self.hello, &self.challenge]);
+        self.out.extend_from_slice(MAGIC_AUTH);
+        self.out.extend_from_slice(&mac);
+        self.state = State::Done;
+        Ok(())
+    }
+
+    fn on_auth(&mut self, msg: &[u8]) -> Result<(), ChannelError> {
+        if !verify(
+            &self.psk,
+            &[b"hv client", &self.hello, &self.challenge],
+            &msg[4..],
+        ) {
+            return Err(ChannelError::WrongKey);
+        }
+        self.state = State::Done;
+        Ok(())
+    }
+
+    /// `true` once the handshake has completed successfully.
+    ///
+    /// The client is done as soon as it has verified the server and queued its
+    /// `Auth` (send [`Handshake::take_output`] before any data frames).
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done && self.error.is_none()
+    }
+
+    /// The error that poisoned this handshake, if any.
+    pub fn error(&self) -> Option<&ChannelError> {
+        self.error.as_ref()
+    }
+
+    /// Call when the stream ended: `Ok` if the handshake had completed,
+    /// otherwise the poisoning error or [`ChannelError::HandshakeTruncated`].
+    pub fn at_eof(&self) -> Result<(), ChannelError> {
+        if let Some(e) = &self.error {
+            Err(e.clone())
+        } else if self.state == State::Done {
+            Ok(())
+        } else {
+            Err(ChannelError::HandshakeTruncated)
+        }
+    }
+
+    /// After [`Handshake::is_done`]: the sending and receiving halves of the
+    /// session. `None` if the handshake is not (successfully) complete.
+    ///
+    /// Any output still queued is discarded, so call
+    /// [`Handshake::take_output`] first.
+    pub fn into_session(self) -> Option<(Sealer, Opener)> {
+        if !self.is_done() {
+            return None;
+        }
+        let (nonce_c, nonce_s) = if self.is_client {
+            (&self.nonce, &self.peer_nonce)
+        } else {
+            (&self.peer_nonce, &self.nonce)
+        };
+        let c2s = keyed(&mac_of(&self.psk, &[b"hv c2s", nonce_c, nonce_s]));
+        let s2c = keyed(&mac_of(&self.psk, &[b"hv s2c", nonce_c, nonce_s]));
+        let (seal_key, open_key) = if self.is_client {
+            (c2s, s2c)
+        } else {
+            (s2c, c2s)
+        };
+        Some((
+            Sealer {
+                mac: seal_key,
+                seq: 0,
+                max_payload: self.peer_max,
+            },
+            Opener {
+                mac: open_key,
+                seq: 0,
+                max_payload: self.max_payload,
+                error: None,
+                closed: false,
+            },
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Data frames
+// ---------------------------------------------------------------------------
+
+/// The sending half of a session: turns payloads into authenticated frames.
+#[derive(Clone)]
+pub struct Sealer {
+    mac: HmacSha256,
+    seq: u64,
+    max_payload: u32,
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer")
+            .field("next_seq", &self.seq)
+            .field("max_payload", &self.max_payload)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sealer {
+    /// Appends one frame of type `ty` carrying `payload` to `out`.
+    ///
+    /// Errors: [`ChannelError::Oversized`] if `payload` exceeds the limit the
+    /// peer announced, [`ChannelError::ReservedType`] if `ty < 16`. On error
+    /// nothing is appended and the sequence number is not consumed.
+    pub fn seal(
+        &mut self,
+        ty: FrameType,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ChannelError> {
+        if ty < FIRST_USER_TYPE {
+            return Err(ChannelError::ReservedType(ty));
+        }
+        if payload.len() as u64 > u64::from(self.max_payload) {
+            return Err(ChannelError::Oversized {
+                len: payload.len() as u64,
+                max: self.max_payload,
+            });
+        }
+        self.seal_unchecked(ty, payload, out);
+        Ok(())
+    }
+
+    /// Appends a [`TYPE_CLOSE`] frame (empty payload) to `out`: a clean end of
+    /// stream that the peer can tell apart from a truncated connection.
+    pub fn seal_close(&mut self, out: &mut Vec<u8>) {
+        self.seal_unchecked(TYPE_CLOSE, &[], out);
+    }
+
+    fn seal_unchecked(&mut self, ty: FrameType, payload: &[u8], out: &mut Vec<u8>) {
+        let mut header = [0u8; HEADER_LEN];
+        // The length fits: it is at most `max_payload`, a u32.
+        header[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        header[4] = ty;
+        header[5..13].copy_from_slice(&self.seq.to_le_bytes());
+        let mac = mac_of(&self.mac, &[&header, payload]);
+        out.reserve(HEADER_LEN + payload.len() + MAC_LEN);
+        out.extend_from_slice(&header);
+        out.extend_from_slice(payload);
+        out.extend_from_slice(&mac);
+        self.seq = self.seq.wrapping_add(1);
+    }
+
+    /// Sequence number of the next frame to be sealed.
+    pub fn next_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Largest payload the peer accepts.
+    pub fn max_payload(&self) -> u32 {
+        self.max_payload
+    }
+
+    /// Bytes a frame adds around its payload (`HEADER_LEN + MAC_LEN`).
+    pub fn overhead() -> usize {
+        HEADER_LEN + MAC_LEN
+    }
+}
+
+/// One authenticated frame, borrowing its payload from the receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// Frame type; [`TYPE_CLOSE`] means the peer closed the stream cleanly.
+    pub ty: FrameType,
+    /// Sequence number (0 for the first frame in each direction).
+    pub seq: u64,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// The receiving half of a session: authenticates and orders frames.
+#[derive(Clone)]
+pub struct Opener {
+    mac: HmacSha256,
+    seq: u64,
+    max_payload: u32,
+    error: Option<ChannelError>,
+    closed: bool,
+}
+
+impl fmt::Debug for Opener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Opener")
+            .field("next_seq", &self.seq)
+            .field("max_payload", &self.max_payload)
+            .field("closed", &self.closed)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Opener {
+    /// Decodes the first frame at the start of `buf`.
+    ///
+    /// Returns `Ok(None)` if more bytes are needed, or `Ok(Some((frame,
+    /// consumed)))`. An oversized frame is reported as soon as its 13-byte
+    /// header is present. Checks run in this order: length limit, MAC,
+    /// sequence number, frame type. After any error the Opener is poisoned and
+    /// every later call returns the same error.
+    pub fn decode<'a>(
+        &mut self,
+        buf: &'a [u8],
+    ) -> Result<Option<(Frame<'a>, usize)>, ChannelError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        match self.decode_inner(buf) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                log::warn!("channel stream rejected: {e}");
+                self.error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn decode_inner<'a>(
+        &mut self,
+        buf: &'a [u8],
+    ) -> Result<Option<(Frame<'a>, usize)>, ChannelError> {
+        if self.closed && !buf.is_empty() {
+            return Err(ChannelError::DataAfterClose);
+        }
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32_at(buf, 0);
+        let ty = buf[4];
+        let seq = u64_at(buf, 5);
+        if len > self.max_payload {
+            return Err(ChannelError::Oversized {
+                len: u64::from(len),
+                max: self.max_payload,
+            });
+        }
+        let body_end = HEADER_LEN + len as usize;
+        let total = body_end + MAC_LEN;
+        if buf.len() < total {
+            return Ok(None);
+        }
+        if !verify(&self.mac, &[&buf[..body_end]], &buf[body_end..total]) {
+            return Err(ChannelError::BadMac { seq });
+        }
+        if seq < self.seq {
+            return Err(ChannelError::Replayed {
+                got: seq,
+                expected: self.seq,
+            });
+        }
+        if seq > self.seq {
+            return Err(ChannelError::OutOfOrder {
+                got: seq,
+                expected: self.seq,
+            });
+        }
+        if ty < FIRST_USER_TYPE && ty != TYPE_CLOSE {
+            return Err(ChannelError::ReservedType(ty));
+        }
+        if ty == TYPE_CLOSE {
+            if len != 0 {
+                return Err(ChannelError::ReservedType(ty));
+            }
+            self.closed = true;
+        }
+        self.seq = self.seq.wrapping_add(1);
+        Ok(Some((
+            Frame {
+                ty,
+                seq,
+                payload: &buf[HEADER_LEN..body_end],
+            },
+            total,
+        )))
+    }
+
+    /// Call at end of stream with the bytes not yet consumed: `Ok` if there are
+    /// none, otherwise [`ChannelError::Truncated`] where `need` is the full
+    /// frame length if the header is complete, else [`HEADER_LEN`].
+    pub fn at_eof(&self, leftover: &[u8]) -> Result<(), ChannelError> {
+        if leftover.is_empty() {
+            return Ok(());
+        }
+        let need = if leftover.len() >= HEADER_LEN {
+            (u32_at(leftover, 0) as usize).saturating_add(HEADER_LEN + MAC_LEN)
+        } else {
+            HEADER_LEN
+        };
+        Err(ChannelError::Truncated {
+            have: leftover.len(),
+            need,
+        })
+    }
+
+    /// `true` once a [`TYPE_CLOSE`] frame has been decoded.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Sequence number of the next expected frame.
+    pub fn next_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Largest payload this side accepts.
+    pub fn max_payload(&self) -> u32 {
+        self.max_payload
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_parsing() {
+        let k = Key::from_hex(&"aB".repeat(16)).unwrap();
+        assert_eq!(k.as_bytes(), &[0xab; 16]);
+        assert_eq!(hex_val(b'g'), None);
+        assert_eq!(hex_val(b'F'), Some(15));
+    }
+
+    #[test]
+    fn fingerprint_depends_on_key() {
+        let a = Key::from_bytes(&[1; 16]).unwrap();
+        let b = Key::from_bytes(&[2; 16]).unwrap();
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+    }
+
+    #[test]
+    fn wire_sizes() {
+        let k = Key::from_bytes(&[7; 32]).unwrap();
+        let mut c = Handshake::client(&k, [1; 32], 100);
+        assert_eq!(c.take_output().len(), HELLO_LEN);
+        assert_eq!(Sealer::overhead(), 45);
+    }
+}
