@@ -216,3 +216,23 @@ pub fn raise(fault: crate::shell::Fault) -> ! {
     }
     halt_forever()
 }
+
+/// A hardware random number (RDRAND), if the CPU has the instruction and
+/// it delivers within a few tries.
+pub fn rdrand() -> Option<u64> {
+    if cpuid(1, 0).2 & (1 << 30) == 0 {
+        return None;
+    }
+    for _ in 0..10 {
+        let (v, ok): (u64, u8);
+        // SAFETY: CPUID.1:ECX.RDRAND says the instruction exists; it only
+        // writes the output register and CF.
+        unsafe {
+            asm!("rdrand {v}", "setc {ok}", v = out(reg) v, ok = out(reg_byte) ok, options(nomem, nostack))
+        };
+        if ok == 1 {
+            return Some(v);
+        }
+    }
+    None
+}

@@ -12,6 +12,9 @@
 //! # comment                 '#' starts a comment anywhere on a line
 //! hostname = lab-3          one `key = value` per line, spaces around both trimmed
 //! log      = Debug          values of `log` are case-insensitive
+//! net.ip   = 10.0.0.1/24    static IPv4 address of the host NIC
+//! net.gw   = 10.0.0.254     default gateway (optional; same subnet)
+//! net.key  = 00112233...    channel key, 32 to 128 hex digits
 //! ```
 //!
 //! Lines end in LF or CRLF and are numbered from 1. Keys are case-sensitive.
@@ -26,6 +29,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use log::LevelFilter;
+use netstack::codec::Key;
+use netstack::stack::{IpConfig, parse_ip_config};
 
 /// Longest hostname accepted (bytes; the allowed characters are ASCII).
 pub const MAX_HOSTNAME_LEN: usize = 32;
@@ -45,6 +50,10 @@ pub struct Config {
     pub hostname: String,
     /// Maximum level of the kernel logger.
     pub log_level: LevelFilter,
+    /// Static address of the host NIC.
+    pub net_ip: Option<IpConfig>,
+    /// The pre-shared key of host-to-host channels.
+    pub net_key: Option<Key>,
 }
 
 impl Default for Config {
@@ -52,6 +61,8 @@ impl Default for Config {
         Config {
             hostname: String::from("hv"),
             log_level: LevelFilter::Info,
+            net_ip: None,
+            net_key: None,
         }
     }
 }
@@ -81,6 +92,12 @@ pub fn parse(text: &[u8]) -> (Config, Vec<Diagnostic>) {
     // Line on which each known key was last seen, for duplicate reports.
     let mut hostname_line: Option<usize> = None;
     let mut log_line: Option<usize> = None;
+    let mut ip_line: Option<usize> = None;
+    let mut gw_line: Option<usize> = None;
+    let mut key_line: Option<usize> = None;
+    // net.ip and net.gw are checked together once the whole file is read.
+    let mut ip_text: Option<(usize, String)> = None;
+    let mut gw_text: Option<(usize, String)> = None;
 
     for (index, raw) in text.split(|&b| b == b'\n').enumerate() {
         let line = index + 1;
@@ -115,6 +132,9 @@ pub fn parse(text: &[u8]) -> (Config, Vec<Diagnostic>) {
         let seen = match key {
             "hostname" => &mut hostname_line,
             "log" => &mut log_line,
+            "net.ip" => &mut ip_line,
+            "net.gw" => &mut gw_line,
+            "net.key" => &mut key_line,
             _ => {
                 diag(format!("unknown key '{}' (ignored)", quote(key)));
                 continue;
@@ -134,6 +154,16 @@ pub fn parse(text: &[u8]) -> (Config, Vec<Diagnostic>) {
                     config.hostname = default;
                 }
             }
+            "net.ip" => ip_text = Some((line, String::from(value))),
+            "net.gw" => gw_text = Some((line, String::from(value))),
+            "net.key" => match Key::from_hex(value) {
+                Ok(k) => config.net_key = Some(k),
+                Err(e) => {
+                    // Never quote the value: it is (nearly) a secret.
+                    diag(format!("bad value for 'net.key' ({e}); no key set"));
+                    config.net_key = None;
+                }
+            },
             _ => match parse_level(value) {
                 Some(level) => config.log_level = level,
                 None => {
@@ -144,6 +174,42 @@ pub fn parse(text: &[u8]) -> (Config, Vec<Diagnostic>) {
             },
         }
     }
+    match (&ip_text, &gw_text) {
+        (Some((line, ip)), gw) => {
+            match parse_ip_config(ip, gw.as_ref().map(|(_, g)| g.as_str())) {
+                Ok(c) => config.net_ip = Some(c),
+                Err(e) => {
+                    // Blame the gateway line when only the gateway is wrong.
+                    let line = match (gw, parse_ip_config(ip, None)) {
+                        (Some((gl, _)), Ok(_)) => *gl,
+                        _ => *line,
+                    };
+                    let what = if line == ip_text.as_ref().map_or(0, |t| t.0) {
+                        format!(
+                            "bad value '{}' for 'net.ip' ({e}); no address set",
+                            quote(ip)
+                        )
+                    } else {
+                        let g = gw.as_ref().map_or("", |(_, g)| g.as_str());
+                        format!(
+                            "bad value '{}' for 'net.gw' ({e}); no address set",
+                            quote(g)
+                        )
+                    };
+                    diags.push(Diagnostic {
+                        line,
+                        message: what,
+                    });
+                }
+            }
+        }
+        (None, Some((line, _))) => diags.push(Diagnostic {
+            line: *line,
+            message: String::from("'net.gw' without 'net.ip' (ignored)"),
+        }),
+        (None, None) => {}
+    }
+    diags.sort_by_key(|d| d.line);
     (config, diags)
 }
 
@@ -538,5 +604,44 @@ mod tests {
                 assert!(!d.message.chars().any(char::is_control), "{d:?}");
             }
         }
+    }
+
+    #[test]
+    fn network_settings() {
+        let (c, d) = parse(b"net.ip = 10.0.0.1/24\nnet.gw = 10.0.0.254\nnet.key = 00112233445566778899aabbccddeeff\n");
+        assert!(d.is_empty(), "{d:?}");
+        let ip = c.net_ip.unwrap();
+        assert_eq!(ip.to_string(), "10.0.0.1/24 gw 10.0.0.254");
+        assert_eq!(c.net_key.unwrap().len(), 16);
+    }
+
+    #[test]
+    fn bad_network_settings_are_reported_and_never_quote_the_key() {
+        let (c, d) = parse(b"net.ip = 10.0.0.1\nnet.key = 0011zz\n");
+        assert_eq!(c.net_ip, None);
+        assert_eq!(c.net_key, None);
+        let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("config: line 1: bad value '10.0.0.1' for 'net.ip'"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("config: line 2: bad value for 'net.key'"),
+            "{lines:?}"
+        );
+        assert!(!lines[1].contains("0011zz"));
+        let (c, d) = parse(b"net.ip = 10.0.0.1/24\nnet.gw = 10.9.0.1\n");
+        assert_eq!(c.net_ip, None);
+        assert!(
+            d[0].to_string()
+                .starts_with("config: line 2: bad value '10.9.0.1' for 'net.gw'"),
+            "{d:?}"
+        );
+        let (_, d) = parse(b"net.gw = 10.9.0.1\n");
+        assert_eq!(
+            d[0].to_string(),
+            "config: line 1: 'net.gw' without 'net.ip' (ignored)"
+        );
     }
 }

@@ -45,11 +45,13 @@ pub fn run(sys: System) -> ! {
     prompt(&sys);
     loop {
         let Some(byte) = crate::serial::try_read() else {
-            if crate::vm::run_slice() {
-                if REDRAW.swap(false, Ordering::Relaxed) {
-                    prompt(&sys);
-                    print!("{}", ed.line());
-                }
+            let net_busy = crate::net::poll();
+            let ran = crate::vm::run_slice();
+            if REDRAW.swap(false, Ordering::Relaxed) {
+                prompt(&sys);
+                print!("{}", ed.shown());
+            }
+            if ran || net_busy {
                 continue;
             }
             if sys.timer_running {
@@ -214,6 +216,7 @@ fn execute(sys: &System, cmd: Command) {
             println!("log level: {}", crate::config::level_name(level));
         }
         Command::Vm(v) => vm_command(v),
+        Command::Net(n) => net_command(n),
         Command::Crash(fault) => {
             println!("crashing on purpose: {fault:?}");
             crate::arch::raise(fault);
@@ -222,6 +225,23 @@ fn execute(sys: &System, cmd: Command) {
             println!("rebooting");
             crate::reboot();
         }
+    }
+}
+
+fn net_command(cmd: crate::shell::NetCommand) {
+    use crate::shell::NetCommand as N;
+    match cmd {
+        N::Help => {
+            for line in crate::shell::NET_USAGE {
+                println!("  {line}");
+            }
+        }
+        N::Show => crate::net::show(),
+        N::Set(cfg) => crate::net::set(cfg),
+        N::Ping { target, count } => crate::net::ping(target, count),
+        N::Key(k) => crate::net::set_key(k),
+        N::Bench { target, port, mib } => crate::net::bench(target, port, mib),
+        N::Sink(on) => crate::net::sink(on),
     }
 }
 

@@ -28,6 +28,8 @@ pub mod cpu;
 #[cfg(target_os = "none")]
 pub mod memory;
 #[cfg(target_os = "none")]
+pub mod net;
+#[cfg(target_os = "none")]
 pub mod pci_port;
 #[cfg(target_os = "none")]
 pub mod platform;

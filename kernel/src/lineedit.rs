@@ -87,9 +87,22 @@ impl LineEditor {
         }
     }
 
-    /// The line typed so far (to redraw it after asynchronous output).
+    /// The line typed so far.
     pub fn line(&self) -> &str {
         &self.line
+    }
+
+    /// The line as the terminal shows it (secrets masked), to redraw it
+    /// after asynchronous output.
+    pub fn shown(&self) -> String {
+        match secret_start(&self.line) {
+            Some(at) => {
+                let mut s = String::from(&self.line[..at]);
+                s.extend(core::iter::repeat_n('*', self.line.len() - at));
+                s
+            }
+            None => self.line.clone(),
+        }
     }
 
     /// Processes one byte from the terminal, writing any echo through `echo`.
@@ -124,8 +137,13 @@ impl LineEditor {
         match byte {
             0x20..=0x7e => {
                 if self.line.len() < self.max_len {
+                    let secret = secret_start(&self.line).is_some();
                     self.line.push(char::from(byte));
-                    echo(&[byte]);
+                    echo(if secret {
+                        b"*"
+                    } else {
+                        core::slice::from_ref(&byte)
+                    });
                 } else {
                     echo(&[BEL]);
                 }
@@ -163,6 +181,18 @@ impl LineEditor {
             _ => Action::Pending,
         }
     }
+}
+
+/// Commands whose argument is a secret: what follows the prefix is echoed
+/// as `*`, so a channel key never appears on the console (or in its log).
+const SECRET_PREFIXES: &[&str] = &["net key "];
+
+/// Where the secret part of `line` starts, if the line has one.
+fn secret_start(line: &str) -> Option<usize> {
+    SECRET_PREFIXES
+        .iter()
+        .find(|p| line.starts_with(*p))
+        .map(|p| p.len())
 }
 
 #[cfg(test)]
@@ -338,5 +368,20 @@ mod tests {
                 assert!(line.bytes().all(|b| (0x20..=0x7e).contains(&b)), "{line:?}");
             }
         }
+    }
+
+    #[test]
+    fn secrets_are_echoed_as_stars() {
+        let mut ed = LineEditor::new(64);
+        let (actions, echo) = run(&mut ed, b"net key 00ff");
+        assert!(actions.is_empty());
+        assert_eq!(echo, b"net key ****");
+        assert_eq!(ed.shown(), "net key ****");
+        assert_eq!(ed.line(), "net key 00ff");
+        let (actions, _) = run(&mut ed, b"\r");
+        assert_eq!(actions, [Action::Submit("net key 00ff".into())]);
+        // Other commands echo as typed.
+        let (_, echo) = run(&mut ed, b"net show");
+        assert_eq!(echo, b"net show");
     }
 }

@@ -23,6 +23,11 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "log [off|error|warn|info|debug|trace]",
         "show or set the log level",
     ),
+    (
+        "net",
+        "net [show|set|ping|key|bench|sink]",
+        "host network: address, ping, channel key, throughput (net help)",
+    ),
     ("reboot", "reboot", "reset the machine"),
     (
         "crash",
@@ -78,6 +83,39 @@ pub enum VmCommand {
     Stats(String),
 }
 
+/// The `net` sub-commands.
+pub const NET_USAGE: &[&str] = &[
+    "net show                                      MAC, link, address, key fingerprint, counters",
+    "net set ip=<a.b.c.d/len> [gw=<a.b.c.d>]       set the host's address",
+    "net ping <a.b.c.d> [count]                    ICMP echo, prints round-trip times (1-100, default 4)",
+    "net key <hex>                                 channel key, 32-128 hex digits (never shown)",
+    "net bench <a.b.c.d>[:port] [MiB]              send MiB (default 16) to a peer's sink, verified",
+    "net sink [stop]                               accept bench transfers on port 7001",
+];
+
+/// Default and largest `net bench` size (MiB).
+pub const BENCH_DEFAULT_MIB: u64 = 16;
+pub const BENCH_MAX_MIB: u64 = 4096;
+
+/// A parsed `net` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetCommand {
+    Help,
+    Show,
+    Set(netstack::stack::IpConfig),
+    Ping {
+        target: netstack::stack::Ipv4Address,
+        count: u16,
+    },
+    Key(netstack::codec::Key),
+    Bench {
+        target: netstack::stack::Ipv4Address,
+        port: u16,
+        mib: u64,
+    },
+    Sink(bool),
+}
+
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -97,6 +135,7 @@ pub enum Command {
     Reboot,
     Crash(Fault),
     Vm(VmCommand),
+    Net(NetCommand),
 }
 
 /// Parses one line. The error is the full message after `error: `.
@@ -139,6 +178,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
             _ => Err(String::from("usage: log [off|error|warn|info|debug|trace]")),
         },
         "vm" => parse_vm(&args).map(Command::Vm),
+        "net" => parse_net(&args).map(Command::Net),
         "crash" => match args.as_slice() {
             ["pf"] => Ok(Command::Crash(Fault::PageFault)),
             ["gp"] => Ok(Command::Crash(Fault::GeneralProtection)),
@@ -148,6 +188,100 @@ pub fn parse(line: &str) -> Result<Command, String> {
         },
         other => Err(format!(
             "unknown command '{}' (type 'help' for a list)",
+            shorten(other)
+        )),
+    }
+}
+
+fn parse_ip(s: &str) -> Result<netstack::stack::Ipv4Address, String> {
+    netstack::stack::parse_ipv4(s).map_err(|e| format!("'{}': {e}", shorten(s)))
+}
+
+fn parse_net(args: &[&str]) -> Result<NetCommand, String> {
+    match args.first().copied() {
+        None => Ok(NetCommand::Show),
+        Some("show") if args.len() == 1 => Ok(NetCommand::Show),
+        Some("show") => Err(String::from("net show takes no arguments")),
+        Some("help") => Ok(NetCommand::Help),
+        Some("set") => {
+            let usage = "usage: net set ip=<a.b.c.d/len> [gw=<a.b.c.d>]";
+            let (mut ip, mut gw) = (None, None);
+            for opt in &args[1..] {
+                match opt.split_once('=') {
+                    Some(("ip", v)) => ip = Some(v),
+                    Some(("gw", v)) => gw = Some(v),
+                    _ => return Err(format!("unknown option '{}' ({usage})", shorten(opt))),
+                }
+            }
+            let ip = ip.ok_or(usage)?;
+            netstack::stack::parse_ip_config(ip, gw)
+                .map(NetCommand::Set)
+                .map_err(|e| match netstack::stack::parse_ip_config(ip, None) {
+                    Ok(_) => format!("gw={}: {e}", shorten(gw.unwrap_or(""))),
+                    Err(_) => format!("ip={}: {e}", shorten(ip)),
+                })
+        }
+        Some("ping") => {
+            let usage = "usage: net ping <a.b.c.d> [count]";
+            let (target, count) = match &args[1..] {
+                [t] => (parse_ip(t)?, 4),
+                [t, c] => {
+                    let count = parse_u64(c)
+                        .filter(|c| (1..=100).contains(c))
+                        .ok_or_else(|| format!("bad count '{}' (expected 1 to 100)", shorten(c)))?;
+                    (parse_ip(t)?, count as u16)
+                }
+                _ => return Err(String::from(usage)),
+            };
+            Ok(NetCommand::Ping { target, count })
+        }
+        Some("key") => match &args[1..] {
+            // The key itself is never repeated in a message.
+            [hex] => netstack::codec::Key::from_hex(hex)
+                .map(NetCommand::Key)
+                .map_err(|e| format!("bad key: {e}")),
+            _ => Err(String::from("usage: net key <hex> (32 to 128 hex digits)")),
+        },
+        Some("bench") => {
+            let usage = "usage: net bench <a.b.c.d>[:port] [MiB]";
+            let (peer, mib) = match &args[1..] {
+                [p] => (*p, BENCH_DEFAULT_MIB),
+                [p, m] => (
+                    *p,
+                    parse_u64(m)
+                        .filter(|m| (1..=BENCH_MAX_MIB).contains(m))
+                        .ok_or_else(|| {
+                            format!(
+                                "bad size '{}' (expected 1 to {BENCH_MAX_MIB} MiB)",
+                                shorten(m)
+                            )
+                        })?,
+                ),
+                _ => return Err(String::from(usage)),
+            };
+            let (ip, port) = match peer.split_once(':') {
+                Some((ip, port)) => (
+                    ip,
+                    port.parse::<u16>()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| format!("bad port '{}'", shorten(port)))?,
+                ),
+                None => (peer, netstack::bench::SINK_PORT),
+            };
+            Ok(NetCommand::Bench {
+                target: parse_ip(ip)?,
+                port,
+                mib,
+            })
+        }
+        Some("sink") => match &args[1..] {
+            [] => Ok(NetCommand::Sink(true)),
+            ["stop"] => Ok(NetCommand::Sink(false)),
+            _ => Err(String::from("usage: net sink [stop]")),
+        },
+        Some(other) => Err(format!(
+            "unknown net command '{}' (try net help)",
             shorten(other)
         )),
     }
@@ -359,5 +493,74 @@ mod tests {
         assert!(parse("log info debug").is_err());
         let long = "x".repeat(1000);
         assert!(parse(&long).unwrap_err().len() < 100);
+    }
+
+    #[test]
+    fn net_commands() {
+        use netstack::stack::parse_ipv4;
+        assert_eq!(parse("net"), Ok(Command::Net(NetCommand::Show)));
+        assert_eq!(parse("net show"), Ok(Command::Net(NetCommand::Show)));
+        let Ok(Command::Net(NetCommand::Set(c))) = parse("net set ip=10.0.0.1/24 gw=10.0.0.9")
+        else {
+            panic!()
+        };
+        assert_eq!(c.to_string(), "10.0.0.1/24 gw 10.0.0.9");
+        assert_eq!(
+            parse("net ping 10.0.0.2 3"),
+            Ok(Command::Net(NetCommand::Ping {
+                target: parse_ipv4("10.0.0.2").unwrap(),
+                count: 3
+            }))
+        );
+        assert_eq!(
+            parse("net bench 10.0.0.2:9000 64"),
+            Ok(Command::Net(NetCommand::Bench {
+                target: parse_ipv4("10.0.0.2").unwrap(),
+                port: 9000,
+                mib: 64
+            }))
+        );
+        assert!(matches!(
+            parse("net key 00112233445566778899aabbccddeeff"),
+            Ok(Command::Net(NetCommand::Key(_)))
+        ));
+        assert_eq!(
+            parse("net sink stop"),
+            Ok(Command::Net(NetCommand::Sink(false)))
+        );
+        for (line, err) in [
+            ("net set", "usage: net set ip=<a.b.c.d/len> [gw=<a.b.c.d>]"),
+            (
+                "net set ip=10.0.0.1",
+                "ip=10.0.0.1: missing prefix length (expected a.b.c.d/len)",
+            ),
+            (
+                "net set ip=10.0.0.1/24 gw=10.1.0.1",
+                "gw=10.1.0.1: the gateway must be another address in the same subnet",
+            ),
+            (
+                "net set mask=1",
+                "unknown option 'mask=1' (usage: net set ip=<a.b.c.d/len> [gw=<a.b.c.d>])",
+            ),
+            ("net ping", "usage: net ping <a.b.c.d> [count]"),
+            (
+                "net ping 10.0.0.300",
+                "'10.0.0.300': not an IPv4 address (expected a.b.c.d)",
+            ),
+            ("net ping 10.0.0.2 0", "bad count '0' (expected 1 to 100)"),
+            (
+                "net bench 10.0.0.2 0",
+                "bad size '0' (expected 1 to 4096 MiB)",
+            ),
+            ("net bench 10.0.0.2:0", "bad port '0'"),
+            ("net sink now", "usage: net sink [stop]"),
+            ("net frob", "unknown net command 'frob' (try net help)"),
+            ("net show x", "net show takes no arguments"),
+        ] {
+            assert_eq!(parse(line), Err(String::from(err)), "{line}");
+        }
+        // A bad key is described, never quoted.
+        let e = parse("net key 0011zz").unwrap_err();
+        assert!(e.starts_with("bad key: ") && !e.contains("0011zz"), "{e}");
     }
 }

@@ -157,10 +157,14 @@ pub fn kmain(boot_info: u64) -> ! {
     );
 
     let pci = match crate::pci_port::PortConfigSpace::take() {
-        Some(mut cs) => crate::pci::enumerate(&mut cs),
+        Some(mut cs) => {
+            let pci = crate::pci::enumerate(&mut cs);
+            log::info!("pci: {} functions", pci.len());
+            crate::net::init(&pci, &mut cs, config.net_ip, config.net_key.clone());
+            pci
+        }
         None => alloc::vec::Vec::new(),
     };
-    log::info!("pci: {} functions", pci.len());
 
     let modules: &[Module] = if bi.modules_len == 0 {
         &[]

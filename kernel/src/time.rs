@@ -111,3 +111,13 @@ pub fn delay_ms(ms: u64) {
         crate::arch::pause();
     }
 }
+
+/// Microseconds since kernel entry (the network stack's clock).
+pub fn now_us() -> u64 {
+    let hz = tsc_hz();
+    if hz == 0 {
+        return 0;
+    }
+    let delta = rdtsc().saturating_sub(KERNEL_START_TSC.load(Ordering::Relaxed));
+    (u128::from(delta) * 1_000_000 / u128::from(hz)) as u64
+}

@@ -132,6 +132,32 @@ pub struct Key {
     len: usize,
 }
 
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        // Constant time in the key bytes: no early exit on the first difference.
+        self.len == other.len
+            && self
+                .bytes
+                .iter()
+                .zip(other.bytes.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+impl Eq for Key {}
+
+/// A handshake nonce from whatever entropy the caller has (RDRAND output,
+/// TSC readings, a counter): SHA-256 of it, so that any input difference
+/// gives an unrelated nonce.
+pub fn derive_nonce(entropy: &[u8]) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(b"hv nonce")
+        .chain_update(entropy)
+        .finalize()
+        .into()
+}
+
 impl Key {
     /// Parses a key from hex digits (upper or lower case, no separators).
     pub fn from_hex(hex: &str) -> Result<Key, KeyError> {

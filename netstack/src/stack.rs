@@ -13,11 +13,12 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{icmp, tcp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpEndpoint,
-    Ipv4Address,
+    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr,
 };
 
 use crate::nic::{Nic, NicDevice};
+
+pub use smoltcp::wire::{IpEndpoint, Ipv4Address};
 
 /// TCP buffer size per direction and connection. Large enough for a
 /// window that keeps an emulated link busy; small enough for a 4 MiB heap
