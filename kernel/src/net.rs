@@ -454,7 +454,9 @@ pub fn bench(target: Ipv4Address, port: u16, mib: u64) {
             match b.poll(&mut net.stack, now).clone() {
                 BenchStatus::Done(r) => break Ok(r),
                 BenchStatus::Failed(why) => break Err(why),
-                BenchStatus::Running { sent } if sent >= next_report && sent < total => {
+                BenchStatus::Running { sent }
+                    if mib >= 4 && sent >= next_report && sent < total =>
+                {
                     println!("net bench: {} MiB sent", sent >> 20);
                     next_report += total / 4;
                 }

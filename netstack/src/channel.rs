@@ -31,6 +31,9 @@ pub enum CloseReason {
     ConnectFailed,
     /// The handshake did not finish within the timeout.
     HandshakeTimeout,
+    /// The peer dropped the connection during the handshake. A client
+    /// that finds our key does not match its own does exactly this.
+    HandshakeAborted,
     /// The peer sent bytes the codec refused.
     Protocol(ChannelError),
 }
@@ -43,6 +46,10 @@ impl fmt::Display for CloseReason {
             CloseReason::PeerGone => write!(f, "the peer dropped the connection"),
             CloseReason::ConnectFailed => write!(f, "connection refused or timed out"),
             CloseReason::HandshakeTimeout => write!(f, "handshake timed out"),
+            CloseReason::HandshakeAborted => write!(
+                f,
+                "the peer left during the handshake (different keys? compare fingerprints)"
+            ),
             CloseReason::Protocol(e) => write!(f, "{e}"),
         }
     }
@@ -307,8 +314,11 @@ impl Channel {
     /// Frees the socket. Call once closed (or to abandon the channel).
     pub fn release(mut self, stack: &mut Stack) {
         if let Some(h) = self.handle.take() {
-            stack.tcp(h).abort();
-            stack.remove(h);
+            let s = stack.tcp(h);
+            if s.state() != State::Closed {
+                s.abort();
+            }
+            stack.retire(h);
         }
     }
 
@@ -445,7 +455,7 @@ impl Channel {
             } else if now_us >= self.deadline_us {
                 return self.fail(stack, CloseReason::HandshakeTimeout);
             } else if !stack.tcp(h).may_recv() {
-                return self.fail(stack, CloseReason::PeerGone);
+                return self.fail(stack, CloseReason::HandshakeAborted);
             } else {
                 self.handshake = Some(hs);
             }
@@ -526,6 +536,6 @@ impl Listener {
     /// Stops listening.
     pub fn close(self, stack: &mut Stack) {
         stack.tcp(self.handle).abort();
-        stack.remove(self.handle);
+        stack.retire(self.handle);
     }
 }

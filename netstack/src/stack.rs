@@ -129,6 +129,10 @@ pub struct Stack {
     sockets: SocketSet<'static>,
     ip: Option<IpConfig>,
     next_port: u16,
+    /// Closed or aborted sockets kept until their FIN or RST has left
+    /// (µs deadline after which they go regardless).
+    retiring: Vec<(SocketHandle, u64)>,
+    now_us: u64,
 }
 
 /// Microseconds to a `smoltcp` instant.
@@ -152,6 +156,8 @@ impl Stack {
             sockets: SocketSet::new(vec![]),
             ip: None,
             next_port: 49152 + (seed % 8192) as u16,
+            retiring: Vec::new(),
+            now_us,
         })
     }
 
@@ -186,9 +192,24 @@ impl Stack {
     /// Moves frames between the NIC and the sockets. Returns true if a
     /// socket may have changed state.
     pub fn poll<N: Nic + ?Sized>(&mut self, nic: &mut N, now_us: u64) -> bool {
+        self.now_us = now_us;
         let r = self
             .iface
             .poll(at(now_us), &mut NicDevice::new(nic), &mut self.sockets);
+        // Sockets handed back: gone once closed (the RST or final ACK has
+        // been sent by the poll above) or past their deadline.
+        let mut i = 0;
+        while i < self.retiring.len() {
+            let (h, deadline) = self.retiring[i];
+            let s = self.sockets.get::<tcp::Socket>(h);
+            if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) || now_us >= deadline
+            {
+                self.sockets.remove(h);
+                self.retiring.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
         r == smoltcp::iface::PollResult::SocketStateChanged
     }
 
@@ -250,12 +271,21 @@ impl Stack {
         self.sockets.get_mut::<tcp::Socket>(h)
     }
 
-    /// Frees a socket (after it was closed or aborted).
+    /// Frees a socket at once (its RST or FIN may not have left yet:
+    /// prefer [`Stack::retire`] for TCP).
     pub fn remove(&mut self, h: SocketHandle) {
         self.sockets.remove(h);
     }
 
-    /// Number of sockets (for leak checks).
+    /// Hands back a TCP socket after `close()` or `abort()`: the stack
+    /// frees it once its FIN or RST has gone out (at most 2 s later), so
+    /// the peer learns the connection ended instead of timing out.
+    pub fn retire(&mut self, h: SocketHandle) {
+        let deadline = self.now_us + 2_000_000;
+        self.retiring.push((h, deadline));
+    }
+
+    /// Number of sockets, including retiring ones (for leak checks).
     pub fn socket_count(&self) -> usize {
         self.sockets.iter().count()
     }

@@ -377,10 +377,10 @@ fn a_slow_reader_bounds_the_writers_memory() {
     let mut blocked = 0u64;
     for _ in 0..20_000 {
         n.step();
-        if server.is_none() {
-            if let Some(h) = listener.accept(&mut n.b) {
-                server = Some(Channel::accept(&mut n.b, h, &k, [2; 32], opts, n.now_us));
-            }
+        if server.is_none()
+            && let Some(h) = listener.accept(&mut n.b)
+        {
+            server = Some(Channel::accept(&mut n.b, h, &k, [2; 32], opts, n.now_us));
         }
         if let Some(s) = server.as_mut() {
             // Polled (so TCP and the handshake run) but never read.
