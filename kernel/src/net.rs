@@ -125,6 +125,7 @@ pub fn init(pci: &[Function], cs: &mut dyn ConfigSpace, ip: Option<IpConfig>, ke
         Ok(mut net) => {
             if let Some(ip) = ip {
                 net.stack.set_ip(ip);
+                net.stack.announce(&mut net.nic);
             }
             net.key = key;
             let mac = net.nic.mac();
@@ -326,6 +327,8 @@ pub fn show() {
 pub fn set(cfg: IpConfig) {
     with_net(|net| {
         net.stack.set_ip(cfg);
+        // Neighbours and learning switches learn the (new) address at once.
+        net.stack.announce(&mut net.nic);
         println!("net: ip {cfg}");
     })
 }

@@ -93,6 +93,34 @@ pub fn parse_ip_config(cidr: &str, gateway: Option<&str>) -> Result<IpConfig, Ad
     })
 }
 
+/// A gratuitous ARP: a broadcast ARP request for our own address. It
+/// announces (or re-announces, after a migration) which MAC owns `ip`, so
+/// neighbours update their caches and learning switches learn our port
+/// (Bochs' bxhub forwards unicast frames only to MACs it has seen
+/// broadcast).
+pub fn gratuitous_arp(mac: [u8; 6], ip: Ipv4Address) -> Vec<u8> {
+    use smoltcp::wire::{
+        ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr,
+    };
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: EthernetAddress(mac),
+        source_protocol_addr: ip,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: ip,
+    };
+    let eth = EthernetRepr {
+        src_addr: EthernetAddress(mac),
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    };
+    let mut buf = vec![0u8; eth.buffer_len() + arp.buffer_len()];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+    eth.emit(&mut frame);
+    arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    buf
+}
+
 /// Why an address was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AddrError {
@@ -175,6 +203,14 @@ impl Stack {
             let _ = routes.add_default_ipv4_route(gw);
         }
         self.ip = Some(cfg);
+    }
+
+    /// Broadcasts a gratuitous ARP for our address (if set) through `nic`.
+    pub fn announce<N: Nic + ?Sized>(&mut self, nic: &mut N) -> bool {
+        match self.ip {
+            Some(cfg) => nic.transmit(&gratuitous_arp(self.mac(), cfg.addr)),
+            None => false,
+        }
     }
 
     /// The configured address, if any.

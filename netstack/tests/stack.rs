@@ -85,6 +85,22 @@ fn ip_config_parsing() {
 }
 
 #[test]
+fn gratuitous_arp_announces_our_address() {
+    let mut n = Net::new();
+    assert!(n.a.announce(&mut n.na));
+    // What went on the wire: a broadcast ARP request for our own address.
+    let mut frame = [0u8; 64];
+    let len = netstack::nic::Nic::receive(&mut n.nb, &mut frame).unwrap();
+    assert_eq!(len, 42);
+    assert_eq!(&frame[..6], &[0xff; 6]);
+    assert_eq!(&frame[6..12], &[2, 0, 0, 0, 0, 1]);
+    assert_eq!(&frame[12..14], &[0x08, 0x06]);
+    assert_eq!(&frame[20..22], &[0, 1], "ARP request");
+    assert_eq!(&frame[28..32], &[10, 0, 0, 1], "sender IP");
+    assert_eq!(&frame[38..42], &[10, 0, 0, 1], "target IP");
+}
+
+#[test]
 fn ping_gets_replies_with_round_trip_times() {
     let mut n = Net::new();
     let mut p = Ping::start(&mut n.a, ip("10.0.0.2"), 3, 1_000_000, n.now_us).unwrap();

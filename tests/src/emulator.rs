@@ -75,7 +75,7 @@ impl Emulator {
         }
     }
 
-    fn is_qemu(self) -> bool {
+    pub(crate) fn is_qemu(self) -> bool {
         matches!(self, Emulator::Qemu | Emulator::QemuKvm)
     }
 }
@@ -122,6 +122,8 @@ pub const BOCHS_CPU_MODELS: &[&str] = &[
     "corei7_icelake_u",
     "tigerlake",
 ];
+/// MAC address QEMU gives the e1000 unless told otherwise.
+pub const QEMU_DEFAULT_MAC: &str = "52:54:00:12:34:56";
 /// MAC address of the Bochs e1000.
 pub const BOCHS_E1000_MAC: &str = "b0:c4:20:00:00:01";
 /// Attempts at starting an emulator before giving up (a free port picked
@@ -144,6 +146,14 @@ pub struct Spec {
     pub memory_mib: u32,
     /// Attach an Intel e1000 NIC (QEMU: user-mode network; Bochs: no backend).
     pub nic: bool,
+    /// What the e1000 is plugged into (ignored without `nic`).
+    pub net: NetBackend,
+    /// The e1000's MAC address; `None`: the emulator's default
+    /// (QEMU `52:54:00:12:34:56`, Bochs [`BOCHS_E1000_MAC`]).
+    pub mac: Option<String>,
+    /// QEMU: record the NIC's traffic in `link.pcap` in the instance
+    /// directory (`-object filter-dump`); kept with the logs of a failed test.
+    pub capture: bool,
     /// Extra QEMU arguments, appended.
     pub extra_qemu_args: Vec<String>,
     /// Extra `.bxrc` lines, appended.
@@ -160,9 +170,24 @@ impl Spec {
             bochs_model: DEFAULT_BOCHS_MODEL.to_string(),
             memory_mib: 256,
             nic: true,
+            net: NetBackend::Default,
+            mac: None,
+            capture: false,
             extra_qemu_args: Vec::new(),
             extra_bochs_lines: Vec::new(),
         }
+    }
+
+    /// The MAC address the e1000 will have (`None` without a NIC).
+    pub fn effective_mac(&self) -> Option<String> {
+        if !self.nic {
+            return None;
+        }
+        Some(match (&self.mac, self.emulator) {
+            (Some(m), _) => m.clone(),
+            (None, Emulator::Bochs) => BOCHS_E1000_MAC.to_string(),
+            (None, _) => QEMU_DEFAULT_MAC.to_string(),
+        })
     }
 
     /// Arguments for `qemu-system-x86_64` running in `dir` (which holds
@@ -200,13 +225,38 @@ impl Spec {
             "none",
         ]);
         if self.nic {
+            let netdev = match &self.net {
+                NetBackend::Default | NetBackend::BochsHub { .. } => "user,id=n0".to_string(),
+                NetBackend::UserForward(fwds) => {
+                    let mut n = "user,id=n0".to_string();
+                    for (host, guest) in fwds {
+                        n.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+                    }
+                    n
+                }
+                NetBackend::Stream { server, port } => format!(
+                    "stream,id=n0,server={},addr.type=inet,addr.host=127.0.0.1,addr.port={port}",
+                    if *server { "on" } else { "off" }
+                ),
+            };
+            let mac = self
+                .mac
+                .as_ref()
+                .map(|m| format!(",mac={m}"))
+                .unwrap_or_default();
             // romfile= keeps iPXE off the NIC: OVMF would try a network boot.
             push(&[
                 "-netdev",
-                "user,id=n0",
+                &netdev,
                 "-device",
-                "e1000,netdev=n0,romfile=",
+                &format!("e1000,netdev=n0{mac},romfile="),
             ]);
+            if self.capture {
+                push(&[
+                    "-object",
+                    &format!("filter-dump,id=f0,netdev=n0,file={}", d(CAPTURE_FILE)),
+                ]);
+            }
         } else {
             push(&["-net", "none"]);
         }
@@ -242,9 +292,13 @@ impl Spec {
         line(format!("vgaromimage: file={VGABIOS}"));
         if self.nic {
             line("pci: enabled=1, chipset=i440fx, slot1=e1000".into());
-            line(format!(
-                "e1000: enabled=1, mac={BOCHS_E1000_MAC}, ethmod=null"
-            ));
+            let mac = self.mac.as_deref().unwrap_or(BOCHS_E1000_MAC);
+            match &self.net {
+                NetBackend::BochsHub { port } => line(format!(
+                    "e1000: enabled=1, mac={mac}, ethmod=socket, ethdev={port}"
+                )),
+                _ => line(format!("e1000: enabled=1, mac={mac}, ethmod=null")),
+            }
         } else {
             line("pci: enabled=1, chipset=i440fx".into());
         }
@@ -270,6 +324,38 @@ impl Spec {
         rc
     }
 }
+
+/// What an instance's e1000 is plugged into.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NetBackend {
+    /// QEMU: user-mode network (`-netdev user`); Bochs: no backend
+    /// (`ethmod=null`).
+    #[default]
+    Default,
+    /// QEMU user-mode network with TCP forwards `(host port, guest port)`:
+    /// `127.0.0.1:<host>` on this machine reaches `<guest>` on the guest
+    /// address 10.0.2.15 (the host is 10.0.2.2 from the guest).
+    UserForward(Vec<(u16, u16)>),
+    /// QEMU: one end of a point-to-point Ethernet link over TCP on
+    /// `127.0.0.1:port` (`-netdev stream`). The server end must be
+    /// listening before the client end starts (QEMU 7.2 connects once, at
+    /// start-up, and never retries).
+    Stream {
+        /// Listen (`server=on`) or connect (`server=off`).
+        server: bool,
+        /// TCP port on 127.0.0.1.
+        port: u16,
+    },
+    /// Bochs: a port of a `bxhub` (`ethmod=socket, ethdev=<port>`): Bochs
+    /// receives on UDP `port` and sends to `port + 1`, where the hub listens.
+    BochsHub {
+        /// The instance's UDP port: the hub's base + 2 × its port index.
+        port: u16,
+    },
+}
+
+/// File in the instance directory that [`Spec::capture`] writes.
+pub const CAPTURE_FILE: &str = "link.pcap";
 
 /// A change to an instance's copy of the image, applied before the start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,7 +397,25 @@ impl ImageEdit {
 /// started at once by one test binary never race for the same port.
 static PORTS_IN_USE: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
-fn reserve_port() -> io::Result<u16> {
+/// A port from [`reserve_port`], released on drop.
+#[derive(Debug)]
+pub(crate) struct ReservedPort(pub(crate) u16);
+
+impl Drop for ReservedPort {
+    fn drop(&mut self) {
+        release_port(self.0);
+    }
+}
+
+/// Reserves `port` if no one in this process holds it.
+pub(crate) fn reserve_exact(port: u16) -> Option<ReservedPort> {
+    let mut used = PORTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+    used.get_or_insert_with(HashSet::new)
+        .insert(port)
+        .then_some(ReservedPort(port))
+}
+
+pub(crate) fn reserve_port() -> io::Result<u16> {
     let mut used = PORTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
     let used = used.get_or_insert_with(HashSet::new);
     for _ in 0..20 {
@@ -325,7 +429,7 @@ fn reserve_port() -> io::Result<u16> {
     Err(io::Error::other("no free TCP port found"))
 }
 
-fn release_port(port: u16) {
+pub(crate) fn release_port(port: u16) {
     let mut used = PORTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(used) = used.as_mut() {
         used.remove(&port);
@@ -457,6 +561,11 @@ impl Instance {
         &self.failed_starts
     }
 
+    /// Process id of the emulator (`None` once killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the emulator has exited, and how.
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
         match self.child.as_mut() {
@@ -514,7 +623,7 @@ impl Drop for Instance {
 
 /// Kills the process group led by `child` (it was started with
 /// `process_group(0)`), then waits for the child.
-fn kill_group(child: &mut Child) {
+pub(crate) fn kill_group(child: &mut Child) {
     if let Ok(None) = child.try_wait() {
         if let Ok(pgid) = i32::try_from(child.id()) {
             // SAFETY: kill(2) has no memory-safety preconditions. The target
@@ -528,6 +637,27 @@ fn kill_group(child: &mut Child) {
         let _ = child.kill();
     }
     let _ = child.wait();
+}
+
+/// Makes the process `cmd` spawns get `SIGKILL` when the calling thread dies.
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec. It only makes
+    // the async-signal-safe system calls prctl(2) and getppid(2), allocates
+    // nothing and touches no state shared with the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Die with the thread that started us, even if it is killed.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// One start: spawn the emulator and connect to its console.
@@ -578,23 +708,7 @@ fn start_on_port(
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .process_group(0);
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec. It only makes
-    // the async-signal-safe system calls prctl(2) and getppid(2), allocates
-    // nothing and touches no state shared with the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Die with the thread that started us, even if it is killed.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died before prctl took effect.
-            if u32::try_from(libc::getppid()).ok() != Some(parent) {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(&mut cmd);
     let spawned_at = Instant::now();
     let mut child = cmd
         .spawn()
@@ -745,6 +859,53 @@ mod tests {
         spec.nic = false;
         let rc = spec.bochs_rc(5555);
         assert!(!rc.contains("e1000"), "{rc}");
+    }
+
+    #[test]
+    fn network_backends_follow_the_recipe() {
+        let mut spec = Spec::new(Emulator::Qemu);
+        spec.net = NetBackend::Stream {
+            server: true,
+            port: 4000,
+        };
+        spec.mac = Some("52:54:00:12:34:01".into());
+        spec.capture = true;
+        let a = spec.qemu_args(Path::new("/d"), 4444).join(" ");
+        for want in [
+            "-netdev stream,id=n0,server=on,addr.type=inet,addr.host=127.0.0.1,addr.port=4000 ",
+            "-device e1000,netdev=n0,mac=52:54:00:12:34:01,romfile= ",
+            "-object filter-dump,id=f0,netdev=n0,file=/d/link.pcap",
+        ] {
+            assert!(a.contains(want), "{want:?} not in {a}");
+        }
+        spec.net = NetBackend::Stream {
+            server: false,
+            port: 4000,
+        };
+        let a = spec.qemu_args(Path::new("/d"), 4444).join(" ");
+        assert!(a.contains("stream,id=n0,server=off,addr.type=inet"), "{a}");
+        spec.net = NetBackend::UserForward(vec![(5000, 23), (5001, 80)]);
+        spec.mac = None;
+        spec.capture = false;
+        let a = spec.qemu_args(Path::new("/d"), 4444).join(" ");
+        assert!(
+            a.contains(
+                "-netdev user,id=n0,hostfwd=tcp:127.0.0.1:5000-:23,hostfwd=tcp:127.0.0.1:5001-:80 -device e1000,netdev=n0,romfile="
+            ) && !a.contains("filter-dump"),
+            "{a}"
+        );
+        assert_eq!(spec.effective_mac().as_deref(), Some(QEMU_DEFAULT_MAC));
+
+        let mut spec = Spec::new(Emulator::Bochs);
+        spec.net = NetBackend::BochsHub { port: 40002 };
+        spec.mac = Some("b0:c4:20:00:00:02".into());
+        let rc = spec.bochs_rc(5555);
+        assert!(
+            rc.contains("e1000: enabled=1, mac=b0:c4:20:00:00:02, ethmod=socket, ethdev=40002\n"),
+            "{rc}"
+        );
+        spec.nic = false;
+        assert_eq!(spec.effective_mac(), None);
     }
 
     #[test]

@@ -21,6 +21,10 @@
 //! * [`Instance`]: the emulator process in its own temporary directory,
 //!   killed with its whole process group on drop. [`Spec`] generates the QEMU
 //!   command line and the Bochs `.bxrc` (the only copy of those recipes).
+//! * [`Link`]: an Ethernet link between two machines (QEMU `-netdev stream`,
+//!   Bochs through `bxhub`); [`Builder::user_net_forward`] lets a test reach
+//!   a TCP service of a QEMU guest from the host.
+//! * [`slots`]: at most two emulators at once (`$HV_EMULATOR_SLOTS`).
 //! * [`image`]: building and editing the FAT16 ESP image with mtools.
 //! * [`host`]: the packages, commands and firmware files the harness needs.
 //!
@@ -33,11 +37,18 @@ pub mod console;
 pub mod emulator;
 pub mod host;
 pub mod image;
+pub mod link;
 pub mod machine;
+pub mod slots;
+pub mod sockets;
 
 pub use console::{Console, ExpectError, Found, line_pattern};
-pub use emulator::{BOCHS_CPU_MODELS, DEFAULT_BOCHS_MODEL, Emulator, ImageEdit, Instance, Spec};
+pub use emulator::{
+    BOCHS_CPU_MODELS, BOCHS_E1000_MAC, CAPTURE_FILE, DEFAULT_BOCHS_MODEL, Emulator, ImageEdit,
+    Instance, NetBackend, QEMU_DEFAULT_MAC, Spec,
+};
 pub use host::{image_path, kvm_nested_available, workspace_root};
+pub use link::{BOCHS_LINK_MACS, Link, QEMU_LINK_MACS};
 pub use machine::{Builder, Error, LOADER_PATTERN, Machine, READY_PATTERN, Ready, command_output};
 
 pub use regex;

@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::console::{self, Console, ExpectError, Found, line_pattern};
-use crate::emulator::{Emulator, ImageEdit, Instance, Spec};
+use crate::emulator::{self, Emulator, ImageEdit, Instance, NetBackend, ReservedPort, Spec};
 use crate::host;
 use crate::image;
+use crate::link::Link;
+use crate::slots::{self, SlotGuard};
 
 /// Console lines shown in a failure message.
 const CONSOLE_TAIL: usize = 50;
@@ -59,7 +61,14 @@ pub struct Builder {
     edits: Vec<ImageEdit>,
     hostname: String,
     name: Option<String>,
+    link: Option<Link>,
+    forwards: Vec<u16>,
 }
+
+/// Starts with ports the harness picks (a link's server port, forwarded
+/// ports) are retried with fresh ports this many times in all: another
+/// process may take a port between the pick and the emulator's bind.
+const PORT_ATTEMPTS: u32 = 3;
 
 impl Builder {
     /// Number of CPUs (default 1).
@@ -149,6 +158,29 @@ impl Builder {
         self
     }
 
+    /// Plug the e1000 into `link` instead of the default backend (see
+    /// [`Link`]): the first machine started on it listens, the second
+    /// connects. The link must be for this emulator.
+    pub fn link(mut self, link: &Link) -> Self {
+        self.link = Some(link.clone());
+        self
+    }
+
+    /// QEMU only: forward a free TCP port of 127.0.0.1, picked at the start,
+    /// to `guest_port` of the guest on the user-mode network (the guest is
+    /// 10.0.2.15/24, the host 10.0.2.2). [`Machine::forwarded_port`] tells
+    /// which port. May be called several times.
+    pub fn user_net_forward(mut self, guest_port: u16) -> Self {
+        self.forwards.push(guest_port);
+        self
+    }
+
+    /// The e1000's MAC address (default: the emulator's, or the link's).
+    pub fn mac(mut self, mac: &str) -> Self {
+        self.spec.mac = Some(mac.to_string());
+        self
+    }
+
     /// Append an argument to QEMU's command line.
     pub fn qemu_arg(mut self, arg: &str) -> Self {
         self.spec.extra_qemu_args.push(arg.to_string());
@@ -187,10 +219,68 @@ impl Builder {
     }
 
     /// Starts the emulator and connects the console; does not wait for the
-    /// boot (see [`Machine::boot_to_prompt`]).
+    /// boot (see [`Machine::boot_to_prompt`]). Waits first for a free
+    /// emulator slot (see [`crate::slots`]) unless the machine is on a
+    /// [`Link`], which holds slots for its machines. A machine on a link
+    /// is plugged in when this returns.
     pub fn try_start(self) -> Result<Machine, Error> {
-        let instance = self.spawn()?;
         let name = self.display_name();
+        let emu = self.spec.emulator;
+        let fail = |e: &str| Error(format!("[{name}] {emu}: {e}"));
+        if self.link.is_some() && !self.forwards.is_empty() {
+            return Err(fail("a machine on a link cannot also forward ports"));
+        }
+        if (self.link.is_some() || !self.forwards.is_empty()) && !self.spec.nic {
+            return Err(fail("a link or a port forward needs the NIC (nic(true))"));
+        }
+        if !self.forwards.is_empty() && emu == Emulator::Bochs {
+            return Err(fail("port forwards need QEMU's user-mode network"));
+        }
+        let slot = self.link.is_none().then(|| slots::acquire(1));
+        let img = self.image.clone().unwrap_or_else(host::image_path);
+        let mut spec = self.spec.clone();
+        let mut failures: Vec<String> = Vec::new();
+        let mut attempt = 0;
+        let (instance, ports, link) = loop {
+            attempt += 1;
+            let mut ports = Vec::new();
+            let mut link = None;
+            if !self.forwards.is_empty() {
+                let mut fwds = Vec::new();
+                for &guest in &self.forwards {
+                    let host = emulator::reserve_port()
+                        .map_err(|e| fail(&format!("cannot pick a port: {e}")))?;
+                    ports.push(ReservedPort(host));
+                    fwds.push((host, guest));
+                }
+                spec.net = NetBackend::UserForward(fwds);
+                spec.capture = true;
+            }
+            if let Some(l) = &self.link {
+                let (index, backend, mac) = l.plan(emu).map_err(|e| fail(&e))?;
+                spec.net = backend;
+                if self.spec.mac.is_none() {
+                    spec.mac = Some(mac);
+                }
+                spec.capture = emu.is_qemu();
+                link = Some((l.clone(), index));
+            }
+            match Instance::spawn(&spec, &img, &self.edits) {
+                Ok(i) => break (i, ports, link),
+                Err(e) => {
+                    failures.push(e);
+                    // Only ports the harness picked can be picked again.
+                    let repick = match &link {
+                        Some((l, 0)) if emu.is_qemu() => l.repick_port().is_ok(),
+                        Some(_) => false,
+                        None => !self.forwards.is_empty(),
+                    };
+                    if !repick || attempt >= PORT_ATTEMPTS {
+                        return Err(fail(&failures.join("\n")));
+                    }
+                }
+            }
+        };
         let log = fs::File::create(instance.dir().join("serial.log")).ok();
         let stream = instance
             .serial()
@@ -198,12 +288,27 @@ impl Builder {
             .map_err(|e| Error(format!("[{name}] cannot clone the console socket: {e}")))?;
         let console = Console::new(stream, log)
             .map_err(|e| Error(format!("[{name}] cannot start the console reader: {e}")))?;
-        Ok(Machine {
+        let forwards = match &spec.net {
+            NetBackend::UserForward(f) => f.iter().map(|&(h, g)| (g, h)).collect(),
+            _ => Vec::new(),
+        };
+        let machine = Machine {
             instance,
             console,
             name,
             hostname: self.hostname,
-        })
+            link,
+            forwards,
+            _ports: ports,
+            _slot: slot,
+        };
+        if let Some((l, index)) = &machine.link {
+            let pid = machine.instance.pid().unwrap_or(0);
+            if let Err(e) = l.plugged(*index, pid) {
+                return Err(Error(machine.report(&e)));
+            }
+        }
+        Ok(machine)
     }
 
     /// [`Builder::try_start`], panicking on failure.
@@ -229,6 +334,13 @@ pub struct Machine {
     console: Console,
     name: String,
     hostname: String,
+    /// The link and this machine's index on it.
+    link: Option<(Link, usize)>,
+    /// `(guest port, host port)` forwards.
+    forwards: Vec<(u16, u16)>,
+    // Dropped after the emulator is killed (in `Drop::drop`).
+    _ports: Vec<ReservedPort>,
+    _slot: Option<SlotGuard>,
 }
 
 impl fmt::Debug for Machine {
@@ -249,6 +361,8 @@ impl Machine {
             edits: Vec::new(),
             hostname: "hv".to_string(),
             name: None,
+            link: None,
+            forwards: Vec::new(),
         }
     }
 
@@ -275,6 +389,35 @@ impl Machine {
     /// The instance's temporary directory.
     pub fn dir(&self) -> &Path {
         self.instance.dir()
+    }
+
+    /// The e1000's MAC address (`None` without a NIC).
+    pub fn mac(&self) -> Option<String> {
+        self.instance.spec().effective_mac()
+    }
+
+    /// The link this machine is on and its index there (0: started first).
+    pub fn link(&self) -> Option<(&Link, usize)> {
+        self.link.as_ref().map(|(l, i)| (l, *i))
+    }
+
+    /// The port of 127.0.0.1 forwarded to `guest_port`, if
+    /// [`Builder::user_net_forward`] asked for it.
+    pub fn try_forwarded_port(&self, guest_port: u16) -> Option<u16> {
+        self.forwards
+            .iter()
+            .find(|(g, _)| *g == guest_port)
+            .map(|(_, h)| *h)
+    }
+
+    /// [`Machine::try_forwarded_port`], panicking when there is none.
+    #[track_caller]
+    pub fn forwarded_port(&self, guest_port: u16) -> u16 {
+        self.try_forwarded_port(guest_port).unwrap_or_else(|| {
+            self.fail(&format!(
+                "guest port {guest_port} is not forwarded (Builder::user_net_forward)"
+            ))
+        })
     }
 
     /// Sets the hostname [`Machine::expect_prompt`] waits for.

@@ -1,0 +1,267 @@
+//! The host network: two hypervisor hosts on one Ethernet link (QEMU
+//! `-netdev stream`, Bochs through `bxhub`), and a host-side program talking
+//! to a hypervisor through a QEMU user-net port forward.
+//!
+//! Each host's address and key come from its hv.cfg; everything else is
+//! typed on the consoles.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use hv_tests::{Link, Machine, secs};
+use netstack::codec::{Handshake, Key};
+
+const KEY: &str = "00112233445566778899aabbccddeeff";
+const OTHER_KEY: &str = "ffeeddccbbaa99887766554433221100";
+
+fn config(host: &str, ip: &str, key: &str) -> String {
+    format!("hostname = {host}\nnet.ip = {ip}\nnet.key = {key}\n")
+}
+
+fn host(builder: hv_tests::Builder, name: &str, ip: &str) -> Machine {
+    let mut m = builder
+        .hostname(name)
+        .config(&config(name, ip, KEY))
+        .start();
+    m.boot_to_prompt();
+    m
+}
+
+/// Runs `cmd` and waits for the line matching `pattern` before its prompt.
+fn run(m: &mut Machine, cmd: &str, pattern: &str, timeout: Duration) -> hv_tests::Found {
+    m.send_line(cmd);
+    let f = m.expect_line(pattern, timeout);
+    m.expect_prompt(m.command_timeout());
+    f
+}
+
+/// `net bench` from `a` to the sink on `b`: both sides must agree on the
+/// bytes and the checksum. Returns the sender's summary line.
+fn bench(a: &mut Machine, b: &mut Machine, peer: &str, mib: u64, timeout: Duration) -> String {
+    let f = run(
+        a,
+        &format!("net bench {peer} {mib}"),
+        &format!(
+            r"net bench: {mib} MiB in \d+\.\d+ s = ([\d.]+) MiB/s, checksum (\w+) \(([0-9a-f]+)\)"
+        ),
+        timeout,
+    );
+    a.check(f.get(2) == Some("ok"), || format!("sender: {}", f.text));
+    let got = b.expect_line(
+        &format!(
+            r"net sink: [\d.:]+ sent {} bytes in \d+ ms, checksum (\w+)",
+            mib << 20
+        ),
+        secs(10),
+    );
+    b.check(got.get(1) == Some("ok"), || format!("sink: {}", got.text));
+    b.expect_prompt(b.command_timeout());
+    println!("{}: {}", a.emulator(), f.text.trim());
+    f.text.trim().to_string()
+}
+
+fn ping(m: &mut Machine, peer: &str, count: u32) {
+    let f = run(
+        m,
+        &format!("net ping {peer} {count}"),
+        r"net ping: (\d+) sent, (\d+) received.*",
+        secs(60),
+    );
+    m.check(f.num(2) == u64::from(count), || format!("ping: {}", f.text));
+}
+
+/// Everything shared by the QEMU and Bochs two-host tests.
+fn two_hosts(link: &Link, builder: fn() -> hv_tests::Builder, mib: u64) {
+    let mut a = host(builder().link(link), "hosta", "10.0.0.1/24");
+    let mut b = host(builder().link(link), "hostb", "10.0.0.2/24");
+
+    // Addresses, link and key as configured; the key itself is never shown.
+    for m in [&mut a, &mut b] {
+        let show = m.cmd("net show");
+        m.check(show.contains("link: up"), || format!("net show:\n{show}"));
+        m.check(show.contains("key: set (16 bytes, fingerprint "), || {
+            format!("net show:\n{show}")
+        });
+    }
+    ping(&mut a, "10.0.0.2", 3);
+    ping(&mut b, "10.0.0.1", 2);
+
+    run(
+        &mut b,
+        "net sink",
+        r"net sink: listening on port 7001",
+        secs(10),
+    );
+    bench(&mut a, &mut b, "10.0.0.2", mib, secs(600));
+
+    // A peer with another key is refused; the sink says so at once.
+    b.cmd(&format!("net key {OTHER_KEY}"));
+    run(
+        &mut a,
+        "net bench 10.0.0.2 1",
+        r"error: net bench: authentication failed: the peer does not hold our key.*",
+        secs(60),
+    );
+    b.expect_line(
+        r"net sink: [\d.:]+: connection dropped: the peer left during the handshake.*",
+        secs(20),
+    );
+    b.expect_prompt(b.command_timeout());
+
+    // Both hosts keep working.
+    ping(&mut a, "10.0.0.2", 1);
+    b.cmd(&format!("net key {KEY}"));
+    bench(&mut a, &mut b, "10.0.0.2", 1, secs(120));
+
+    let show = a.cmd("net show");
+    let tx = common::caps(&a, &show, r"tx: (\d+) frames, (\d+) bytes, (\d+) errors");
+    a.check(tx[2].parse::<u64>().unwrap() > mib << 20, || {
+        format!("counters:\n{show}")
+    });
+    for m in [&a, &b] {
+        m.check(
+            !m.output().contains(KEY) && !m.output().contains(OTHER_KEY),
+            || "a key appeared on the console".into(),
+        );
+    }
+}
+
+#[test]
+fn qemu_two_hosts_ping_bench_and_refuse_a_wrong_key() {
+    let link = Link::qemu();
+    two_hosts(&link, Machine::qemu, 64);
+}
+
+#[test]
+fn bochs_two_hosts_ping_and_bench() {
+    let link = Link::bochs();
+    two_hosts(&link, Machine::bochs, 4);
+}
+
+/// The host side of a channel handshake over a blocking socket.
+fn handshake(s: &mut TcpStream, key: &str) -> (netstack::codec::Sealer, netstack::codec::Opener) {
+    let mut hs = Handshake::client(&Key::from_hex(key).unwrap(), [0x42; 32], 1 << 20);
+    let mut rx = Vec::new();
+    let deadline = Instant::now() + secs(30);
+    while !hs.is_done() {
+        assert!(Instant::now() < deadline, "handshake timed out");
+        let out = hs.take_output();
+        s.write_all(&out).unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "hypervisor closed during the handshake");
+        rx.extend_from_slice(&buf[..n]);
+        let used = hs.feed(&rx).unwrap();
+        rx.drain(..used);
+    }
+    s.write_all(&hs.take_output()).unwrap();
+    hs.into_session().unwrap()
+}
+
+#[test]
+fn qemu_bad_input_from_the_network_closes_only_that_connection() {
+    const SINK: u16 = 7001;
+    let mut m = Machine::qemu()
+        .hostname("hv")
+        .config("net.ip = 10.0.2.15/24\nnet.gw = 10.0.2.2\n")
+        .user_net_forward(SINK)
+        .start();
+    m.boot_to_prompt();
+    m.cmd(&format!("net key {KEY}"));
+    run(
+        &mut m,
+        "net sink",
+        r"net sink: listening on port 7001",
+        secs(10),
+    );
+    let port = m.forwarded_port(SINK);
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(secs(30))).unwrap();
+        s
+    };
+
+    // Garbage instead of a handshake.
+    let mut s = connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: hv\r\n\r\n").unwrap();
+    m.expect_line(
+        r"net sink: [\d.:]+: connection dropped: not a channel peer.*",
+        secs(30),
+    );
+    m.expect_prompt(m.command_timeout());
+    drop(s);
+
+    // A peer with the key that announces a frame over the limit.
+    let mut s = connect();
+    let _session = handshake(&mut s, KEY);
+    let mut header = Vec::new();
+    header.extend_from_slice(&(100u32 << 20).to_le_bytes());
+    header.push(17);
+    header.extend_from_slice(&0u64.to_le_bytes());
+    s.write_all(&header).unwrap();
+    m.expect_line(
+        r"net sink: [\d.:]+: connection dropped: frame of 104857600 bytes exceeds the \d+-byte limit",
+        secs(30),
+    );
+    m.expect_prompt(m.command_timeout());
+    drop(s);
+
+    // A peer without the key cannot even finish the handshake.
+    let mut s = connect();
+    let mut hs = Handshake::client(&Key::from_hex(OTHER_KEY).unwrap(), [1; 32], 1 << 20);
+    s.write_all(&hs.take_output()).unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap();
+    let err = hs.feed(&buf[..n]).unwrap_err();
+    assert_eq!(err, netstack::codec::ChannelError::WrongKey);
+    drop(s);
+    m.expect_line(r"net sink: [\d.:]+: connection dropped.*", secs(30));
+    m.expect_prompt(m.command_timeout());
+
+    // Nothing else changed: the console answers, the sink still listens
+    // and an honest peer is served.
+    let show = m.cmd("net show");
+    m.check(show.contains("sink: listening on port 7001"), || {
+        show.clone()
+    });
+    let mut s = connect();
+    let (mut sealer, mut opener) = handshake(&mut s, KEY);
+    let data = vec![0x5au8; 100_000];
+    let mut sum = netstack::bench::Checksum::default();
+    sum.update(&data);
+    let mut out = Vec::new();
+    sealer
+        .seal(
+            netstack::bench::T_START,
+            &(data.len() as u64).to_le_bytes(),
+            &mut out,
+        )
+        .unwrap();
+    for chunk in data.chunks(netstack::bench::CHUNK) {
+        sealer
+            .seal(netstack::bench::T_DATA, chunk, &mut out)
+            .unwrap();
+    }
+    let mut end = (data.len() as u64).to_le_bytes().to_vec();
+    end.extend_from_slice(&sum.value().to_le_bytes());
+    sealer.seal(netstack::bench::T_END, &end, &mut out).unwrap();
+    s.write_all(&out).unwrap();
+    let mut rx = Vec::new();
+    let result = loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "sink closed before its result");
+        rx.extend_from_slice(&buf[..n]);
+        if let Some((f, _)) = opener.decode(&rx).unwrap() {
+            break (f.ty, f.payload.to_vec());
+        }
+    };
+    assert_eq!(result.0, netstack::bench::T_RESULT);
+    assert_eq!(result.1[0], 1, "the sink rejected an honest transfer");
+    m.expect_line(
+        r"net sink: [\d.:]+ sent 100000 bytes in \d+ ms, checksum ok",
+        secs(30),
+    );
+}
