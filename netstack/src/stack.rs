@@ -275,6 +275,10 @@ impl Stack {
         );
         // Channel frames are written whole; do not hold back the tail of one.
         s.set_nagle_enabled(false);
+        // Without congestion control a sender puts the peer's whole window
+        // on the wire at once; links that drop bursts (bxhub, a busy
+        // emulated NIC) then lose frames and stall on the 1 s minimum RTO.
+        s.set_congestion_control(tcp::CongestionControl::Reno);
         s.set_ack_delay(None);
         s
     }

@@ -265,3 +265,4 @@ fn qemu_bad_input_from_the_network_closes_only_that_connection() {
         secs(30),
     );
 }
+
