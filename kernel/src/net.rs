@@ -195,36 +195,48 @@ fn fmt_mac(m: [u8; 6]) -> String {
 /// console loop; returns true if something is in progress that wants
 /// polling again soon (so the loop should not sleep).
 pub fn poll() -> bool {
-    let mut g = NET.lock();
-    let Some(net) = g.as_mut() else {
-        return false;
-    };
-    let now = net.poll();
-    let mut busy = false;
-    if net.sink.is_some() {
-        let key = net.key.clone();
-        let mac = net.nic.mac();
-        let mut counter = net.nonces;
-        if let (Some(sink), Some(key)) = (net.sink.as_mut(), key) {
-            let events = sink.poll(
-                &mut net.stack,
-                &key,
-                &mut || {
-                    counter += 1;
-                    nonce(counter, mac)
-                },
-                now,
-            );
-            busy = sink.busy();
-            for e in events {
-                report_sink(e);
-            }
-        }
-        net.nonces = counter + 1;
-        // Send what the sink queued without waiting for the next turn.
-        net.stack.poll(&mut net.nic, now);
+    match NET.lock().as_mut() {
+        Some(net) => net.poll_services().1,
+        None => false,
     }
-    busy
+}
+
+impl Net {
+    /// One turn of the network: frames in and out, then the sink. Returns
+    /// the time and whether the sink has transfers in progress.
+    fn poll_services(&mut self) -> (u64, bool) {
+        let now = self.poll();
+        let (Some(sink), Some(key)) = (self.sink.as_mut(), self.key.as_ref()) else {
+            return (now, false);
+        };
+        let mac = self.nic.mac();
+        let mut counter = self.nonces;
+        let events = sink.poll(
+            &mut self.stack,
+            key,
+            &mut || {
+                counter += 1;
+                nonce(counter, mac)
+            },
+            now,
+        );
+        self.nonces = counter;
+        let busy = sink.busy();
+        for e in events {
+            report_sink(e);
+        }
+        // Send what the sink queued without waiting for the next turn.
+        self.stack.poll(&mut self.nic, now);
+        (now, busy)
+    }
+
+    /// What a command does while it waits on the network: the network
+    /// (with the sink) and a slice of the guests, so neither stalls.
+    fn wait_turn(&mut self) -> u64 {
+        let (now, _) = self.poll_services();
+        crate::vm::run_slice();
+        now
+    }
 }
 
 fn peer_text(p: Option<netstack::stack::IpEndpoint>) -> String {
@@ -387,7 +399,7 @@ pub fn ping(target: Ipv4Address, count: u16) {
         };
         let (mut ok, mut min, mut max, mut sum) = (0u32, u64::MAX, 0u64, 0u64);
         loop {
-            let now = net.poll();
+            let now = net.wait_turn();
             for e in p.poll(&mut net.stack, now) {
                 match e {
                     PingEvent::Reply { seq, rtt_us } => {
@@ -453,7 +465,7 @@ pub fn bench(target: Ipv4Address, port: u16, mib: u64) {
         println!("net bench: sending {mib} MiB to {target}:{port}");
         let mut next_report = total / 4;
         let result = loop {
-            let now = net.poll();
+            let now = net.wait_turn();
             match b.poll(&mut net.stack, now).clone() {
                 BenchStatus::Done(r) => break Ok(r),
                 BenchStatus::Failed(why) => break Err(why),

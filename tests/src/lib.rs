@@ -39,6 +39,7 @@ pub mod host;
 pub mod image;
 pub mod link;
 pub mod machine;
+pub mod peer;
 pub mod slots;
 pub mod sockets;
 
@@ -59,3 +60,4 @@ use std::time::Duration;
 pub const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
+pub use netstack;

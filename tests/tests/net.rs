@@ -9,8 +9,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use hv_tests::peer::HostPeer;
 use hv_tests::{Link, Machine, secs};
 use netstack::codec::{Handshake, Key};
 
@@ -141,26 +142,6 @@ fn bochs_two_hosts_ping_and_bench() {
     two_hosts(&link, Machine::bochs, 4);
 }
 
-/// The host side of a channel handshake over a blocking socket.
-fn handshake(s: &mut TcpStream, key: &str) -> (netstack::codec::Sealer, netstack::codec::Opener) {
-    let mut hs = Handshake::client(&Key::from_hex(key).unwrap(), [0x42; 32], 1 << 20);
-    let mut rx = Vec::new();
-    let deadline = Instant::now() + secs(30);
-    while !hs.is_done() {
-        assert!(Instant::now() < deadline, "handshake timed out");
-        let out = hs.take_output();
-        s.write_all(&out).unwrap();
-        let mut buf = [0u8; 256];
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "hypervisor closed during the handshake");
-        rx.extend_from_slice(&buf[..n]);
-        let used = hs.feed(&rx).unwrap();
-        rx.drain(..used);
-    }
-    s.write_all(&hs.take_output()).unwrap();
-    hs.into_session().unwrap()
-}
-
 #[test]
 fn qemu_bad_input_from_the_network_closes_only_that_connection() {
     const SINK: u16 = 7001;
@@ -196,7 +177,7 @@ fn qemu_bad_input_from_the_network_closes_only_that_connection() {
 
     // A peer with the key that announces a frame over the limit.
     let mut s = connect();
-    let _session = handshake(&mut s, KEY);
+    let _session = hv_tests::peer::handshake(&mut s, &Key::from_hex(KEY).unwrap()).unwrap();
     let mut header = Vec::new();
     header.extend_from_slice(&(100u32 << 20).to_le_bytes());
     header.push(17);
@@ -227,42 +208,11 @@ fn qemu_bad_input_from_the_network_closes_only_that_connection() {
     m.check(show.contains("sink: listening on port 7001"), || {
         show.clone()
     });
-    let mut s = connect();
-    let (mut sealer, mut opener) = handshake(&mut s, KEY);
-    let data = vec![0x5au8; 100_000];
-    let mut sum = netstack::bench::Checksum::default();
-    sum.update(&data);
-    let mut out = Vec::new();
-    sealer
-        .seal(
-            netstack::bench::T_START,
-            &(data.len() as u64).to_le_bytes(),
-            &mut out,
-        )
-        .unwrap();
-    for chunk in data.chunks(netstack::bench::CHUNK) {
-        sealer
-            .seal(netstack::bench::T_DATA, chunk, &mut out)
-            .unwrap();
-    }
-    let mut end = (data.len() as u64).to_le_bytes().to_vec();
-    end.extend_from_slice(&sum.value().to_le_bytes());
-    sealer.seal(netstack::bench::T_END, &end, &mut out).unwrap();
-    s.write_all(&out).unwrap();
-    let mut rx = Vec::new();
-    let result = loop {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "sink closed before its result");
-        rx.extend_from_slice(&buf[..n]);
-        if let Some((f, _)) = opener.decode(&rx).unwrap() {
-            break (f.ty, f.payload.to_vec());
-        }
-    };
-    assert_eq!(result.0, netstack::bench::T_RESULT);
-    assert_eq!(result.1[0], 1, "the sink rejected an honest transfer");
+    let mut peer = HostPeer::connect(port, &Key::from_hex(KEY).unwrap()).unwrap();
+    let r = peer.bench(100_000).unwrap();
+    assert!(r.ok, "the sink rejected an honest transfer: {r:?}");
     m.expect_line(
         r"net sink: [\d.:]+ sent 100000 bytes in \d+ ms, checksum ok",
         secs(30),
     );
 }
-

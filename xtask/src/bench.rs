@@ -34,7 +34,7 @@ fn parse(args: &[String]) -> Result<u32> {
     };
     if what != "boot" {
         return Err(format!(
-            "bench: unknown benchmark '{what}' (expected boot or vmx)"
+            "bench: unknown benchmark '{what}' (expected boot, vmx or net)"
         ));
     }
     match rest {
@@ -152,6 +152,9 @@ fn vmx(args: &[String]) -> Result {
 pub fn main(args: &[String]) -> Result {
     if args.first().map(String::as_str) == Some("vmx") {
         return vmx(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("net") {
+        return crate::bench_net::main(&args[1..]);
     }
     let runs = parse(args)?;
     setup::setup()?;

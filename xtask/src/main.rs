@@ -10,6 +10,7 @@
 //! test [-- ARGS]        host unit tests of every crate, then the system tests
 //! bench boot [--runs N] boot timing and memory use in QEMU and Bochs
 //! bench vmx            VM exit round-trip cost in Bochs
+//! bench net [--mib N]  net bench throughput: two QEMU hosts, host program via port forward, two Bochs hosts
 //! ```
 //!
 //! Emulators are started through the `hv-tests` harness, so the emulator
@@ -18,6 +19,7 @@
 //! an abort would skip restoring the terminal.
 
 mod bench;
+mod bench_net;
 mod run;
 mod setup;
 
@@ -40,6 +42,7 @@ commands:
   test [-- <test args>]  host unit tests of every crate, then the system tests
   bench boot [--runs N]  boot time and memory use in QEMU and Bochs (default 5 runs)
   bench vmx              VM exit round trips per second (CPUID and port I/O loops) in Bochs
+  bench net [--mib N]    net bench throughput between two hosts (QEMU, Bochs) and from a host program
 ";
 
 /// An error message for the user; `main` prints it as `error: <msg>`.
