@@ -216,3 +216,75 @@ fn qemu_bad_input_from_the_network_closes_only_that_connection() {
         secs(30),
     );
 }
+
+#[test]
+fn qemu_net_commands_explain_what_is_missing() {
+    let mut m = Machine::qemu().start();
+    m.boot_to_prompt();
+    let show = m.cmd("net show");
+    for want in [
+        "link: up",
+        "ip: none (net set ip=<a.b.c.d/len>)",
+        "key: none (net key <hex>)",
+        "sink: off",
+    ] {
+        m.check(show.contains(want), || format!("no '{want}' in:\n{show}"));
+    }
+    for (cmd, answer) in [
+        (
+            "net ping 10.0.0.2",
+            "error: net ping: no IP address set (net set ip=<a.b.c.d/len>)",
+        ),
+        (
+            "net bench 10.0.0.2",
+            "error: no channel key: set one with net key <hex> first",
+        ),
+        (
+            "net sink",
+            "error: no channel key: set one with net key <hex> first",
+        ),
+        ("net sink stop", "error: net sink is not running"),
+        (
+            "net set ip=10.0.0.300/24",
+            "error: ip=10.0.0.300/24: not an IPv4 address (expected a.b.c.d)",
+        ),
+        (
+            "net key 0123",
+            "error: bad key: the pre-shared key is 2 bytes; it must be at least 16 bytes (32 hex digits)",
+        ),
+        (
+            "net frob",
+            "error: unknown net command 'frob' (try net help)",
+        ),
+    ] {
+        // (The echo of `net key` is masked, so it stays in the output.)
+        let out = m.cmd(cmd);
+        m.check(
+            out == answer || out == format!("net key ****\n{answer}"),
+            || format!("`{cmd}` answered:\n{out}\nexpected:\n{answer}"),
+        );
+    }
+    m.cmd(&format!("net key {KEY}"));
+    m.cmd("net set ip=10.0.0.1/24");
+    // Nobody at that address: the connection attempt times out with a clear error.
+    let out = m.command("net bench 10.0.0.2 1", secs(60));
+    m.check(
+        out.ends_with("error: net bench: connection refused or timed out"),
+        || format!("net bench to nobody:\n{out}"),
+    );
+    let help = m.cmd("net help");
+    m.check(help.lines().count() == 6, || help.clone());
+}
+
+#[test]
+fn qemu_without_a_nic_says_so() {
+    let mut m = Machine::qemu().nic(false).start();
+    m.boot_to_prompt();
+    let out = m.cmd("net show");
+    m.check(
+        out == "error: no e1000 (8086:100e) on PCI: networking is off",
+        || format!("net show without a NIC:\n{out}"),
+    );
+    // The rest of the console is unaffected.
+    m.cmd("status");
+}
