@@ -10,6 +10,7 @@
 //! | `hello` | console output, the CPUID leaves, RDI/RSI | 0, or 2 on a bad CPUID |
 //! | `ticks` | PIC + PIT interrupts at 100 Hz against the TSC, HLT | 0, or 3; `arg` != 0: runs forever |
 //! | `memtest` | every word of RAM above the image (pattern, checksum) | 0, or 4 |
+//! | `dirty` | writes `arg` pages a second across its RAM, prints `dirty: count <n> tsc <t>` twice a second and, when port 0xF5 changes, `dirty: checksum <sum> expected <sum> ok\|MISMATCH` | runs until stopped |
 //! | `rogue` | arg 0: a refused WRMSR gets #GP, then a read outside RAM; 1: the WRMSR, then a triple fault; 2: a spin with interrupts off | 5 if it survives |
 //!
 //! Every line a guest prints is `<guest>: <text>\n` and its last line before
@@ -89,6 +90,7 @@
 //! Reference for the x86 details: Intel SDM, revision 084.
 #![cfg_attr(not(test), no_std)]
 
+pub mod dirty;
 pub mod hv;
 pub mod idt;
 pub mod memtest;
@@ -127,6 +129,8 @@ pub mod exit_code {
     pub const MEMTEST_FAILED: u32 = 4;
     /// `rogue`: the guest survived something that should have stopped it.
     pub const ROGUE_FAILED: u32 = 5;
+    /// `dirty`: its memory checksum did not match what it wrote.
+    pub const DIRTY_FAILED: u32 = 6;
 
     /// An unexpected exception or interrupt at `vector`: 0xE0 + vector
     /// (0xE0-0xFF for the exceptions, 0x100-0x10F for the PIC vectors).

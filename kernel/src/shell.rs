@@ -64,6 +64,7 @@ pub const VM_USAGE: &[&str] = &[
     "vm stop <name>                                stop it; its RAM stays allocated",
     "vm delete <name>                              stop it and free its RAM",
     "vm stats <name>                               exits by reason, run time",
+    "vm checksum <name>                            ask the guest for its memory checksum (port 0xF5)",
 ];
 
 /// A parsed `vm` command.
@@ -81,6 +82,7 @@ pub enum VmCommand {
     Stop(String),
     Delete(String),
     Stats(String),
+    Checksum(String),
 }
 
 /// The `net` sub-commands.
@@ -302,6 +304,7 @@ fn parse_vm(args: &[&str]) -> Result<VmCommand, String> {
         Some("stop") => name_arg("stop").map(VmCommand::Stop),
         Some("delete") => name_arg("delete").map(VmCommand::Delete),
         Some("stats") => name_arg("stats").map(VmCommand::Stats),
+        Some("checksum") => name_arg("checksum").map(VmCommand::Checksum),
         Some("create") => {
             let usage = "usage: vm create <name> mem=<MiB> image=<module> [arg=<n>]";
             let name = check_vm_name(args.get(1).ok_or(usage)?)?;

@@ -119,6 +119,8 @@ pub struct Vm {
     guest_tsc: u64,
     started_tsc: u64,
     tsc_offset: u64,
+    /// Requests made with `vm checksum` (the guest reads them on port 0xF5).
+    requests: u8,
 }
 
 /// VT-x state of the host CPU.
@@ -480,6 +482,7 @@ pub fn create(name: &str, mem_mib: u64, image: &str, arg: u64) -> Result<(), Str
         guest_tsc: 0,
         started_tsc: 0,
         tsc_offset: 0,
+        requests: 0,
     });
     log::debug!(
         "vm {name}: created, {mem_mib} MiB RAM, image {image} ({} bytes)",
@@ -641,6 +644,16 @@ pub fn list() {
 }
 
 /// `vm stats`.
+/// `vm checksum`: bumps the request counter the guest reads on port 0xF5
+/// (the `dirty` guest answers with its memory checksum).
+pub fn request(name: &str) -> Result<u8, String> {
+    let mut m = MANAGER.lock();
+    let i = find(&mut m, name)?;
+    let vm = &mut m.vms[i];
+    vm.requests = vm.requests.wrapping_add(1);
+    Ok(vm.requests)
+}
+
 pub fn stats(name: &str) -> Result<(), String> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
@@ -1089,6 +1102,8 @@ fn emulate_io(vm: &mut Vm, q: IoQualification) {
             0x3f8..=0x3ff => u64::from(vm.uart.read(q.port - 0x3f8)),
             0x20 | 0x21 => u64::from(vm.pic.read(q.port - 0x20)),
             0x40..=0x43 => u64::from(vm.pit.read(q.port - 0x40)),
+            // The request counter `vm checksum` bumps.
+            0xf5 => u64::from(vm.requests),
             _ => u64::MAX,
         };
         // Same register rules as a load: `in eax` clears bits 63:32.

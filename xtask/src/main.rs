@@ -125,7 +125,7 @@ const UEFI_TARGET: &str = "x86_64-unknown-uefi";
 const KERNEL_TARGET: &str = "x86_64-unknown-none";
 /// The test guests (binaries of the `guests` crate, built for
 /// [`KERNEL_TARGET`]); each goes into the image as module `<name>`.
-const GUESTS: [&str; 5] = ["hello", "ticks", "memtest", "rogue", "exitbench"];
+const GUESTS: [&str; 6] = ["hello", "ticks", "memtest", "rogue", "exitbench", "dirty"];
 
 fn loader_path() -> PathBuf {
     root()

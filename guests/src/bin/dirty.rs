@@ -1,0 +1,99 @@
+//! `dirty`: dirties `arg` pages a second across its RAM (one word each,
+//! at 100 timer ticks a second), keeping a running checksum of everything
+//! it wrote; prints `dirty: count <n> tsc <t>` every 50 ticks (a counter
+//! that must continue without a gap or repeat across a migration) and,
+//! whenever the request port (0xF5) changes, rescans its memory and prints
+//! `dirty: checksum <sum> expected <sum> ok|MISMATCH`. Runs until stopped;
+//! exits with 6 if a rescan ever mismatches.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    println!(
+        "dirty is a guest program for the hv hypervisor (build it with --target x86_64-unknown-none)"
+    );
+}
+
+#[cfg(target_os = "none")]
+guests::entry!("dirty", main);
+
+#[cfg(target_os = "none")]
+fn main(boot: guests::Boot) -> ! {
+    use guests::dirty::{Picker, term, writes_at_tick, zero_sum};
+    use guests::{arch, console, exit_code, hv, pic, rt, say};
+
+    let start = rt::image_end().next_multiple_of(4096);
+    let end = boot.ram & !4095;
+    if end <= start {
+        say!("no RAM above the image");
+        console::exit(exit_code::DIRTY_FAILED);
+    }
+    let pages = (end - start) / 4096;
+    let word = |addr: u64| core::ptr::with_exposed_provenance_mut::<u64>(addr as usize);
+    let scan = || {
+        let mut s = 0u64;
+        let mut a = start;
+        while a < end {
+            // SAFETY: [start, end) is guest RAM above the image and below
+            // RDI: no Rust object, stack or page table lives there.
+            s = s.wrapping_add(term(a, unsafe { core::ptr::read_volatile(word(a)) }));
+            a += 8;
+        }
+        s
+    };
+    // The hypervisor zeroed RAM; check it rather than assume.
+    let mut expected = zero_sum(start, end);
+    if scan() != expected {
+        say!("RAM was not zero at start");
+        console::exit(exit_code::DIRTY_FAILED);
+    }
+    let rate = boot.arg;
+    say!("{pages} pages, {rate} pages/s");
+    pic::start_timer(100);
+    // SAFETY: rt::start installed the IDT; its timer vector counts ticks.
+    unsafe { arch::sti() };
+
+    let mut picker = Picker::new(arch::rdtsc(), pages);
+    // SAFETY: reading the hypervisor's request port has no side effect.
+    let mut last_request = unsafe { arch::inb(hv::REQUEST_PORT) };
+    let mut tick = 0u64;
+    let mut count = 0u64;
+    let mut writes = 0u64;
+    loop {
+        arch::hlt();
+        while tick < pic::ticks() {
+            for _ in 0..writes_at_tick(rate, tick % 100) {
+                let page = picker.next_page();
+                let addr = start + page * 4096 + (writes % 512) * 8;
+                writes += 1;
+                let new = writes ^ (tick << 32);
+                // SAFETY: as in scan; this loop is the region's only writer.
+                let old = unsafe { core::ptr::read_volatile(word(addr)) };
+                // SAFETY: as above.
+                unsafe { core::ptr::write_volatile(word(addr), new) };
+                expected = expected
+                    .wrapping_sub(term(addr, old))
+                    .wrapping_add(term(addr, new));
+            }
+            tick += 1;
+            if tick.is_multiple_of(50) {
+                count += 1;
+                say!("count {count} tsc {}", arch::rdtsc());
+            }
+        }
+        // SAFETY: as above.
+        let request = unsafe { arch::inb(hv::REQUEST_PORT) };
+        if request != last_request {
+            last_request = request;
+            let got = scan();
+            let ok = got == expected;
+            say!(
+                "checksum {got:016x} expected {expected:016x} {} after {writes} writes",
+                if ok { "ok" } else { "MISMATCH" }
+            );
+            if !ok {
+                console::exit(exit_code::DIRTY_FAILED);
+            }
+        }
+    }
+}
