@@ -357,3 +357,178 @@ mod tests {
         assert_eq!(t.period_tsc(100_000_000), Some(1_000_015));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Saved state (live migration). Each format starts with a version byte;
+// restore refuses anything it does not fully understand.
+
+/// Why a saved device state was refused.
+fn bad_state(device: &str, why: &str) -> String {
+    alloc::format!("{device} state: {why}")
+}
+
+impl Uart {
+    /// The half-received output line and the byte counter.
+    pub fn save(&self) -> Vec<u8> {
+        let mut v = alloc::vec![1u8];
+        v.extend_from_slice(&self.bytes.to_le_bytes());
+        v.extend_from_slice(&(self.line.len() as u32).to_le_bytes());
+        v.extend_from_slice(&self.line);
+        v
+    }
+
+    /// Restores what [`Uart::save`] produced.
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        let (&[1], rest) = data
+            .split_at_checked(1)
+            .ok_or_else(|| bad_state("uart", "empty"))?
+        else {
+            return Err(bad_state("uart", "unknown version"));
+        };
+        let bytes = rest
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(|| bad_state("uart", "truncated"))?;
+        let len = rest
+            .get(8..12)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(|| bad_state("uart", "truncated"))? as usize;
+        let line = rest
+            .get(12..)
+            .filter(|l| l.len() == len)
+            .ok_or_else(|| bad_state("uart", "bad line length"))?;
+        self.bytes = bytes;
+        self.line = line.to_vec();
+        Ok(())
+    }
+}
+
+impl Pic {
+    /// Every register and the initialisation sequence's position.
+    pub fn save(&self) -> Vec<u8> {
+        let (init, flags) = match self.init {
+            PicInit::Ready => (0u8, 0u8),
+            PicInit::Icw2 { icw4, single } => (1, u8::from(icw4) | u8::from(single) << 1),
+            PicInit::Icw3 { icw4 } => (2, u8::from(icw4)),
+            PicInit::Icw4 => (3, 0),
+        };
+        alloc::vec![
+            1,
+            init,
+            flags,
+            u8::from(self.initialised),
+            self.vector_base,
+            self.imr,
+            self.isr,
+            self.irr,
+            u8::from(self.read_isr)
+        ]
+    }
+
+    /// Restores what [`Pic::save`] produced.
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        let &[
+            1,
+            init,
+            flags,
+            initialised,
+            vector_base,
+            imr,
+            isr,
+            irr,
+            read_isr,
+        ] = data
+        else {
+            return Err(bad_state("pic", "wrong length or version"));
+        };
+        let (icw4, single) = (flags & 1 != 0, flags & 2 != 0);
+        self.init = match init {
+            0 => PicInit::Ready,
+            1 => PicInit::Icw2 { icw4, single },
+            2 => PicInit::Icw3 { icw4 },
+            3 => PicInit::Icw4,
+            _ => return Err(bad_state("pic", "bad init state")),
+        };
+        if initialised > 1 || read_isr > 1 {
+            return Err(bad_state("pic", "bad flag"));
+        }
+        self.initialised = initialised == 1;
+        self.vector_base = vector_base;
+        self.imr = imr;
+        self.isr = isr;
+        self.irr = irr;
+        self.read_isr = read_isr == 1;
+        Ok(())
+    }
+}
+
+impl Pit {
+    /// Channel 0's programming.
+    pub fn save(&self) -> Vec<u8> {
+        let mut v = alloc::vec![1u8];
+        v.extend_from_slice(&self.reload.to_le_bytes());
+        v.extend_from_slice(&[
+            self.mode,
+            u8::from(self.high_next),
+            self.low,
+            u8::from(self.changed),
+        ]);
+        v
+    }
+
+    /// Restores what [`Pit::save`] produced.
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        let &[1, r0, r1, r2, r3, mode, high_next, low, changed] = data else {
+            return Err(bad_state("pit", "wrong length or version"));
+        };
+        let reload = u32::from_le_bytes([r0, r1, r2, r3]);
+        if reload > 0x10000 || mode > 7 || high_next > 1 || changed > 1 {
+            return Err(bad_state("pit", "value out of range"));
+        }
+        self.reload = reload;
+        self.mode = mode;
+        self.high_next = high_next == 1;
+        self.low = low;
+        self.changed = changed == 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod saved_state_tests {
+    use super::*;
+
+    #[test]
+    fn devices_round_trip_and_refuse_garbage() {
+        let mut u = Uart::default();
+        for b in b"half a li" {
+            u.write(0, *b);
+        }
+        let mut u2 = Uart::default();
+        u2.restore(&u.save()).unwrap();
+        assert_eq!(u2.save(), u.save());
+        assert!(u2.restore(&[2]).is_err());
+        assert!(u2.restore(&u.save()[..5]).is_err());
+
+        let mut p = Pic::default();
+        for (port, v) in [(0, 0x11), (1, 0x20), (1, 0x04), (1, 0x01), (1, 0xfe)] {
+            p.write(port, v);
+        }
+        let mut p2 = Pic::default();
+        p2.restore(&p.save()).unwrap();
+        assert_eq!((p2.vector_base, p2.imr), (0x20, 0xfe));
+        assert_eq!(p2.save(), p.save());
+        assert!(p2.restore(&[1, 9, 0, 0, 0, 0, 0, 0, 0]).is_err());
+
+        let mut t = Pit::default();
+        for (port, v) in [(3, 0x34), (0, 0x9b), (0, 0x2e)] {
+            t.write(port, v);
+        }
+        let mut t2 = Pit::default();
+        t2.restore(&t.save()).unwrap();
+        assert_eq!(t2.save(), t.save());
+        assert!(t2.restore(&[]).is_err());
+    }
+}
