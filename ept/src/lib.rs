@@ -29,15 +29,23 @@
 //! identity map) and in host unit tests (on a `Vec<u8>`), and it contains
 //! no `unsafe`.
 //!
+//! [`DirtyLog`] builds dirty-page tracking for live migration on top of
+//! it, with one of three mechanisms ([`Mechanism`]): page-modification
+//! logging, EPT dirty flags, or write protection.
+//!
 //! What it is not for: executing INVEPT or VMWRITE (the kernel's `vmx`
-//! wrappers do that; see the INVEPT notes on each method), choosing memory
-//! types from MTRRs or deciding guest memory layout, allocating guest
-//! memory, locking (the caller serialises edits and keeps vCPUs out while
-//! they happen), 1 GiB pages, 5-level EPT, page-modification logging,
-//! mode-based execute control, sub-page permissions or #VE.
+//! wrappers do that; see the INVEPT notes on each method), programming the
+//! PML address and index VMCS fields (the kernel does that; [`DirtyLog`]
+//! only reads the buffer), choosing memory types from MTRRs or deciding
+//! guest memory layout, allocating guest memory, locking (the caller
+//! serialises edits and keeps vCPUs out while they happen), 1 GiB pages,
+//! 5-level EPT, mode-based execute control, sub-page permissions or #VE.
 #![cfg_attr(not(test), no_std)]
 
+extern crate alloc;
+
 mod addr;
+mod dirty;
 mod entry;
 mod error;
 mod invept;
@@ -48,6 +56,7 @@ mod tables;
 mod testkit;
 
 pub use addr::{Gfn, Gpa, Hpa};
+pub use dirty::{DirtyBitmap, DirtyLog, DirtyStats, Mechanism, choose};
 pub use entry::{EptEntry, Leaf, MemType, PageSize, Perm};
 pub use error::EptError;
 pub use invept::{InveptKind, invept_descriptor};

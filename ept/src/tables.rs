@@ -45,6 +45,10 @@ const EPTP_WALK_LENGTH: u64 = (LEVELS as u64 - 1) << 3;
 /// EPTP bit 6: enable accessed and dirty flags (SDM 25.6.11, 29.3.5).
 const EPTP_AD: u64 = 1 << 6;
 
+/// Bits 9:8 of a leaf: the accessed and dirty flags (SDM 29.3.5), which
+/// the processor sets on its own and a merge must carry over.
+const AD_FLAGS: u64 = 0b11 << 8;
+
 /// log2 of the bytes one entry at `level` (1..=4) covers.
 const fn span_shift(level: usize) -> usize {
     12 + 9 * (level - 1)
@@ -311,6 +315,160 @@ impl Ept {
         self.change_perm(mem, alloc, gpa, len, |p| p - Perm::WRITE)
     }
 
+    /// Removes write access from every mapped page in `len` bytes at `gpa`,
+    /// skipping holes (unlike [`Ept::write_protect`], which refuses them),
+    /// and returns how many 4 KiB pages lost write access.
+    ///
+    /// Splitting and errors as [`Ept::protect`]. Needs INVEPT if it returns
+    /// non-zero or split a page.
+    pub fn write_protect_mapped(
+        &mut self,
+        mem: &mut impl PhysMem,
+        alloc: &mut impl FrameAlloc,
+        gpa: Gpa,
+        len: u64,
+    ) -> Result<u64, EptError> {
+        let (start, end) = check_range(gpa, len)?;
+        self.rewrite_perm(mem, alloc, start, end, |p| p - Perm::WRITE)
+    }
+
+    /// Gives write access to every mapped page in `len` bytes at `gpa` that
+    /// has read access, skipping holes, and returns how many 4 KiB pages
+    /// gained it. Pages without read access keep their rights: write
+    /// without read is a misconfiguration (SDM 29.3.3.1).
+    ///
+    /// Splitting and errors as [`Ept::protect`]. Adding a right needs no
+    /// INVEPT: a stale cached translation can only cause an EPT violation,
+    /// which itself invalidates the translations for the faulting address
+    /// (SDM 29.4.3.1, 29.4.3.4). A split is a change of the tables all the
+    /// same, and [`Ept::protect`] asks for INVEPT after one.
+    pub fn allow_write(
+        &mut self,
+        mem: &mut impl PhysMem,
+        alloc: &mut impl FrameAlloc,
+        gpa: Gpa,
+        len: u64,
+    ) -> Result<u64, EptError> {
+        let (start, end) = check_range(gpa, len)?;
+        self.rewrite_perm(mem, alloc, start, end, |p| {
+            if p.contains(Perm::READ) {
+                p | Perm::WRITE
+            } else {
+                p
+            }
+        })
+    }
+
+    /// Splits every 2 MiB leaf that overlaps `len` bytes at `gpa` into 512
+    /// 4 KiB leaves with the same rights, memory type and accessed/dirty
+    /// flags, calling `f` with the first guest-physical address of each
+    /// page split, and returns how many it split.
+    ///
+    /// Takes one frame per split. On error (out of frames) the pages split
+    /// so far stay split and were reported to `f`; no translation changes
+    /// either way. Needs INVEPT if it returns non-zero (or reported a
+    /// split before failing).
+    pub fn split_2m(
+        &mut self,
+        mem: &mut impl PhysMem,
+        alloc: &mut impl FrameAlloc,
+        gpa: Gpa,
+        len: u64,
+        mut f: impl FnMut(Gpa),
+    ) -> Result<u64, EptError> {
+        let (start, end) = check_range(gpa, len)?;
+        let mut split = 0;
+        let mut g = start;
+        while g < end {
+            let w = self.walk(mem, g);
+            if w.is_leaf() && w.level == 2 {
+                self.split_leaf(mem, alloc, &w)?;
+                f(Gpa::new(w.base(g)));
+                split += 1;
+            }
+            g = w.end(g);
+        }
+        Ok(split)
+    }
+
+    /// Replaces the page table under the 2 MiB aligned range that contains
+    /// `gpa` by one 2 MiB leaf, if its 512 entries are present leaves that
+    /// map one 2 MiB aligned host range in order with identical rights,
+    /// memory type and other bits (the undo of a split), and frees the
+    /// table. The new leaf's accessed and dirty flags are the OR of the old
+    /// ones, so no dirty page is forgotten. Returns whether it merged.
+    ///
+    /// Needs INVEPT if it returns true, before the guest runs again and
+    /// before the freed frame is reused.
+    pub fn merge_2m(
+        &mut self,
+        mem: &mut impl PhysMem,
+        alloc: &mut impl FrameAlloc,
+        gpa: Gpa,
+    ) -> bool {
+        let g = gpa.as_u64() & !(SIZE_2M - 1);
+        if g >= GPA_LIMIT {
+            return false;
+        }
+        let w = self.walk(mem, g);
+        if w.level != 1 {
+            return false;
+        }
+        let table = w.tables[0];
+        let first = EptEntry::from_raw(mem.read_u64(slot(table, 0)));
+        let base = first.addr().as_u64();
+        let Some(memtype) = first.memtype() else {
+            return false;
+        };
+        // Only an entry this crate could have written (plus A/D) qualifies,
+        // so the merged leaf loses no bit.
+        let canonical = EptEntry::leaf(first.addr(), PageSize::Size4K, first.perm(), memtype);
+        if !first.is_present()
+            || !base.is_multiple_of(SIZE_2M)
+            || first.raw() & !AD_FLAGS != canonical.raw()
+        {
+            return false;
+        }
+        let mut ad = 0;
+        for i in 0..ENTRIES {
+            let e = mem.read_u64(slot(table, i));
+            let want = canonical.raw() + i * PAGE_SIZE;
+            if e & !AD_FLAGS != want {
+                return false;
+            }
+            ad |= e & AD_FLAGS;
+        }
+        let leaf = EptEntry::leaf(first.addr(), PageSize::Size2M, first.perm(), memtype);
+        let pde = slot(w.tables[1], index(g, 2));
+        mem.write_u64(pde, leaf.raw() | ad);
+        alloc.free(table);
+        self.table_frames = self.table_frames.saturating_sub(1);
+        true
+    }
+
+    /// Clears the dirty flag of the leaf that maps `gpa` and returns that
+    /// leaf as it was before (`None` if `gpa` is not mapped). For a 2 MiB
+    /// leaf this re-arms all of its 512 frames. Needs INVEPT before the
+    /// guest runs again if the returned entry was dirty (as
+    /// [`Ept::take_dirty`]).
+    pub fn clear_dirty(&mut self, mem: &mut impl PhysMem, gpa: Gpa) -> Option<Leaf> {
+        let g = gpa.as_u64();
+        if g >= GPA_LIMIT {
+            return None;
+        }
+        let w = self.walk(mem, g);
+        if !w.is_leaf() {
+            return None;
+        }
+        if w.entry.dirty() {
+            mem.write_u64(w.slot, w.entry.without_dirty().raw());
+        }
+        Some(Leaf {
+            page_size: w.page_size(),
+            entry: w.entry,
+        })
+    }
+
     /// The translation of `gpa`, or `None` if it is not mapped (or lies
     /// beyond the 48-bit space, or the leaf holds a reserved memory type,
     /// which the processor would not translate either).
@@ -346,6 +504,33 @@ impl Ept {
             }
             g = w.end(g);
         }
+    }
+
+    /// Calls `f` with the first guest-physical address and the entry of
+    /// every leaf that overlaps `len` bytes at `gpa`, in address order (a
+    /// 2 MiB leaf that straddles the start is reported with its own first
+    /// address, below `gpa`).
+    pub fn for_each_leaf_in(
+        &self,
+        mem: &impl PhysMem,
+        gpa: Gpa,
+        len: u64,
+        mut f: impl FnMut(Gpa, Leaf),
+    ) -> Result<(), EptError> {
+        let (start, end) = check_range(gpa, len)?;
+        let mut g = start;
+        while g < end {
+            let w = self.walk(mem, g);
+            if w.is_leaf() {
+                let leaf = Leaf {
+                    page_size: w.page_size(),
+                    entry: w.entry,
+                };
+                f(Gpa::new(w.base(g)), leaf);
+            }
+            g = w.end(g);
+        }
+        Ok(())
     }
 
     /// Reports every 4 KiB guest frame in `len` bytes at `gpa` whose leaf
@@ -504,6 +689,17 @@ impl Ept {
         if !(w.is_leaf() && w.level == 2 && wanted(w.entry)) {
             return Ok(());
         }
+        self.split_leaf(mem, alloc, &w)
+    }
+
+    /// Replaces the 2 MiB leaf `w` stopped at by a page table of 512 4 KiB
+    /// leaves that translate the same.
+    fn split_leaf(
+        &mut self,
+        mem: &mut impl PhysMem,
+        alloc: &mut impl FrameAlloc,
+        w: &Walk,
+    ) -> Result<(), EptError> {
         let table = self.new_table(alloc)?;
         for i in 0..ENTRIES {
             mem.write_u64(slot(table, i), w.entry.split_part(i).raw());
@@ -589,20 +785,35 @@ impl Ept {
         if let Some(g) = self.first_unmapped(mem, start, end) {
             return Err(EptError::NotMapped(Gpa::new(g)));
         }
+        self.rewrite_perm(mem, alloc, start, end, f).map(|_| ())
+    }
+
+    /// Rewrites the rights of every leaf in `[start, end)` to `f(old)`,
+    /// skipping holes, and returns how many 4 KiB pages changed rights.
+    fn rewrite_perm(
+        &mut self,
+        mem: &mut impl PhysMem,
+        alloc: &mut impl FrameAlloc,
+        start: u64,
+        end: u64,
+        f: impl Fn(Perm) -> Perm,
+    ) -> Result<u64, EptError> {
         // A straddling 2 MiB page whose rights stay the same needs no split.
         let changes = |e: EptEntry| f(e.perm()) != e.perm();
         self.split_straddling(mem, alloc, start, changes)?;
         self.split_straddling(mem, alloc, end, changes)?;
+        let mut changed = 0;
         let mut g = start;
         while g < end {
             let w = self.walk(mem, g);
             // The splits leave every leaf that changes inside the range.
             if w.is_leaf() && changes(w.entry) && w.inside(g, start, end) {
                 mem.write_u64(w.slot, w.entry.with_perm(f(w.entry.perm())).raw());
+                changed += entry_span(w.level) / PAGE_SIZE;
             }
             g = w.end(g);
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// A zeroed frame for a new table, counted.
