@@ -1,0 +1,445 @@
+//! The destination side of a migration: a sans-IO state machine.
+//!
+//! The kernel hands every incoming message to [`Dest::on_message`] and carries
+//! out the returned [`DestAction`]s in order. Two actions may fail in the
+//! kernel; it then drops the rest of that batch and reports the failure:
+//! [`DestAction::Reserve`] → [`Dest::refuse`], [`DestAction::Start`] →
+//! [`Dest::start_failed`]. The destination owns nothing until `Commit`.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::GuestMemoryMut;
+use crate::proto::{self, Message, PAGE_SIZE, Page, ProtoError, missing_features};
+
+/// What the destination host offers.
+pub trait DestHost {
+    /// RAM available for a new guest, in bytes.
+    fn free_bytes(&self) -> u64;
+    /// CPU features this host can expose ([`proto::CpuFeature`] bits).
+    fn cpu_features(&self) -> u64;
+    /// Device models this host implements, by name.
+    fn devices(&self) -> Vec<String>;
+}
+
+/// What the kernel must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestAction {
+    /// Give this message to the channel.
+    Send(Message),
+    /// Reserve the guest's RAM now; on failure drop the rest of the batch and call [`Dest::refuse`].
+    Reserve {
+        /// VM name.
+        vm: String,
+        /// Bytes to reserve.
+        mem_bytes: u64,
+    },
+    /// After `Commit`: restore the state and run the guest (the next action sends
+    /// `Committed`). On failure drop the rest of the batch and call [`Dest::start_failed`].
+    Start {
+        /// vCPU state blob.
+        vcpu: Vec<u8>,
+        /// Device states, in `Hello` order.
+        devices: Vec<(String, Vec<u8>)>,
+    },
+    /// Free everything reserved for this migration; the reason is for the log.
+    Discard(String),
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Every reason this host cannot take the guest announced by `hello` (empty: it can).
+pub fn check(hello: &Message, host: &dyn DestHost) -> Vec<String> {
+    let Message::Hello { version, vm, mem_bytes, cpu_features, devices } = hello else {
+        return vec![format!("expected Hello, got {}", hello.name())];
+    };
+    let mut reasons = Vec::new();
+    if let Err(e) = proto::check_version(*version) {
+        reasons.push(e.to_string());
+    }
+    if vm.is_empty() {
+        reasons.push("the VM has no name".to_string());
+    }
+    if *mem_bytes == 0 || *mem_bytes % PAGE_SIZE as u64 != 0 {
+        reasons.push(format!("guest memory size {mem_bytes} bytes is not a positive multiple of 4096"));
+    }
+    let free = host.free_bytes();
+    if *mem_bytes > free {
+        reasons.push(format!(
+            "not enough memory: the guest needs {} MiB, {} MiB free",
+            mem_bytes.div_ceil(MIB),
+            free / MIB
+        ));
+    }
+    let host_features = host.cpu_features();
+    for name in missing_features(*cpu_features, host_features) {
+        if name == "unknown" {
+            let bits = cpu_features & !host_features & !proto::CpuFeature::KNOWN;
+            reasons.push(format!("unknown CPU feature bits {bits:#x} missing on this host"));
+        } else {
+            reasons.push(format!("CPU feature {name} missing on this host"));
+        }
+    }
+    let host_devices = host.devices();
+    for (i, d) in devices.iter().enumerate() {
+        if devices[..i].contains(d) {
+            reasons.push(format!("device {d} listed twice"));
+        } else if !host_devices.contains(d) {
+            reasons.push(format!("device model {d} not available on this host"));
+        }
+    }
+    reasons
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitHello,
+    AwaitLayout,
+    Receiving,
+    Final,
+    Running,
+    Closed,
+}
+
+/// One layout region in frames, with its index in the received-page bitmap.
+#[derive(Debug, Clone, Copy)]
+struct Region {
+    first: u64,
+    pages: u64,
+    offset: u64,
+}
+
+/// The destination engine.
+#[derive(Debug)]
+pub struct Dest {
+    phase: Phase,
+    vm: String,
+    mem_bytes: u64,
+    devices: Vec<String>,
+    layout: Vec<Region>,
+    received: Vec<u64>,
+    missing: u64,
+    round: u32,
+    round_pages: u64,
+    vcpu: Option<Vec<u8>>,
+    states: Vec<(String, Vec<u8>)>,
+}
+
+impl Default for Dest {
+    fn default() -> Dest {
+        Dest::new()
+    }
+}
+
+impl Dest {
+    /// A destination waiting for `Hello`. Host limits are read from the
+    /// [`DestHost`] given with each message.
+    pub fn new() -> Dest {
+        Dest {
+            phase: Phase::AwaitHello,
+            vm: String::new(),
+            mem_bytes: 0,
+            devices: Vec::new(),
+            layout: Vec::new(),
+            received: Vec::new(),
+            missing: 0,
+            round: 0,
+            round_pages: 0,
+            vcpu: None,
+            states: Vec::new(),
+        }
+    }
+
+    /// Whether the guest was started here.
+    pub fn is_running(&self) -> bool {
+        self.phase == Phase::Running
+    }
+
+    /// Whether the migration ended here without starting the guest.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// The VM name from `Hello` (empty before).
+    pub fn vm(&self) -> &str {
+        &self.vm
+    }
+
+    fn abort(&mut self, reason: String) -> Vec<DestAction> {
+        log::warn!("incoming migration of {:?} aborted: {reason}", self.vm);
+        self.phase = Phase::Closed;
+        vec![DestAction::Send(Message::Abort { reason: reason.clone() }), DestAction::Discard(reason)]
+    }
+
+    fn region_of(&self, gfn: u64) -> Option<Region> {
+        let i = self.layout.partition_point(|r| r.first <= gfn);
+        let r = *self.layout.get(i.checked_sub(1)?)?;
+        (gfn - r.first < r.pages).then_some(r)
+    }
+
+    fn on_hello(&mut self, msg: &Message, host: &dyn DestHost) -> Vec<DestAction> {
+        let reasons = check(msg, host);
+        let Message::Hello { vm, mem_bytes, devices, .. } = msg else {
+            return self.abort("expected Hello".to_string());
+        };
+        self.vm = vm.clone();
+        if !reasons.is_empty() {
+            self.phase = Phase::Closed;
+            let why = format!("refused: {}", reasons.join("; "));
+            log::warn!("incoming migration of {vm:?} {why}");
+            return vec![DestAction::Send(Message::Refuse { reasons }), DestAction::Discard(why)];
+        }
+        self.mem_bytes = *mem_bytes;
+        self.devices = devices.clone();
+        self.phase = Phase::AwaitLayout;
+        vec![
+            DestAction::Reserve { vm: vm.clone(), mem_bytes: *mem_bytes },
+            DestAction::Send(Message::Ready),
+        ]
+    }
+
+    fn on_layout(&mut self, regions: &[(u64, u64)]) -> Vec<DestAction> {
+        let page = PAGE_SIZE as u64;
+        let mut layout = Vec::with_capacity(regions.len());
+        let mut end = 0u64;
+        let mut total = 0u64;
+        for (i, &(gpa, len)) in regions.iter().enumerate() {
+            if gpa % page != 0 || len % page != 0 || len == 0 {
+                return self.abort(format!(
+                    "memory region {i} ({gpa:#x}, {len:#x} bytes) is empty or not page-aligned"
+                ));
+            }
+            let Some(region_end) = gpa.checked_add(len) else {
+                return self.abort(format!("memory region {i} at {gpa:#x} overflows"));
+            };
+            if i > 0 && gpa < end {
+                return self.abort(format!(
+                    "memory region {i} at {gpa:#x} overlaps or precedes the previous one (ends at {end:#x})"
+                ));
+            }
+            end = region_end;
+            layout.push(Region { first: gpa / page, pages: len / page, offset: total / page });
+            total = total.saturating_add(len);
+        }
+        if total > self.mem_bytes {
+            return self.abort(format!(
+                "memory layout covers {total} bytes, more than the {} announced in Hello",
+                self.mem_bytes
+            ));
+        }
+        let pages = total / page;
+        self.received = vec![0u64; pages.div_ceil(64) as usize];
+        self.missing = pages;
+        self.layout = layout;
+        self.phase = Phase::Receiving;
+        Vec::new()
+    }
+
+    fn on_pages(
+        &mut self,
+        round: u32,
+        runs: Vec<proto::PageRun>,
+        mem: Option<&mut dyn GuestMemoryMut>,
+    ) -> Vec<DestAction> {
+        if round != self.round {
+            return self.abort(format!("Pages for round {round} during round {}", self.round));
+        }
+        let Some(mem) = mem else {
+            return self.abort("no reserved memory to write pages into".to_string());
+        };
+        let limit = mem.page_count();
+        for run in runs {
+            for (i, page) in run.pages.into_iter().enumerate() {
+                let gfn = run.first_gfn.saturating_add(i as u64);
+                let Some(region) = self.region_of(gfn) else {
+                    return self.abort(format!("page gfn {gfn:#x} is outside the memory layout"));
+                };
+                if gfn >= limit {
+                    return self.abort(format!(
+                        "page gfn {gfn:#x} is beyond the {limit} reserved pages"
+                    ));
+                }
+                match &page {
+                    Page::Zero => mem.write_page(gfn, None),
+                    Page::Raw(d) => match <&[u8; PAGE_SIZE]>::try_from(d.as_slice()) {
+                        Ok(data) => mem.write_page(gfn, Some(data)),
+                        Err(_) => {
+                            return self.abort(ProtoError::BadPageLength(d.len()).to_string());
+                        }
+                    },
+                }
+                let bit = region.offset + (gfn - region.first);
+                let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
+                if let Some(w) = self.received.get_mut(word)
+                    && *w & mask == 0
+                {
+                    *w |= mask;
+                    self.missing -= 1;
+                }
+                self.round_pages += 1;
+            }
+        }
+        Vec::new()
+    }
+
+    /// Handles a message from the source. `mem` is the reserved RAM (needed for `Pages`).
+    pub fn on_message(
+        &mut self,
+        msg: Message,
+        mem: Option<&mut dyn GuestMemoryMut>,
+        host: &dyn DestHost,
+    ) -> Vec<DestAction> {
+        use Phase::*;
+        match (self.phase, msg) {
+            (Closed, m) => {
+                log::debug!("migration message {} after the end, ignored", m.name());
+                Vec::new()
+            }
+            (Running, m) => {
+                log::warn!("migration message {} after Commit, ignored", m.name());
+                Vec::new()
+            }
+            (_, Message::Abort { reason }) => {
+                self.phase = Closed;
+                vec![DestAction::Discard(format!("source aborted: {reason}"))]
+            }
+            (AwaitHello, m @ Message::Hello { .. }) => self.on_hello(&m, host),
+            (_, Message::Hello { .. }) => self.abort("second Hello during a migration".to_string()),
+            (AwaitLayout, Message::MemoryLayout { regions }) => self.on_layout(&regions),
+            (_, Message::MemoryLayout { .. }) => {
+                self.abort(format!("MemoryLayout in phase {:?}", self.phase))
+            }
+            (Receiving | Final, Message::Pages { round, runs }) => self.on_pages(round, runs, mem),
+            (AwaitHello, Message::Pages { .. }) => self.abort("Pages before Hello".to_string()),
+            (AwaitLayout, Message::Pages { .. }) => {
+                self.abort("Pages before MemoryLayout".to_string())
+            }
+            (Receiving | Final, Message::RoundEnd { round, pages_sent, .. }) => {
+                if round != self.round {
+                    return self.abort(format!("RoundEnd for round {round} during round {}", self.round));
+                }
+                if pages_sent != self.round_pages {
+                    return self.abort(format!(
+                        "round {round}: the source sent {pages_sent} pages, {} arrived",
+                        self.round_pages
+                    ));
+                }
+                self.round = self.round.saturating_add(1);
+                self.round_pages = 0;
+                Vec::new()
+            }
+            (Receiving, Message::Pause) => {
+                if self.round_pages != 0 {
+                    return self.abort(format!("Pause in the middle of round {}", self.round));
+                }
+                self.phase = Final;
+                Vec::new()
+            }
+            (Final, Message::VcpuState(data)) => {
+                if self.vcpu.is_some() {
+                    return self.abort("second VcpuState".to_string());
+                }
+                self.vcpu = Some(data);
+                Vec::new()
+            }
+            (Final, Message::DeviceState { name, data }) => {
+                if !self.devices.contains(&name) {
+                    return self.abort(format!("state for device {name}, not listed in Hello"));
+                }
+                if self.states.iter().any(|(n, _)| *n == name) {
+                    return self.abort(format!("second state for device {name}"));
+                }
+                self.states.push((name, data));
+                Vec::new()
+            }
+            (Final, Message::Commit) => self.on_commit(),
+            (_, Message::Commit) => {
+                self.abort(format!("Commit before the guest was paused (phase {:?})", self.phase))
+            }
+            (phase, m @ (Message::VcpuState(_) | Message::DeviceState { .. })) => {
+                self.abort(format!("{} before Pause (phase {phase:?})", m.name()))
+            }
+            (phase, m) => self.abort(format!("unexpected {} in phase {phase:?}", m.name())),
+        }
+    }
+
+    fn on_commit(&mut self) -> Vec<DestAction> {
+        if self.round_pages != 0 {
+            return self.abort(format!("Commit in the middle of round {}", self.round));
+        }
+        if self.missing != 0 {
+            return self.abort(format!("Commit with {} pages never received", self.missing));
+        }
+        let Some(vcpu) = self.vcpu.take() else {
+            return self.abort("Commit before the vCPU state".to_string());
+        };
+        let mut devices = Vec::with_capacity(self.devices.len());
+        for name in &self.devices {
+            match self.states.iter().position(|(n, _)| n == name) {
+                Some(i) => devices.push(self.states.swap_remove(i)),
+                None => {
+                    let reason = format!("Commit before the state of device {name}");
+                    return self.abort(reason);
+                }
+            }
+        }
+        self.phase = Phase::Running;
+        log::info!("incoming migration of {:?} committed", self.vm);
+        vec![DestAction::Start { vcpu, devices }, DestAction::Send(Message::Committed)]
+    }
+
+    /// Decodes a frame and handles it; a malformed frame aborts the migration.
+    pub fn on_frame(
+        &mut self,
+        ty: u8,
+        payload: &[u8],
+        mem: Option<&mut dyn GuestMemoryMut>,
+        host: &dyn DestHost,
+    ) -> Vec<DestAction> {
+        match proto::decode(ty, payload) {
+            Ok(msg) => self.on_message(msg, mem, host),
+            Err(e) => self.on_bad_frame(&e),
+        }
+    }
+
+    /// A frame from the source failed to decode: abort (unless the guest already runs here).
+    pub fn on_bad_frame(&mut self, err: &ProtoError) -> Vec<DestAction> {
+        match self.phase {
+            Phase::Running | Phase::Closed => Vec::new(),
+            _ => self.abort(format!("malformed message from the source: {err}")),
+        }
+    }
+
+    /// The kernel could not reserve the RAM after [`DestAction::Reserve`]: refuse.
+    pub fn refuse(&mut self, reason: &str) -> Vec<DestAction> {
+        if self.phase != Phase::AwaitLayout {
+            return Vec::new();
+        }
+        self.phase = Phase::Closed;
+        vec![
+            DestAction::Send(Message::Refuse { reasons: vec![reason.to_string()] }),
+            DestAction::Discard(format!("refused: {reason}")),
+        ]
+    }
+
+    /// Restoring or starting the guest failed after [`DestAction::Start`]: abort.
+    pub fn start_failed(&mut self, reason: &str) -> Vec<DestAction> {
+        if self.phase != Phase::Running {
+            return Vec::new();
+        }
+        self.abort(format!("start failed: {reason}"))
+    }
+
+    /// The channel broke: free everything unless the guest already runs here.
+    pub fn on_link_lost(&mut self, why: &str) -> Vec<DestAction> {
+        match self.phase {
+            Phase::Running | Phase::Closed => Vec::new(),
+            _ => {
+                self.phase = Phase::Closed;
+                vec![DestAction::Discard(format!("link lost: {why}"))]
+            }
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! End-to-end migrations between the two engines over a simulated link.
+
+mod common;
+
+use common::{Config, Fault, Sim, SimHost, desc};
+use migrate::dest::{self, Dest, DestAction};
+use migrate::proto::{CpuFeature, Message, PAGE_SIZE, Page, PageRun, PROTOCOL_VERSION};
+use migrate::source::{Action, NoConvergence, Policy, Source};
+use proptest::prelude::*;
+
+fn assert_success(sim: &Sim) {
+    assert!(sim.failed.is_none(), "failed: {:?}", sim.failed);
+    let summary = sim.done.as_ref().expect("source done");
+    assert!(sim.discarded.is_none(), "discarded: {:?}", sim.discarded);
+    let snap = sim.snapshot.as_ref().expect("guest paused");
+    assert!(sim.dmem.data == *snap, "destination RAM differs from the source at the pause");
+    assert!(sim.smem.data == *snap, "the source guest ran after the pause");
+    let (_, devices) = sim.started.as_ref().expect("started");
+    let names: Vec<&str> = devices.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["serial", "virtio-net"]);
+    for ((_, data), dev) in devices.iter().zip(&sim.devices) {
+        assert_eq!(data, &dev.value.to_le_bytes().to_vec());
+    }
+    assert_eq!(summary.rounds as usize, sim.reports.len());
+    assert!(summary.pages_sent >= sim.cfg.pages);
+    assert_eq!(summary.bytes, sim.wire_bytes);
+}
+
+#[test]
+fn idle_guest_migrates_in_two_rounds() {
+    let mut sim = Sim::new(Config { dirty_per_ms: 0, ..Config::default() });
+    sim.run(5_000);
+    assert_success(&sim);
+    // Round 0 with nothing dirty converges at once; then the final round.
+    assert_eq!(sim.reports.len(), 2);
+    assert_eq!(sim.reports[1].pages_sent, 0);
+}
+
+#[test]
+fn busy_guest_converges_over_several_rounds() {
+    let mut sim = Sim::new(Config { dirty_per_ms: 6, ..Config::default() });
+    sim.run(5_000);
+    assert_success(&sim);
+    assert!(sim.reports.len() > 2, "rounds: {:?}", sim.reports);
+    let d = sim.done.as_ref().unwrap();
+    assert!(d.downtime_us < d.total_us);
+}
+
+#[test]
+fn mostly_zero_guest_sends_markers() {
+    let mut sim = Sim::new(Config {
+        pages: 4096,
+        initial_nonzero: 40,
+        dirty_per_ms: 0,
+        ..Config::default()
+    });
+    sim.run(5_000);
+    assert_success(&sim);
+    let ram = 4096 * PAGE_SIZE as u64;
+    assert!(sim.wire_bytes < ram / 20, "{} bytes on the wire for {ram} bytes of RAM", sim.wire_bytes);
+    assert!(sim.done.as_ref().unwrap().zero_pages >= 4096 - 40);
+}
+
+#[test]
+fn hot_guest_is_slowed_then_converges() {
+    let mut sim = Sim::new(Config {
+        dirty_per_ms: 200,
+        hot_pages: 1024,
+        policy: Policy { downtime_budget_us: 2_000, auto_converge_after: 1, ..Policy::default() },
+        ..Config::default()
+    });
+    sim.run(20_000);
+    assert_success(&sim);
+    assert!(!sim.slow_seen.is_empty(), "no SlowGuest");
+    assert!(sim.slow_seen.windows(2).all(|w| w[1] == w[0] + 1));
+    assert!(*sim.slow_seen.last().unwrap() <= 4);
+}
+
+#[test]
+fn hot_guest_without_auto_converge_aborts_by_policy() {
+    let mut sim = Sim::new(Config {
+        dirty_per_ms: 200,
+        hot_pages: 1024,
+        policy: Policy {
+            downtime_budget_us: 2_000,
+            auto_converge_after: 0,
+            max_rounds: 5,
+            on_no_convergence: NoConvergence::Abort,
+            ..Policy::default()
+        },
+        ..Config::default()
+    });
+    sim.run(20_000);
+    let why = sim.failed.as_ref().expect("failed");
+    assert!(why.contains("no convergence after 5 rounds"), "{why}");
+    assert!(sim.discarded.as_ref().unwrap().contains("source aborted"));
+    assert!(sim.running, "the guest resumes on the source");
+    assert!(sim.started.is_none());
+    assert!(sim.slow_seen.is_empty());
+}
+
+#[test]
+fn hot_guest_is_forced_by_policy() {
+    let mut sim = Sim::new(Config {
+        dirty_per_ms: 200,
+        hot_pages: 1024,
+        policy: Policy {
+            downtime_budget_us: 2_000,
+            auto_converge_after: 0,
+            max_rounds: 3,
+            on_no_convergence: NoConvergence::Force,
+            ..Policy::default()
+        },
+        ..Config::default()
+    });
+    sim.run(20_000);
+    assert_success(&sim);
+    assert_eq!(sim.reports.len(), 4);
+}
+
+#[test]
+fn bandwidth_limit_is_respected() {
+    let limit = 10_000_000u64; // 10 MB/s = 10 kB per ms, below the link's 50 kB/ms
+    let mut sim = Sim::new(Config {
+        dirty_per_ms: 1,
+        policy: Policy { downtime_budget_us: 20_000, bandwidth_limit: Some(limit), ..Policy::default() },
+        ..Config::default()
+    });
+    sim.run(10_000);
+    assert_success(&sim);
+    let secs_us = sim.now_us;
+    let allowed = limit * secs_us / 1_000_000 + 2 * migrate::proto::MAX_MESSAGE as u64;
+    assert!(sim.wire_bytes <= allowed, "{} bytes in {} us", sim.wire_bytes, secs_us);
+    // And the measured bandwidth reflects the limit, not the link.
+    let r0 = &sim.reports[0];
+    assert!(r0.mib_per_s < 12.0, "{r0:?}");
+}
+
+#[test]
+fn refuse_lists_every_blocker() {
+    let d = desc(1024);
+    let host = SimHost {
+        free: 1024 * 1024,
+        features: CpuFeature::SSE4_2,
+        devices: vec!["serial".into()],
+    };
+    let mut hello = d.hello();
+    if let Message::Hello { version, .. } = &mut hello {
+        *version = PROTOCOL_VERSION + 1;
+    }
+    let reasons = dest::check(&hello, &host);
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(reasons[0].contains("version"));
+    assert_eq!(reasons[1], "not enough memory: the guest needs 4 MiB, 1 MiB free");
+    assert_eq!(reasons[2], "CPU feature AVX missing on this host");
+    assert_eq!(reasons[3], "device model virtio-net not available on this host");
+
+    // Through both engines: the source fails listing them.
+    let mut src = Source::new(d.clone(), vec![(0, 1024 * 4096)], Policy::default(), 0);
+    let mut dst = Dest::new();
+    let mut mem = common::SimMemory::new(1024);
+    let acts = src.poll(&mut mem, 1 << 20, 0);
+    let Some(Action::Send(hello)) = acts.into_iter().next() else { panic!("no Hello") };
+    let out = dst.on_message(hello, None, &host);
+    let [DestAction::Send(refuse), DestAction::Discard(_)] = &out[..] else { panic!("{out:?}") };
+    let acts = src.on_message(refuse.clone(), 1);
+    let [Action::Failed(why)] = &acts[..] else { panic!("{acts:?}") };
+    assert!(why.contains("1 MiB free") && why.contains("AVX") && why.contains("virtio-net"), "{why}");
+    assert!(!why.contains("version"));
+}
+
+#[test]
+fn reservation_failure_refuses() {
+    let d = desc(16);
+    let host = common::host_for(&d);
+    let mut dst = Dest::new();
+    let out = dst.on_message(d.hello(), None, &host);
+    assert!(matches!(out[0], DestAction::Reserve { .. }));
+    let out = dst.refuse("out of contiguous memory");
+    assert_eq!(
+        out[0],
+        DestAction::Send(Message::Refuse { reasons: vec!["out of contiguous memory".into()] })
+    );
+    assert!(matches!(out[1], DestAction::Discard(_)));
+}
+
+/// Drives a destination through Hello + layout for `pages` pages.
+fn ready_dest(pages: u64) -> (Dest, SimHost, common::DestMemory) {
+    let d = desc(pages);
+    let host = common::host_for(&d);
+    let mut dst = Dest::new();
+    dst.on_message(d.hello(), None, &host);
+    let out = dst.on_message(Message::MemoryLayout { regions: vec![(0, pages * 4096)] }, None, &host);
+    assert!(out.is_empty(), "{out:?}");
+    (dst, host, common::DestMemory::new(pages))
+}
+
+fn expect_abort(out: &[DestAction], needle: &str) {
+    let [DestAction::Send(Message::Abort { reason }), DestAction::Discard(why)] = out else {
+        panic!("expected Abort + Discard, got {out:?}")
+    };
+    assert!(reason.contains(needle), "{reason:?} lacks {needle:?}");
+    assert_eq!(reason, why);
+}
+
+#[test]
+fn dest_rejects_out_of_order_and_bad_pages() {
+    let d = desc(16);
+    let host = common::host_for(&d);
+    let page = |gfn| Message::Pages { round: 0, runs: vec![PageRun { first_gfn: gfn, pages: vec![Page::Zero] }] };
+
+    let mut dst = Dest::new();
+    expect_abort(&dst.on_message(page(0), None, &host), "Pages before Hello");
+
+    let mut dst = Dest::new();
+    dst.on_message(d.hello(), None, &host);
+    expect_abort(&dst.on_message(page(0), None, &host), "Pages before MemoryLayout");
+
+    let mut dst = Dest::new();
+    dst.on_message(d.hello(), None, &host);
+    expect_abort(&dst.on_message(d.hello(), None, &host), "second Hello");
+
+    let (mut dst, host, mut mem) = ready_dest(16);
+    expect_abort(&dst.on_message(page(16), Some(&mut mem), &host), "outside the memory layout");
+
+    let (mut dst, host, mut mem) = ready_dest(16);
+    let bad = Message::Pages { round: 0, runs: vec![PageRun { first_gfn: 0, pages: vec![Page::Raw(vec![1; 100])] }] };
+    expect_abort(&dst.on_message(bad, Some(&mut mem), &host), "100 bytes");
+
+    let (mut dst, host, _) = ready_dest(16);
+    expect_abort(&dst.on_message(Message::Commit, None, &host), "Commit before the guest was paused");
+
+    let (mut dst, host, _) = ready_dest(16);
+    expect_abort(&dst.on_message(Message::VcpuState(vec![1]), None, &host), "VcpuState before Pause");
+
+    let (mut dst, host, mut mem) = ready_dest(16);
+    dst.on_message(page(3), Some(&mut mem), &host);
+    expect_abort(
+        &dst.on_message(Message::RoundEnd { round: 0, pages_sent: 2, dirty_left: 0 }, None, &host),
+        "the source sent 2 pages, 1 arrived",
+    );
+
+    // All pages and state, but Commit before a device's state.
+    let (mut dst, host, mut mem) = ready_dest(16);
+    let all = Message::Pages { round: 0, runs: vec![PageRun { first_gfn: 0, pages: vec![Page::Zero; 16] }] };
+    assert!(dst.on_message(all, Some(&mut mem), &host).is_empty());
+    assert!(dst.on_message(Message::RoundEnd { round: 0, pages_sent: 16, dirty_left: 0 }, None, &host).is_empty());
+    assert!(dst.on_message(Message::Pause, None, &host).is_empty());
+    expect_abort(&dst.on_message(Message::Commit, None, &host), "Commit before the vCPU state");
+
+    let (mut dst, host, _) = ready_dest(16);
+    dst.on_message(Message::Pause, None, &host);
+    dst.on_message(Message::VcpuState(vec![]), None, &host);
+    expect_abort(&dst.on_message(Message::Commit, None, &host), "16 pages never received");
+
+    let (mut dst, host, mut mem) = ready_dest(16);
+    let all = Message::Pages { round: 0, runs: vec![PageRun { first_gfn: 0, pages: vec![Page::Zero; 16] }] };
+    dst.on_message(all, Some(&mut mem), &host);
+    dst.on_message(Message::RoundEnd { round: 0, pages_sent: 16, dirty_left: 0 }, None, &host);
+    dst.on_message(Message::Pause, None, &host);
+    dst.on_message(Message::VcpuState(vec![]), None, &host);
+    dst.on_message(Message::DeviceState { name: "serial".into(), data: vec![] }, None, &host);
+    expect_abort(&dst.on_message(Message::Commit, None, &host), "state of device virtio-net");
+    // After the end, everything is ignored.
+    assert!(dst.on_message(Message::Commit, None, &host).is_empty());
+    assert!(dst.on_link_lost("x").is_empty());
+}
+
+#[test]
+fn source_rejects_unexpected_messages_and_cancels() {
+    let d = desc(16);
+    let mut src = Source::new(d.clone(), vec![(0, 16 * 4096)], Policy::default(), 0);
+    let acts = src.on_message(Message::Committed, 5);
+    assert!(matches!(&acts[0], Action::Send(Message::Abort { .. })));
+    assert!(matches!(&acts[1], Action::Failed(w) if w.contains("unexpected Committed")));
+    assert!(src.on_message(Message::Ready, 6).is_empty());
+
+    let mut src = Source::new(d.clone(), vec![(0, 16 * 4096)], Policy::default(), 0);
+    let acts = src.cancel("operator");
+    assert_eq!(acts.len(), 2);
+    assert!(src.cancel("again").is_empty());
+
+    let mut src = Source::new(d, vec![(4096, 4096), (0, 4096)], Policy::default(), 0);
+    let mut mem = common::SimMemory::new(16);
+    let acts = src.poll(&mut mem, 1 << 20, 0);
+    assert!(matches!(&acts[..], [Action::Failed(w)] if w.contains("invalid memory layout")));
+}
+
+#[test]
+fn room_smaller_than_a_page_waits() {
+    let d = desc(16);
+    let mut src = Source::new(d, vec![(0, 16 * 4096)], Policy::default(), 0);
+    let mut mem = common::SimMemory::new(16);
+    mem.write(3, 0, &[1]);
+    assert!(matches!(&src.poll(&mut mem, 1 << 20, 0)[..], [Action::Send(Message::Hello { .. })]));
+    assert!(src.on_message(Message::Ready, 1).is_empty());
+    // Room for the layout and the zero pages 0..3 only.
+    let acts = src.poll(&mut mem, 20 + 8 + 12 + 3, 2);
+    assert!(matches!(&acts[..], [Action::Send(Message::MemoryLayout { .. }), Action::Send(Message::Pages { .. })]), "{acts:?}");
+    assert!(src.poll(&mut mem, 100, 3).is_empty());
+    let acts = src.poll(&mut mem, 1 << 20, 4);
+    assert!(acts.iter().any(|a| matches!(a, Action::Send(Message::RoundEnd { round: 0, pages_sent: 16, .. }))), "{acts:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+    #[test]
+    fn destination_equals_source_at_pause(
+        seed in any::<u64>(),
+        dirty_per_ms in 0u64..40,
+        hot_pages in 1u64..1024,
+        zero_one_in in 1u64..16,
+        buffer in 8_000usize..2_000_000,
+        limit in proptest::option::of(20_000_000u64..100_000_000),
+    ) {
+        let mut sim = Sim::new(Config {
+            seed, dirty_per_ms, hot_pages, zero_one_in, buffer,
+            policy: Policy {
+                downtime_budget_us: 2_000,
+                bandwidth_limit: limit,
+                auto_converge_after: 2,
+                on_no_convergence: NoConvergence::Force,
+                ..Policy::default()
+            },
+            ..Config::default()
+        });
+        sim.run(20_000);
+        assert_success(&sim);
+    }
+
+    #[test]
+    fn link_loss_anywhere_fails_cleanly(seed in any::<u64>(), at in 0usize..36, dirty_per_ms in 0u64..10) {
+        let mut sim = Sim::new(Config { seed, dirty_per_ms, fault: Fault::CutAt(at), ..Config::default() });
+        sim.run(20_000);
+        prop_assert!(sim.finished());
+        if sim.link_cut {
+            prop_assert!(sim.done.is_none());
+            prop_assert!(sim.failed.as_deref().unwrap().contains("link lost"));
+            prop_assert!(sim.discarded.as_deref().unwrap().contains("link lost"));
+            prop_assert!(sim.started.is_none());
+            prop_assert!(sim.running, "the guest resumes on the source");
+        } else {
+            assert_success(&sim);
+        }
+    }
+
+    #[test]
+    fn corrupted_frame_aborts(seed in any::<u64>(), at in 0usize..36) {
+        let mut sim = Sim::new(Config { seed, dirty_per_ms: 3, fault: Fault::CorruptAt(at), ..Config::default() });
+        sim.run(20_000);
+        prop_assert!(sim.finished());
+        if sim.delivered > at {
+            prop_assert!(sim.dest_sent_abort);
+            prop_assert!(sim.discarded.as_deref().unwrap().contains("malformed message"));
+            prop_assert!(sim.failed.as_deref().unwrap().contains("destination aborted"));
+            prop_assert!(sim.started.is_none());
+            prop_assert!(sim.running);
+        } else {
+            assert_success(&sim);
+        }
+    }
+}
