@@ -270,6 +270,7 @@ fn vm_command(cmd: crate::shell::VmCommand) {
         V::Stop(name) => crate::vm::stop(&name).map(|()| println!("vm {name}: stopped")),
         V::Delete(name) => crate::vm::delete(&name).map(|()| println!("vm {name}: deleted")),
         V::Stats(name) => crate::vm::stats(&name),
+        V::Dirty(name) => crate::vm::dirty(&name),
         V::Checksum(name) => crate::vm::request(&name)
             .map(|n| println!("vm {name}: checksum request {n} sent (port 0xf5)")),
     };

@@ -65,6 +65,7 @@ pub const VM_USAGE: &[&str] = &[
     "vm delete <name>                              stop it and free its RAM",
     "vm stats <name>                               exits by reason, run time",
     "vm checksum <name>                            ask the guest for its memory checksum (port 0xF5)",
+    "vm dirty <name>                               dirty-page tracking: turn on, then pages written since the last look",
 ];
 
 /// A parsed `vm` command.
@@ -83,6 +84,7 @@ pub enum VmCommand {
     Delete(String),
     Stats(String),
     Checksum(String),
+    Dirty(String),
 }
 
 /// The `net` sub-commands.
@@ -305,6 +307,7 @@ fn parse_vm(args: &[&str]) -> Result<VmCommand, String> {
         Some("delete") => name_arg("delete").map(VmCommand::Delete),
         Some("stats") => name_arg("stats").map(VmCommand::Stats),
         Some("checksum") => name_arg("checksum").map(VmCommand::Checksum),
+        Some("dirty") => name_arg("dirty").map(VmCommand::Dirty),
         Some("create") => {
             let usage = "usage: vm create <name> mem=<MiB> image=<module> [arg=<n>]";
             let name = check_vm_name(args.get(1).ok_or(usage)?)?;

@@ -121,6 +121,10 @@ pub struct Vm {
     tsc_offset: u64,
     /// Requests made with `vm checksum` (the guest reads them on port 0xF5).
     requests: u8,
+    /// Dirty-page tracking, while on (live migration, `vm dirty`).
+    dirty: Option<ept::DirtyLog>,
+    /// The PML buffer page while PML tracking is on (0: none).
+    pml_page: u64,
 }
 
 /// VT-x state of the host CPU.
@@ -135,6 +139,10 @@ struct Host {
     timer_rate: u32,
     cr0_fixed: (u64, u64),
     cr4_fixed: (u64, u64),
+    /// EPT accessed/dirty flags are on in every EPTP (the CPU supports them).
+    ept_ad: bool,
+    /// How this CPU tracks guest writes for live migration.
+    dirty_mechanism: ept::Mechanism,
 }
 
 struct Manager {
@@ -271,6 +279,10 @@ fn enable_vmx() -> Result<Host, String> {
             "off"
         }
     );
+    let ept_ad = caps.ept_ad();
+    let pml = caps.pml() && ept_ad;
+    let dirty_mechanism = ept::choose(ept_ad, pml);
+    log::info!("vmx: dirty-page tracking by {dirty_mechanism}");
     Ok(Host {
         caps,
         pin,
@@ -281,6 +293,8 @@ fn enable_vmx() -> Result<Host, String> {
         timer_rate,
         cr0_fixed,
         cr4_fixed,
+        ept_ad,
+        dirty_mechanism,
     })
 }
 
@@ -383,6 +397,11 @@ impl Vm {
             // SAFETY: dst..dst+n lies inside one 2 MiB chunk of this VM's RAM,
             // identity-mapped host memory that only this VM uses.
             unsafe { core::ptr::copy_nonoverlapping(data[done..].as_ptr(), dst, n) };
+            if let Some(log) = self.dirty.as_mut() {
+                for gfn in at / PAGE_SIZE..(at + n as u64).div_ceil(PAGE_SIZE) {
+                    log.mark_hypervisor_write(gfn);
+                }
+            }
             done += n;
         }
         Ok(())
@@ -483,6 +502,8 @@ pub fn create(name: &str, mem_mib: u64, image: &str, arg: u64) -> Result<(), Str
         started_tsc: 0,
         tsc_offset: 0,
         requests: 0,
+        dirty: None,
+        pml_page: 0,
     });
     log::debug!(
         "vm {name}: created, {mem_mib} MiB RAM, image {image} ({} bytes)",
@@ -559,6 +580,7 @@ pub fn start(name: &str) -> Result<(), String> {
     let Manager { host, vms, .. } = &mut *m;
     let host = host.as_ref().ok_or("VMX is not enabled")?;
     let vm = &mut vms[i];
+    dirty_stop(host, vm);
     let data = module(&vm.image).ok_or_else(|| format!("image '{}' disappeared", vm.image))?;
     let image = boot::elf::parse_range(data, GUEST_IMAGE_BASE, vm.ram_bytes())
         .map_err(|e| e.to_string())?;
@@ -671,6 +693,136 @@ pub fn stats(name: &str) -> Result<(), String> {
         }
     }
     println!("  console bytes {}", vm.uart.bytes);
+    let mechanism = m.host.as_ref().map(|h| h.dirty_mechanism);
+    match (&vm.dirty, mechanism) {
+        (Some(log), _) => println!("  dirty tracking: {} ({})", log.mechanism(), log.stats()),
+        (None, Some(mech)) => println!("  dirty tracking: off (this CPU would use {mech})"),
+        (None, None) => {}
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Dirty-page tracking (live migration)
+
+/// Drops every cached EPT translation (after write access was removed or
+/// dirty flags cleared).
+fn invept_all() {
+    // SAFETY: VMX is on (a VM exists); all-context INVEPT is supported by
+    // every CPU with EPT that Bochs or hardware offers with A/D or WP
+    // tracking (IA32_VMX_EPT_VPID_CAP bit 26 is checked at enable time in
+    // practice; a VMfail here is only logged).
+    if let Err(e) = unsafe { insn::invept(insn::InveptKind::AllContext, 0) } {
+        log::warn!("vmx: INVEPT failed: {e:?}");
+    }
+}
+
+/// Records the PML buffer's entries and resets its index (a PML-full exit,
+/// or before taking the dirty set). The VM's VMCS must be current.
+fn drain_pml(vm: &mut Vm) {
+    let (Some(log), page) = (vm.dirty.as_mut(), vm.pml_page) else {
+        return;
+    };
+    if page == 0 {
+        return;
+    }
+    // SAFETY: pml_page is this VM's 4 KiB PML buffer (identity-mapped RAM);
+    // the CPU writes it only while the guest runs, which it does not now.
+    let buffer = unsafe { &*(page as *const [u64; 512]) };
+    let index = vmread(Field::PML_INDEX) as u16;
+    let reset = log.drain_pml(buffer, index);
+    vmwrite(Field::PML_INDEX, u64::from(reset));
+}
+
+/// Turns dirty tracking on for a VM whose VMCS is current.
+fn dirty_start(host: &Host, vm: &mut Vm) -> Result<(), String> {
+    if vm.dirty.is_some() {
+        return Ok(());
+    }
+    let pages = vm.ram_bytes() / PAGE_SIZE;
+    let mut log = ept::DirtyLog::new(host.dirty_mechanism, pages);
+    if host.dirty_mechanism == ept::Mechanism::Pml {
+        let page = alloc_page().ok_or("out of memory for the PML buffer")?;
+        vmwrite(Field::PML_ADDRESS, page);
+        vmwrite(Field::PML_INDEX, u64::from(ept::DirtyLog::PML_INDEX_RESET));
+        vm.pml_page = page;
+    }
+    match log.start(&mut vm.ept, &mut IdentityMem, &mut KernelFrames) {
+        Ok(flush) => {
+            if flush {
+                invept_all();
+            }
+        }
+        Err(e) => {
+            if vm.pml_page != 0 {
+                free_page(core::mem::take(&mut vm.pml_page));
+            }
+            return Err(format!("dirty tracking: {e}"));
+        }
+    }
+    if vm.pml_page != 0 {
+        let secondary = host.secondary | SecondaryControls::ENABLE_PML.bits();
+        vmwrite(Field::SECONDARY_PROC_CONTROLS, u64::from(secondary));
+    }
+    vm.dirty = Some(log);
+    Ok(())
+}
+
+/// The pages written since the last call (or since tracking started). The
+/// VM's VMCS must be current and the guest not running.
+fn dirty_take(vm: &mut Vm) -> Result<ept::DirtyBitmap, String> {
+    drain_pml(vm);
+    let Vm { dirty, ept, .. } = vm;
+    let log = dirty.as_mut().ok_or("dirty tracking is off")?;
+    let (bitmap, flush) = log
+        .take(ept, &mut IdentityMem, &mut KernelFrames)
+        .map_err(|e| format!("dirty tracking: {e}"))?;
+    if flush {
+        invept_all();
+    }
+    Ok(bitmap)
+}
+
+/// Turns dirty tracking off (VMCS current), restoring the EPT as it was.
+fn dirty_stop(host: &Host, vm: &mut Vm) {
+    let Some(mut log) = vm.dirty.take() else {
+        return;
+    };
+    match log.stop(&mut vm.ept, &mut IdentityMem, &mut KernelFrames) {
+        Ok(true) => invept_all(),
+        Ok(false) => {}
+        Err(e) => log::warn!("vm {}: stopping dirty tracking: {e}", vm.name),
+    }
+    if vm.pml_page != 0 {
+        vmwrite(Field::SECONDARY_PROC_CONTROLS, u64::from(host.secondary));
+        free_page(core::mem::take(&mut vm.pml_page));
+    }
+}
+
+/// `vm dirty <name>`: turns tracking on, or reports the pages written
+/// since the last look.
+pub fn dirty(name: &str) -> Result<(), String> {
+    let mut m = MANAGER.lock();
+    let i = find(&mut m, name)?;
+    if !m.vms[i].state.runs() {
+        return Err(format!("VM '{name}' is not running"));
+    }
+    let vmcs = m.vms[i].vmcs;
+    make_current(&mut m, vmcs);
+    let Manager { host, vms, .. } = &mut *m;
+    let host = host.as_ref().ok_or("VMX is not enabled")?;
+    let vm = &mut vms[i];
+    if vm.dirty.is_none() {
+        dirty_start(host, vm)?;
+        println!("vm {name}: dirty tracking on ({})", host.dirty_mechanism);
+    } else {
+        let b = dirty_take(vm)?;
+        println!(
+            "vm {name}: {} pages dirty since the last look ({})",
+            b.count(),
+            host.dirty_mechanism
+        );
+    }
     Ok(())
 }
 
@@ -712,7 +864,7 @@ fn setup_vmcs(host: &Host, vm: &mut Vm, entry: u64) {
     vmwrite(F::EXIT_MSR_LOAD_COUNT, 0);
     vmwrite(F::ENTRY_MSR_LOAD_COUNT, 0);
     vmwrite(F::ENTRY_INTERRUPTION_INFO, 0);
-    vmwrite(F::EPT_POINTER, vm.ept.eptp(false));
+    vmwrite(F::EPT_POINTER, vm.ept.eptp(host.ept_ad));
     vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
     vm.tsc_offset = 0u64.wrapping_sub(arch::rdtsc());
     vmwrite(F::TSC_OFFSET, vm.tsc_offset);
@@ -875,9 +1027,15 @@ fn update_timer(vm: &mut Vm, now: u64) {
 
 fn run_vm(host: &Host, vm: &mut Vm) {
     // Deliver a pending interrupt if the guest can take it now, else ask
-    // for an exit as soon as it can (interrupt-window exiting).
+    // for an exit as soon as it can (interrupt-window exiting). An event
+    // whose delivery an exit interrupted goes first (handle_exit queued it).
     let mut primary = host.primary;
-    if let Some(vector) = vm.pic.pending() {
+    let reinjecting = vmread(Field::ENTRY_INTERRUPTION_INFO) & (1 << 31) != 0;
+    if reinjecting {
+        if vm.pic.pending().is_some() {
+            primary |= PrimaryControls::INTERRUPT_WINDOW_EXITING.bits();
+        }
+    } else if let Some(vector) = vm.pic.pending() {
         let rflags = vmread(Field::GUEST_RFLAGS);
         let blocked = vmread(Field::GUEST_INTERRUPTIBILITY_STATE) & 0x3 != 0;
         if rflags & 0x200 != 0 && !blocked {
@@ -956,6 +1114,26 @@ fn handle_exit(vm: &mut Vm) {
     if let Some(c) = vm.exits.get_mut(basic) {
         *c += 1;
     }
+    // An exit in the middle of delivering an event (e.g. an EPT violation
+    // on the stack while pushing an interrupt frame) loses the event unless
+    // it is injected again on the next entry (SDM 27.2.4, 28.3.2).
+    let vectoring = vmread(Field::IDT_VECTORING_INFO);
+    if vectoring & (1 << 31) != 0 && !info.entry_failure {
+        vmwrite(Field::ENTRY_INTERRUPTION_INFO, vectoring & !(1 << 12));
+        if vectoring & (1 << 11) != 0 {
+            vmwrite(
+                Field::ENTRY_EXCEPTION_ERROR_CODE,
+                vmread(Field::IDT_VECTORING_ERROR_CODE),
+            );
+        }
+        // Software interrupts and exceptions need their instruction length.
+        if matches!((vectoring >> 8) & 7, 4..=6) {
+            vmwrite(
+                Field::ENTRY_INSTRUCTION_LENGTH,
+                vmread(Field::EXIT_INSTRUCTION_LENGTH),
+            );
+        }
+    }
     if info.entry_failure {
         let qual = vmread(Field::EXIT_QUALIFICATION);
         fault(
@@ -1024,9 +1202,25 @@ fn handle_exit(vm: &mut Vm) {
                 fault(vm, why);
             }
         }
+        ExitReason::PmlFull => drain_pml(vm),
         ExitReason::EptViolation => {
             let gpa = vmread(Field::GUEST_PHYSICAL_ADDRESS);
             let q = vmx::exit::EptViolation::from(vmread(Field::EXIT_QUALIFICATION));
+            if q.write && gpa < vm.ram_bytes() {
+                // A write-protected page under dirty tracking: record it,
+                // give write access back and run the write again.
+                let Vm { dirty, ept, .. } = vm;
+                if let Some(log) = dirty.as_mut() {
+                    match log.on_write_violation(ept, &mut IdentityMem, &mut KernelFrames, gpa) {
+                        Ok(true) => {
+                            invept_all();
+                            return;
+                        }
+                        Ok(false) => {}
+                        Err(e) => log::warn!("vm {}: dirty tracking: {e}", vm.name),
+                    }
+                }
+            }
             let what = if q.fetch {
                 "instruction fetch"
             } else if q.write {
