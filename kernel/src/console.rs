@@ -217,6 +217,7 @@ fn execute(sys: &System, cmd: Command) {
         }
         Command::Vm(v) => vm_command(v),
         Command::Net(n) => net_command(n),
+        Command::Migrate(c) => migrate_command(c),
         Command::Crash(fault) => {
             println!("crashing on purpose: {fault:?}");
             crate::arch::raise(fault);
@@ -242,6 +243,27 @@ fn net_command(cmd: crate::shell::NetCommand) {
         N::Key(k) => crate::net::set_key(k),
         N::Bench { target, port, mib } => crate::net::bench(target, port, mib),
         N::Sink(on) => crate::net::sink(on),
+    }
+}
+
+fn migrate_command(cmd: crate::shell::MigrateCommand) {
+    use crate::shell::MigrateCommand as M;
+    match cmd {
+        M::Listen(on) => crate::net::migrate_listen(on),
+        M::Status => crate::net::migrate_status(),
+        M::Out {
+            vm,
+            target,
+            port,
+            downtime_ms,
+            bandwidth_mib,
+        } => crate::net::migrate_out(&crate::migration::Outgoing {
+            vm: &vm,
+            target,
+            port,
+            downtime_ms,
+            bandwidth_mib,
+        }),
     }
 }
 

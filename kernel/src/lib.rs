@@ -28,6 +28,8 @@ pub mod cpu;
 #[cfg(target_os = "none")]
 pub mod memory;
 #[cfg(target_os = "none")]
+pub mod migration;
+#[cfg(target_os = "none")]
 pub mod net;
 #[cfg(target_os = "none")]
 pub mod pci_port;

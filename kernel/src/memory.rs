@@ -27,7 +27,7 @@ use crate::addr::{Hpa, PAGE_SIZE};
 use crate::frames::{FrameAllocator, bitmap_words};
 
 /// Kernel heap size.
-pub const HEAP_SIZE: u64 = 4 << 20;
+pub const HEAP_SIZE: u64 = 8 << 20;
 
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();

@@ -82,11 +82,13 @@ impl Nic for HostNic {
     }
 }
 
-struct Net {
+/// The host network (one NIC) and the services on it.
+pub struct Net {
     nic: HostNic,
-    stack: Stack,
+    pub(crate) stack: Stack,
     key: Option<Key>,
     sink: Option<Sink>,
+    migrations: Option<crate::migration::MigrationService>,
     nonces: u64,
     pci: String,
 }
@@ -174,6 +176,7 @@ fn bring_up(pci: &[Function], cs: &mut dyn ConfigSpace) -> Result<Net, String> {
         stack,
         key: None,
         sink: None,
+        migrations: None,
         nonces: 0,
         pci: alloc::format!("{}", f.addr),
     })
@@ -206,33 +209,38 @@ impl Net {
     /// the time and whether the sink has transfers in progress.
     fn poll_services(&mut self) -> (u64, bool) {
         let now = self.poll();
-        let (Some(sink), Some(key)) = (self.sink.as_mut(), self.key.as_ref()) else {
+        let Some(key) = self.key.as_ref() else {
             return (now, false);
         };
         let mac = self.nic.mac();
         let mut counter = self.nonces;
-        let events = sink.poll(
-            &mut self.stack,
-            key,
-            &mut || {
-                counter += 1;
-                nonce(counter, mac)
-            },
-            now,
-        );
-        self.nonces = counter;
-        let busy = sink.busy();
-        for e in events {
-            report_sink(e);
+        let mut next_nonce = || {
+            counter += 1;
+            nonce(counter, mac)
+        };
+        let mut busy = false;
+        if let Some(sink) = self.sink.as_mut() {
+            let events = sink.poll(&mut self.stack, key, &mut next_nonce, now);
+            busy |= sink.busy();
+            for e in events {
+                report_sink(e);
+            }
         }
-        // Send what the sink queued without waiting for the next turn.
-        self.stack.poll(&mut self.nic, now);
+        if let Some(m) = self.migrations.as_mut() {
+            m.poll(&mut self.stack, key, &mut next_nonce, now);
+            busy |= m.busy();
+        }
+        self.nonces = counter;
+        if self.sink.is_some() || self.migrations.is_some() {
+            // Send what the services queued without waiting for the next turn.
+            self.stack.poll(&mut self.nic, now);
+        }
         (now, busy)
     }
 
     /// What a command does while it waits on the network: the network
     /// (with the sink) and a slice of the guests, so neither stalls.
-    fn wait_turn(&mut self) -> u64 {
+    pub(crate) fn wait_turn(&mut self) -> u64 {
         let (now, _) = self.poll_services();
         crate::vm::run_slice();
         now
@@ -505,5 +513,74 @@ pub fn bench(target: Ipv4Address, port: u16, mib: u64) {
             }
             Err(why) => println!("error: net bench: {why}"),
         }
+    })
+}
+
+/// `migrate listen` / `migrate listen stop`.
+pub fn migrate_listen(on: bool) {
+    with_net(|net| {
+        if !on {
+            match net.migrations.take() {
+                Some(m) => {
+                    m.close(&mut net.stack);
+                    println!("migrate: no longer listening");
+                }
+                None => println!("error: migrate: not listening"),
+            }
+            return;
+        }
+        if net.key.is_none() {
+            return println!("error: no channel key: set one with net key <hex> first");
+        }
+        if net.stack.ip().is_none() {
+            return println!("error: no IP address: net set ip=<a.b.c.d/len> first");
+        }
+        if net.migrations.is_some() {
+            return println!(
+                "error: migrate: already listening on port {}",
+                crate::migration::MIGRATE_PORT
+            );
+        }
+        match crate::migration::MigrationService::new(&mut net.stack) {
+            Ok(m) => {
+                net.migrations = Some(m);
+                println!(
+                    "migrate: listening on port {} (free RAM for guests {} MiB)",
+                    crate::migration::MIGRATE_PORT,
+                    crate::vm::free_ram_bytes() >> 20
+                );
+            }
+            Err(e) => println!("error: migrate: {e}"),
+        }
+    })
+}
+
+/// `migrate status`.
+pub fn migrate_status() {
+    with_net(|net| match &net.migrations {
+        Some(m) => {
+            println!(
+                "migrate: listening on port {}",
+                crate::migration::MIGRATE_PORT
+            );
+            for line in m.status() {
+                println!("{line}");
+            }
+        }
+        None => println!("migrate: not listening (migrate listen)"),
+    })
+}
+
+/// `migrate <vm> <ip>[:port] ...`.
+pub fn migrate_out(o: &crate::migration::Outgoing<'_>) {
+    with_net(|net| {
+        let Some(key) = net.key.clone() else {
+            return println!("error: no channel key: set one with net key <hex> first");
+        };
+        if let Err(e) = net.stack.route_check(o.target) {
+            return println!("error: migrate: {e}");
+        }
+        let nonce = net.nonce();
+        crate::migration::migrate_out(net, &key, nonce, o, &mut interrupted);
     })
 }

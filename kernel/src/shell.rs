@@ -28,6 +28,11 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "net [show|set|ping|key|bench|sink]",
         "host network: address, ping, channel key, throughput (net help)",
     ),
+    (
+        "migrate",
+        "migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] | listen [stop] | status",
+        "live migration of a running guest to another host",
+    ),
     ("reboot", "reboot", "reset the machine"),
     (
         "crash",
@@ -120,6 +125,79 @@ pub enum NetCommand {
     Sink(bool),
 }
 
+/// A parsed `migrate` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrateCommand {
+    Listen(bool),
+    Status,
+    Out {
+        vm: String,
+        target: netstack::stack::Ipv4Address,
+        port: u16,
+        downtime_ms: u64,
+        bandwidth_mib: Option<u64>,
+    },
+}
+
+/// Default downtime budget of a migration (ms).
+pub const DEFAULT_DOWNTIME_MS: u64 = 300;
+
+fn parse_migrate(args: &[&str]) -> Result<MigrateCommand, String> {
+    let usage = "usage: migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] | migrate listen [stop] | migrate status";
+    match args {
+        [] | ["status"] => Ok(MigrateCommand::Status),
+        ["listen"] => Ok(MigrateCommand::Listen(true)),
+        ["listen", "stop"] => Ok(MigrateCommand::Listen(false)),
+        [vm, peer, opts @ ..] if *vm != "listen" && *vm != "status" => {
+            let vm = check_vm_name(vm)?;
+            let (ip, port) = match peer.split_once(':') {
+                Some((ip, port)) => (
+                    ip,
+                    port.parse::<u16>()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| format!("bad port '{}'", shorten(port)))?,
+                ),
+                None => (*peer, 7002),
+            };
+            let target = parse_ip(ip)?;
+            let (mut downtime_ms, mut bandwidth_mib) = (DEFAULT_DOWNTIME_MS, None);
+            for opt in opts {
+                match opt.split_once('=') {
+                    Some(("downtime", v)) => {
+                        downtime_ms = parse_u64(v)
+                            .filter(|d| (1..=60_000).contains(d))
+                            .ok_or_else(|| {
+                                format!("bad downtime '{}' (expected 1 to 60000 ms)", shorten(v))
+                            })?
+                    }
+                    Some(("bandwidth", v)) => {
+                        bandwidth_mib = Some(
+                            parse_u64(v)
+                                .filter(|b| (1..=100_000).contains(b))
+                                .ok_or_else(|| {
+                                    format!(
+                                        "bad bandwidth '{}' (expected 1 to 100000 MiB/s)",
+                                        shorten(v)
+                                    )
+                                })?,
+                        )
+                    }
+                    _ => return Err(format!("unknown option '{}' ({usage})", shorten(opt))),
+                }
+            }
+            Ok(MigrateCommand::Out {
+                vm,
+                target,
+                port,
+                downtime_ms,
+                bandwidth_mib,
+            })
+        }
+        _ => Err(String::from(usage)),
+    }
+}
+
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -140,6 +218,7 @@ pub enum Command {
     Crash(Fault),
     Vm(VmCommand),
     Net(NetCommand),
+    Migrate(MigrateCommand),
 }
 
 /// Parses one line. The error is the full message after `error: `.
@@ -183,6 +262,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         },
         "vm" => parse_vm(&args).map(Command::Vm),
         "net" => parse_net(&args).map(Command::Net),
+        "migrate" => parse_migrate(&args).map(Command::Migrate),
         "crash" => match args.as_slice() {
             ["pf"] => Ok(Command::Crash(Fault::PageFault)),
             ["gp"] => Ok(Command::Crash(Fault::GeneralProtection)),
@@ -568,5 +648,62 @@ mod tests {
         // A bad key is described, never quoted.
         let e = parse("net key 0011zz").unwrap_err();
         assert!(e.starts_with("bad key: ") && !e.contains("0011zz"), "{e}");
+    }
+
+    #[test]
+    fn migrate_commands() {
+        use netstack::stack::parse_ipv4;
+        assert_eq!(
+            parse("migrate listen"),
+            Ok(Command::Migrate(MigrateCommand::Listen(true)))
+        );
+        assert_eq!(
+            parse("migrate listen stop"),
+            Ok(Command::Migrate(MigrateCommand::Listen(false)))
+        );
+        assert_eq!(
+            parse("migrate status"),
+            Ok(Command::Migrate(MigrateCommand::Status))
+        );
+        assert_eq!(
+            parse("migrate d 10.0.0.2 downtime=50 bandwidth=8"),
+            Ok(Command::Migrate(MigrateCommand::Out {
+                vm: "d".into(),
+                target: parse_ipv4("10.0.0.2").unwrap(),
+                port: 7002,
+                downtime_ms: 50,
+                bandwidth_mib: Some(8),
+            }))
+        );
+        assert!(matches!(
+            parse("migrate d 10.0.0.2:9000"),
+            Ok(Command::Migrate(MigrateCommand::Out {
+                port: 9000,
+                downtime_ms: 300,
+                bandwidth_mib: None,
+                ..
+            }))
+        ));
+        for (line, err) in [
+            (
+                "migrate d 10.0.0.2 downtime=0",
+                "bad downtime '0' (expected 1 to 60000 ms)",
+            ),
+            (
+                "migrate d 10.0.0.2 speed=3",
+                "unknown option 'speed=3' (usage: migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] | migrate listen [stop] | migrate status)",
+            ),
+            (
+                "migrate d 10.0.0.x",
+                "'10.0.0.x': not an IPv4 address (expected a.b.c.d)",
+            ),
+        ] {
+            assert_eq!(parse(line), Err(String::from(err)), "{line}");
+        }
+        assert_eq!(
+            parse("migrate"),
+            Ok(Command::Migrate(MigrateCommand::Status))
+        );
+        assert!(parse("migrate d").is_err());
     }
 }

@@ -5,8 +5,9 @@ use hv_tests::Machine;
 use hv_tests::regex::Regex;
 
 /// Every console command, in the order `help` lists them.
-pub const COMMANDS: [&str; 11] = [
-    "help", "version", "status", "mem", "cpus", "pci", "vmx", "log", "net", "reboot", "crash",
+pub const COMMANDS: [&str; 12] = [
+    "help", "version", "status", "mem", "cpus", "pci", "vmx", "log", "net", "migrate", "reboot",
+    "crash",
 ];
 
 /// The `vmx` command's eight lines, in order.

@@ -1,0 +1,500 @@
+//! Live migration over the host network: the `migrate` commands, the
+//! source loop that drives [`migrate::Source`] and the destination service
+//! that drives one [`migrate::Dest`] per incoming guest.
+//!
+//! Frames travel on an authenticated [`netstack::channel::Channel`]; the VM
+//! manager ([`crate::vm`]) supplies pages, dirty sets, pause and state. The
+//! destination owns nothing until `Commit`: an incoming guest is a VM in
+//! state `incoming`, freed again on any abort or lost link.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use migrate::dest::{Dest, DestAction, DestHost};
+use migrate::proto::{CpuFeature, Message, decode, encode};
+use migrate::source::{Action, Policy, Source, VmDescription};
+use migrate::{GuestMemory, GuestMemoryMut};
+use netstack::channel::{Channel, ChannelOptions, Listener};
+use netstack::stack::{Ipv4Address, Stack};
+
+use crate::console::async_line;
+use crate::println;
+
+/// The port `migrate listen` takes connections on.
+pub const MIGRATE_PORT: u16 = 7002;
+
+/// Largest frame a migration channel carries (page messages are built to
+/// at most [`ROOM_CAP`]; state and control messages are small).
+const MAX_FRAME: u32 = 256 * 1024;
+/// Most message bytes the source hands the channel in one turn.
+const ROOM_CAP: usize = 128 * 1024;
+
+fn options() -> ChannelOptions {
+    ChannelOptions {
+        max_payload: MAX_FRAME,
+        timeout_us: 5_000_000,
+        tx_limit: 512 * 1024,
+    }
+}
+
+/// The CPU features a guest sees here (CPUID passes them through).
+pub fn cpu_features() -> u64 {
+    let (_, _, c1, _) = crate::arch::cpuid(1, 0);
+    let (_, b7, _, _) = if crate::arch::cpuid(0, 0).0 >= 7 {
+        crate::arch::cpuid(7, 0)
+    } else {
+        (0, 0, 0, 0)
+    };
+    let bit = |reg: u32, n: u32, f: u64| if reg & (1 << n) != 0 { f } else { 0 };
+    bit(c1, 0, CpuFeature::SSE3)
+        | bit(c1, 9, CpuFeature::SSSE3)
+        | bit(c1, 19, CpuFeature::SSE4_1)
+        | bit(c1, 20, CpuFeature::SSE4_2)
+        | bit(c1, 23, CpuFeature::POPCNT)
+        | bit(c1, 25, CpuFeature::AES)
+        | bit(c1, 1, CpuFeature::PCLMULQDQ)
+        | bit(c1, 28, CpuFeature::AVX)
+        | bit(b7, 5, CpuFeature::AVX2)
+        | bit(c1, 12, CpuFeature::FMA)
+        | bit(b7, 3, CpuFeature::BMI1)
+        | bit(b7, 8, CpuFeature::BMI2)
+        | bit(c1, 30, CpuFeature::RDRAND)
+        | bit(b7, 18, CpuFeature::RDSEED)
+        | bit(c1, 26, CpuFeature::XSAVE)
+        | bit(c1, 17, CpuFeature::PCID)
+}
+
+struct ThisHost;
+
+impl DestHost for ThisHost {
+    fn free_bytes(&self) -> u64 {
+        crate::vm::free_ram_bytes()
+    }
+    fn cpu_features(&self) -> u64 {
+        cpu_features()
+    }
+    fn devices(&self) -> Vec<String> {
+        crate::vm::DEVICES
+            .iter()
+            .map(|d| String::from(*d))
+            .collect()
+    }
+}
+
+/// The source's view of a migrating VM's RAM.
+struct SourceMem<'a> {
+    vm: &'a str,
+    pages: u64,
+}
+
+impl GuestMemory for SourceMem<'_> {
+    fn page_count(&self) -> u64 {
+        self.pages
+    }
+    fn read_page(&self, gfn: u64, buf: &mut [u8; 4096]) {
+        crate::vm::read_page(self.vm, gfn, buf);
+    }
+    fn take_dirty(&mut self, f: &mut dyn FnMut(u64)) {
+        if let Err(e) = crate::vm::take_dirty(self.vm, f) {
+            log::warn!("migrate {}: {e}", self.vm);
+        }
+    }
+}
+
+/// The destination's view of an incoming VM's RAM.
+struct IncomingMem {
+    vm: String,
+}
+
+impl GuestMemoryMut for IncomingMem {
+    fn page_count(&self) -> u64 {
+        crate::vm::incoming_pages(&self.vm)
+    }
+    fn write_page(&mut self, gfn: u64, data: Option<&[u8; 4096]>) {
+        crate::vm::write_incoming_page(&self.vm, gfn, data);
+    }
+}
+
+/// One guest arriving.
+struct Incoming {
+    chan: Channel,
+    dest: Dest,
+    /// When the source's Pause arrived (the guest's downtime starts).
+    paused_at_us: Option<u64>,
+    done: bool,
+}
+
+/// `migrate listen`: accepts migrations while a key is set.
+pub struct MigrationService {
+    listener: Listener,
+    incoming: Vec<Incoming>,
+}
+
+fn send(chan: &mut Channel, msg: &Message) -> Result<(), String> {
+    let (ty, payload) = encode(msg);
+    chan.send(ty, &payload).map_err(|e| alloc::format!("{e}"))
+}
+
+fn peer(chan: &Channel) -> String {
+    chan.peer()
+        .map(|p| alloc::format!("{p}"))
+        .unwrap_or_else(|| String::from("?"))
+}
+
+impl MigrationService {
+    /// Listens on [`MIGRATE_PORT`].
+    pub fn new(stack: &mut Stack) -> Result<MigrationService, String> {
+        Ok(MigrationService {
+            listener: Listener::new(stack, MIGRATE_PORT).map_err(|e| alloc::format!("{e}"))?,
+            incoming: Vec::new(),
+        })
+    }
+
+    /// Migrations in progress.
+    pub fn busy(&self) -> bool {
+        !self.incoming.is_empty()
+    }
+
+    /// One line per incoming migration.
+    pub fn status(&self) -> Vec<String> {
+        self.incoming
+            .iter()
+            .map(|i| {
+                alloc::format!(
+                    "incoming {} from {}: {}",
+                    if i.dest.vm().is_empty() {
+                        "?"
+                    } else {
+                        i.dest.vm()
+                    },
+                    peer(&i.chan),
+                    if i.dest.is_running() {
+                        "running here"
+                    } else {
+                        "receiving"
+                    }
+                )
+            })
+            .collect()
+    }
+
+    /// Accepts, receives and starts guests; call after every stack poll.
+    pub fn poll(
+        &mut self,
+        stack: &mut Stack,
+        key: &netstack::codec::Key,
+        nonce: &mut dyn FnMut() -> [u8; 32],
+        now: u64,
+    ) {
+        while let Some(h) = self.listener.accept(stack) {
+            let chan = Channel::accept(stack, h, key, nonce(), options(), now);
+            self.incoming.push(Incoming {
+                chan,
+                dest: Dest::new(),
+                paused_at_us: None,
+                done: false,
+            });
+        }
+        for inc in &mut self.incoming {
+            inc.chan.poll(stack, now);
+            let mut actions = Vec::new();
+            while let Some((ty, payload)) = inc.chan.recv(stack) {
+                if ty == Message::Pause.frame_type() {
+                    inc.paused_at_us = Some(now);
+                }
+                if matches!(decode(ty, &payload), Ok(Message::Hello { .. })) {
+                    async_line(format_args!(
+                        "migrate: incoming guest from {}",
+                        peer(&inc.chan)
+                    ));
+                }
+                let vm = String::from(inc.dest.vm());
+                let mut mem = IncomingMem { vm };
+                let acts = inc.dest.on_frame(ty, &payload, Some(&mut mem), &ThisHost);
+                actions.extend(acts);
+                if !run_dest_actions(inc, stack, &mut actions, now) {
+                    break;
+                }
+            }
+            if inc.chan.is_closed() && !inc.dest.is_closed() && !inc.dest.is_running() {
+                let why = inc
+                    .chan
+                    .close_reason()
+                    .map(|r| alloc::format!("{r}"))
+                    .unwrap_or_else(|| String::from("link lost"));
+                let mut acts = inc.dest.on_link_lost(&why);
+                run_dest_actions(inc, stack, &mut acts, now);
+            }
+            if inc.chan.is_closed() {
+                inc.done = true;
+            }
+        }
+        let mut i = 0;
+        while i < self.incoming.len() {
+            if self.incoming[i].done {
+                let inc = self.incoming.swap_remove(i);
+                inc.chan.release(stack);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Stops listening; incoming guests not yet committed are discarded.
+    pub fn close(self, stack: &mut Stack) {
+        for mut inc in self.incoming {
+            if !inc.dest.is_running() {
+                let vm = String::from(inc.dest.vm());
+                crate::vm::discard_incoming(&vm);
+            }
+            inc.chan.close(stack);
+            inc.chan.release(stack);
+        }
+        self.listener.close(stack);
+    }
+}
+
+/// Carries out destination actions in order; false if the rest of the
+/// batch was dropped (a reservation or start failed).
+fn run_dest_actions(
+    inc: &mut Incoming,
+    stack: &mut Stack,
+    acts: &mut Vec<DestAction>,
+    now: u64,
+) -> bool {
+    let mut queue: Vec<DestAction> = core::mem::take(acts);
+    let mut ok = true;
+    while !queue.is_empty() {
+        let a = queue.remove(0);
+        match a {
+            DestAction::Send(msg) => {
+                if let Err(e) = send(&mut inc.chan, &msg) {
+                    log::warn!(
+                        "migrate: sending {} to {}: {e}",
+                        msg.name(),
+                        peer(&inc.chan)
+                    );
+                }
+            }
+            DestAction::Reserve { vm, mem_bytes } => {
+                if let Err(e) = crate::vm::reserve_incoming(&vm, mem_bytes) {
+                    async_line(format_args!(
+                        "migrate: refusing {vm} from {}: {e}",
+                        peer(&inc.chan)
+                    ));
+                    queue = inc.dest.refuse(&e);
+                    ok = false;
+                } else {
+                    log::info!(
+                        "migrate: {vm}: {} MiB reserved for the incoming guest",
+                        mem_bytes >> 20
+                    );
+                }
+            }
+            DestAction::Start { vcpu, devices } => {
+                let vm = String::from(inc.dest.vm());
+                let paused_us = inc.paused_at_us.map_or(0, |t| now.saturating_sub(t));
+                match crate::vm::start_incoming(&vm, &vcpu, &devices, paused_us) {
+                    Ok(()) => {
+                        async_line(format_args!(
+                            "migrate: {vm} from {} now runs here (gratuitous ARP for its MAC: the guest has no NIC yet)",
+                            peer(&inc.chan)
+                        ));
+                    }
+                    Err(e) => {
+                        async_line(format_args!("migrate: cannot start {vm}: {e}"));
+                        crate::vm::discard_incoming(&vm);
+                        queue = inc.dest.start_failed(&e);
+                        ok = false;
+                    }
+                }
+            }
+            DestAction::Discard(reason) => {
+                let vm = String::from(inc.dest.vm());
+                crate::vm::discard_incoming(&vm);
+                async_line(format_args!(
+                    "migrate: incoming {} from {} discarded: {reason}",
+                    if vm.is_empty() { "guest" } else { vm.as_str() },
+                    peer(&inc.chan)
+                ));
+                inc.chan.close(stack);
+            }
+        }
+    }
+    let _ = now;
+    ok
+}
+
+/// Options of an outgoing migration.
+pub struct Outgoing<'a> {
+    pub vm: &'a str,
+    pub target: Ipv4Address,
+    pub port: u16,
+    pub downtime_ms: u64,
+    pub bandwidth_mib: Option<u64>,
+}
+
+/// `migrate <vm> <ip>`: moves the VM, printing a line per round; Ctrl-C
+/// cancels. Between turns the network, the host's services and the
+/// guests (this one too, until it is paused) keep running.
+pub fn migrate_out(
+    net: &mut crate::net::Net,
+    key: &netstack::codec::Key,
+    nonce: [u8; 32],
+    o: &Outgoing<'_>,
+    interrupted: &mut dyn FnMut() -> bool,
+) {
+    let vm = o.vm;
+    let info = match crate::vm::migration_begin(vm) {
+        Ok(i) => i,
+        Err(e) => return println!("error: migrate: {e}"),
+    };
+    let now = net.wait_turn();
+    let mut chan = match Channel::connect(
+        &mut net.stack,
+        (o.target, o.port),
+        key,
+        nonce,
+        options(),
+        now,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::vm::migration_end(vm, false);
+            return println!("error: migrate: {e}");
+        }
+    };
+    let pages = info.mem_bytes / 4096;
+    let desc = VmDescription {
+        vm: String::from(vm),
+        mem_bytes: info.mem_bytes,
+        cpu_features: cpu_features(),
+        devices: crate::vm::DEVICES
+            .iter()
+            .map(|d| String::from(*d))
+            .collect(),
+    };
+    let policy = Policy {
+        downtime_budget_us: o.downtime_ms * 1000,
+        bandwidth_limit: o.bandwidth_mib.map(|m| m << 20),
+        ..Policy::default()
+    };
+    let mut source = Source::new(desc, alloc::vec![(0, info.mem_bytes)], policy, now);
+    println!(
+        "migrate: {vm} ({} MiB) to {}:{}, downtime budget {} ms",
+        info.mem_bytes >> 20,
+        o.target,
+        o.port,
+        o.downtime_ms
+    );
+    let mut commit_sent = false;
+    let mut outcome: Option<Result<(), String>> = None;
+    while outcome.is_none() {
+        let now = net.wait_turn();
+        let stack = &mut net.stack;
+        chan.poll(stack, now);
+        let mut acts = Vec::new();
+        while let Some((ty, p)) = chan.recv(stack) {
+            acts.extend(source.on_frame(ty, &p, now));
+        }
+        if chan.is_closed() && !source.is_finished() {
+            let why = chan
+                .close_reason()
+                .map(|r| alloc::format!("{r}"))
+                .unwrap_or_else(|| String::from("link lost"));
+            acts.extend(source.on_link_lost(&why));
+        } else if chan.is_open() {
+            let room = chan
+                .tx_limit()
+                .saturating_sub(chan.queued_bytes())
+                .min(ROOM_CAP);
+            let mut mem = SourceMem { vm, pages };
+            acts.extend(source.poll(&mut mem, room, now));
+        }
+        if interrupted() {
+            acts.extend(source.cancel("cancelled by the operator"));
+        }
+        for a in acts {
+            match a {
+                Action::Send(msg) => {
+                    if matches!(msg, Message::Commit) {
+                        commit_sent = true;
+                    }
+                    if let Err(e) = send(&mut chan, &msg) {
+                        outcome = Some(Err(alloc::format!("sending {}: {e}", msg.name())));
+                    }
+                }
+                Action::SlowGuest(level) => {
+                    crate::vm::set_slow(vm, level);
+                    println!(
+                        "migrate: {vm}: dirtying faster than the link; slowing the guest (level {level})"
+                    );
+                }
+                Action::PauseGuest => {
+                    crate::vm::set_paused(vm, true);
+                }
+                Action::NeedState => match crate::vm::save_state(vm) {
+                    Ok((vcpu, devices)) => source.provide_state(vcpu, devices),
+                    Err(e) => {
+                        for a in source.cancel(&e) {
+                            if let Action::Send(m) = a {
+                                let _ = send(&mut chan, &m);
+                            }
+                        }
+                        outcome = Some(Err(e));
+                    }
+                },
+                Action::Progress(r) => println!(
+                    "migrate: round {}: {} pages sent ({} zero), {} dirty left, {:.1} MiB/s, estimated downtime {} ms",
+                    r.round,
+                    r.pages_sent,
+                    r.zero_pages,
+                    r.dirty_left,
+                    r.mib_per_s,
+                    r.est_downtime_us / 1000
+                ),
+                Action::Done(s) => {
+                    println!(
+                        "migrate: {vm} now runs on {}: total {} ms, downtime {} ms, {} rounds, {} KiB sent for {} MiB of RAM ({} zero pages)",
+                        o.target,
+                        s.total_us / 1000,
+                        s.downtime_us / 1000,
+                        s.rounds,
+                        s.bytes >> 10,
+                        info.mem_bytes >> 20,
+                        s.zero_pages
+                    );
+                    outcome = Some(Ok(()));
+                }
+                Action::Failed(why) => outcome = Some(Err(why)),
+            }
+        }
+    }
+    let stack = &mut net.stack;
+    match outcome {
+        Some(Ok(())) => {
+            crate::vm::migration_end(vm, true);
+            chan.close(stack);
+        }
+        Some(Err(why)) if commit_sent && source.is_paused() => {
+            // The destination may have started the guest: running it here
+            // too could put one guest on two hosts. Leave it paused.
+            println!(
+                "error: migrate: {why} after the commit: {vm} stays paused here and may be running on {}; check there first",
+                o.target
+            );
+        }
+        Some(Err(why)) => {
+            crate::vm::migration_end(vm, false);
+            println!("error: migrate: {why}; {vm} keeps running here");
+        }
+        None => {}
+    }
+    // Let the close or abort leave, briefly.
+    let until = crate::time::now_us() + 200_000;
+    while !chan.is_closed() && crate::time::now_us() < until {
+        let now = net.wait_turn();
+        chan.poll(&mut net.stack, now);
+    }
+    chan.release(&mut net.stack);
+}
