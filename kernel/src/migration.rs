@@ -389,10 +389,24 @@ pub fn migrate_out(
     );
     let mut commit_sent = false;
     let mut outcome: Option<Result<(), String>> = None;
+    // Encoded messages the channel could not take yet (backpressure).
+    let mut backlog: alloc::collections::VecDeque<(u8, Vec<u8>)> = Default::default();
     while outcome.is_none() {
         let now = net.wait_turn();
         let stack = &mut net.stack;
         chan.poll(stack, now);
+        while let Some((ty, payload)) = backlog.front() {
+            match chan.send(*ty, payload) {
+                Ok(()) => {
+                    backlog.pop_front();
+                }
+                Err(netstack::channel::SendError::WouldBlock) => break,
+                Err(e) => {
+                    outcome = Some(Err(alloc::format!("sending: {e}")));
+                    break;
+                }
+            }
+        }
         let mut acts = Vec::new();
         while let Some((ty, p)) = chan.recv(stack) {
             acts.extend(source.on_frame(ty, &p, now));
@@ -403,7 +417,7 @@ pub fn migrate_out(
                 .map(|r| alloc::format!("{r}"))
                 .unwrap_or_else(|| String::from("link lost"));
             acts.extend(source.on_link_lost(&why));
-        } else if chan.is_open() {
+        } else if chan.is_open() && backlog.is_empty() {
             let room = chan
                 .tx_limit()
                 .saturating_sub(chan.queued_bytes())
@@ -420,8 +434,19 @@ pub fn migrate_out(
                     if matches!(msg, Message::Commit) {
                         commit_sent = true;
                     }
-                    if let Err(e) = send(&mut chan, &msg) {
-                        outcome = Some(Err(alloc::format!("sending {}: {e}", msg.name())));
+                    let (ty, payload) = encode(&msg);
+                    if !backlog.is_empty() {
+                        backlog.push_back((ty, payload));
+                    } else {
+                        match chan.send(ty, &payload) {
+                            Ok(()) => {}
+                            Err(netstack::channel::SendError::WouldBlock) => {
+                                backlog.push_back((ty, payload))
+                            }
+                            Err(e) => {
+                                outcome = Some(Err(alloc::format!("sending {}: {e}", msg.name())))
+                            }
+                        }
                     }
                 }
                 Action::SlowGuest(level) => {

@@ -458,11 +458,38 @@ pub fn create(name: &str, mem_mib: u64, image: &str, arg: u64) -> Result<(), Str
     if m.host.is_none() {
         m.host = Some(enable_vmx()?);
     }
+    let vm = new_vm(&m, name, ram, image, arg, State::Created).map_err(|free| {
+        format!(
+            "not enough memory for {mem_mib} MiB of guest RAM ({} MiB free)",
+            free >> 20
+        )
+    })??;
+    m.vms.push(vm);
+    log::debug!(
+        "vm {name}: created, {mem_mib} MiB RAM, image {image} ({} bytes)",
+        data.len()
+    );
+    Ok(())
+}
+
+/// A VM with `ram` bytes of RAM (a multiple of 2 MiB), its EPT and VMCS.
+/// Err(free bytes) if the RAM is not there; Ok(Err(why)) if the EPT or
+/// VMCS could not be built. Nothing stays allocated on failure.
+fn new_vm(
+    m: &Manager,
+    name: &str,
+    ram: u64,
+    image: &str,
+    arg: u64,
+    state: State,
+) -> Result<Result<Vm, String>, u64> {
     let chunks_needed = (ram / MIB2) as usize;
     let mut chunks = Vec::with_capacity(chunks_needed);
     {
         let mut frames = crate::memory::FRAMES.lock();
-        let f = frames.as_mut().ok_or("no frame allocator")?;
+        let Some(f) = frames.as_mut() else {
+            return Err(0);
+        };
         let free = f.free_frames() * PAGE_SIZE;
         for _ in 0..chunks_needed {
             match f.alloc_contiguous(512, MIB2) {
@@ -471,33 +498,26 @@ pub fn create(name: &str, mem_mib: u64, image: &str, arg: u64) -> Result<(), Str
                     for &c in &chunks {
                         let _ = f.free_contiguous(crate::addr::Hpa::new(c), 512);
                     }
-                    return Err(format!(
-                        "not enough memory for {mem_mib} MiB of guest RAM ({} MiB free)",
-                        free >> 20
-                    ));
+                    return Err(free);
                 }
             }
         }
     }
-    let revision = m
-        .host
-        .as_ref()
-        .map(|h| h.caps.basic.revision_id)
-        .unwrap_or(0);
+    let revision = m.host.as_ref().map_or(0, |h| h.caps.basic.revision_id);
     let (ept, vmcs) = match build_ept_and_vmcs(&chunks, revision) {
         Ok(v) => v,
         Err(e) => {
             // Nothing of a half-built VM stays allocated.
             free_chunks(&chunks);
-            return Err(e);
+            return Ok(Err(e));
         }
     };
-    m.vms.push(Vm {
+    Ok(Ok(Vm {
         name: name.into(),
-        mem_mib,
+        mem_mib: ram >> 20,
         image: image.into(),
         arg,
-        state: State::Created,
+        state,
         chunks,
         ept,
         vmcs,
@@ -520,12 +540,7 @@ pub fn create(name: &str, mem_mib: u64, image: &str, arg: u64) -> Result<(), Str
         slow: 0,
         skipped: 0,
         migrating: false,
-    });
-    log::debug!(
-        "vm {name}: created, {mem_mib} MiB RAM, image {image} ({} bytes)",
-        data.len()
-    );
-    Ok(())
+    }))
 }
 
 /// EPT tables mapping `chunks` at guest-physical 0, and a cleared VMCS.
@@ -1668,7 +1683,10 @@ pub fn set_slow(name: &str, level: u8) {
 }
 
 /// The vCPU and device state of a paused VM.
-pub fn save_state(name: &str) -> Result<(Vec<u8>, Vec<(String, Vec<u8>)>), String> {
+/// Saved devices: (name, state) pairs.
+pub type DeviceStates = Vec<(String, Vec<u8>)>;
+
+pub fn save_state(name: &str) -> Result<(Vec<u8>, DeviceStates), String> {
     with_vm(name, |_, vm| {
         let r = &vm.regs;
         let mut v = alloc::vec![VCPU_STATE_VERSION];
@@ -1710,10 +1728,11 @@ pub fn migration_end(name: &str, committed: bool) {
         dirty_stop(host, vm);
         Ok(())
     });
-    if committed && r.is_ok() {
-        if let Err(e) = delete(name) {
-            log::warn!("migrate: freeing {name}: {e}");
-        }
+    if committed
+        && r.is_ok()
+        && let Err(e) = delete(name)
+    {
+        log::warn!("migrate: freeing {name}: {e}");
     }
 }
 
@@ -1730,7 +1749,10 @@ pub fn reserve_incoming(name: &str, mem_bytes: u64) -> Result<(), String> {
     if name.is_empty() || name.len() > crate::shell::MAX_VM_NAME {
         return Err(format!("bad VM name '{name}'"));
     }
-    if mem_bytes == 0 || mem_bytes % MIB2 != 0 || mem_bytes > crate::shell::MAX_VM_MIB << 20 {
+    if mem_bytes == 0
+        || !mem_bytes.is_multiple_of(MIB2)
+        || mem_bytes > crate::shell::MAX_VM_MIB << 20
+    {
         return Err(format!("bad guest RAM size {mem_bytes}"));
     }
     let mut m = MANAGER.lock();
@@ -1740,65 +1762,14 @@ pub fn reserve_incoming(name: &str, mem_bytes: u64) -> Result<(), String> {
     if m.host.is_none() {
         m.host = Some(enable_vmx()?);
     }
-    let chunks_needed = (mem_bytes / MIB2) as usize;
-    let mut chunks = Vec::with_capacity(chunks_needed);
-    {
-        let mut frames = crate::memory::FRAMES.lock();
-        let f = frames.as_mut().ok_or("no frame allocator")?;
-        let free = f.free_frames() * PAGE_SIZE;
-        for _ in 0..chunks_needed {
-            match f.alloc_contiguous(512, MIB2) {
-                Some(pa) => chunks.push(pa.as_u64()),
-                None => {
-                    for &c in &chunks {
-                        let _ = f.free_contiguous(crate::addr::Hpa::new(c), 512);
-                    }
-                    return Err(format!(
-                        "not enough memory: the guest needs {} MiB, {} MiB free",
-                        mem_bytes >> 20,
-                        free >> 20
-                    ));
-                }
-            }
-        }
-    }
-    let revision = m.host.as_ref().map_or(0, |h| h.caps.basic.revision_id);
-    let (ept, vmcs) = match build_ept_and_vmcs(&chunks, revision) {
-        Ok(v) => v,
-        Err(e) => {
-            free_chunks(&chunks);
-            return Err(e);
-        }
-    };
-    m.vms.push(Vm {
-        name: name.into(),
-        mem_mib: mem_bytes >> 20,
-        image: String::from("(migrated)"),
-        arg: 0,
-        state: State::Incoming,
-        chunks,
-        ept,
-        vmcs,
-        launched: false,
-        regs: GuestRegs::default(),
-        uart: Uart::default(),
-        pic: Pic::default(),
-        pit: Pit::default(),
-        tick_period: 0,
-        next_tick: 0,
-        exits: [0; 70],
-        total_exits: 0,
-        guest_tsc: 0,
-        started_tsc: 0,
-        tsc_offset: 0,
-        requests: 0,
-        dirty: None,
-        pml_page: 0,
-        paused: false,
-        slow: 0,
-        skipped: 0,
-        migrating: false,
-    });
+    let vm = new_vm(&m, name, mem_bytes, "(migrated)", 0, State::Incoming).map_err(|free| {
+        format!(
+            "not enough memory: the guest needs {} MiB, {} MiB free",
+            mem_bytes >> 20,
+            free >> 20
+        )
+    })??;
+    m.vms.push(vm);
     Ok(())
 }
 

@@ -279,6 +279,11 @@ impl Stack {
         // on the wire at once; links that drop bursts (bxhub, a busy
         // emulated NIC) then lose frames and stall on the 1 s minimum RTO.
         s.set_congestion_control(tcp::CongestionControl::Reno);
+        // A peer that vanishes (host dead, cable cut) must not leave the
+        // connection hanging: give up after 10 s without an ACK, and probe
+        // an idle connection every 2 s so that is noticed too.
+        s.set_timeout(Some(smoltcp::time::Duration::from_secs(10)));
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(2)));
         s.set_ack_delay(None);
         s
     }

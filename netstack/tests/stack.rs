@@ -507,3 +507,54 @@ fn connect_to_a_silent_host_times_out() {
     assert_eq!(c.close_reason(), Some(&CloseReason::ConnectFailed));
     assert!(n.now_us - start >= 2_000_000);
 }
+
+#[test]
+fn a_peer_that_vanishes_is_noticed() {
+    let mut n = Net::new();
+    let k = key(KEY);
+    let mut listener = netstack::channel::Listener::new(&mut n.b, 7000).unwrap();
+    let mut c = Channel::connect(
+        &mut n.a,
+        (ip("10.0.0.2"), 7000),
+        &k,
+        [1; 32],
+        ChannelOptions::default(),
+        n.now_us,
+    )
+    .unwrap();
+    let mut server = None;
+    while !c.is_open() {
+        n.step();
+        if server.is_none()
+            && let Some(h) = listener.accept(&mut n.b)
+        {
+            server = Some(Channel::accept(
+                &mut n.b,
+                h,
+                &k,
+                [2; 32],
+                ChannelOptions::default(),
+                n.now_us,
+            ));
+        }
+        if let Some(s) = server.as_mut() {
+            s.poll(&mut n.b, n.now_us);
+        }
+        c.poll(&mut n.a, n.now_us);
+        assert!(n.now_us < 5_000_000);
+    }
+    // B dies: nothing it had reaches A any more, and A's frames vanish.
+    n.na.link = false;
+    let died = n.now_us;
+    c.send(20, &[1; 100]).unwrap();
+    while !c.is_closed() {
+        n.now_us += 10_000;
+        n.a.poll(&mut n.na, n.now_us);
+        c.poll(&mut n.a, n.now_us);
+        assert!(
+            n.now_us - died < 30_000_000,
+            "a dead peer went unnoticed for 30 s"
+        );
+    }
+    assert_eq!(c.close_reason(), Some(&CloseReason::PeerGone));
+}
