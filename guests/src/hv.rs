@@ -44,6 +44,11 @@ pub fn printable(sig: &[u8; 12]) -> [u8; 12] {
     })
 }
 
+/// The request port: reading it gives a counter (8 bits) the operator
+/// bumps with `vm checksum <vm>`; the `dirty` guest prints its memory
+/// checksum each time it changes.
+pub const REQUEST_PORT: u16 = 0xf5;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,8 +86,3 @@ mod tests {
         assert_eq!(&printable(&s), b".vhyperviso.");
     }
 }
-
-/// The request port: reading it gives a counter (8 bits) the operator
-/// bumps with `vm checksum <vm>`; the `dirty` guest prints its memory
-/// checksum each time it changes.
-pub const REQUEST_PORT: u16 = 0xf5;

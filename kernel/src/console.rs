@@ -251,6 +251,7 @@ fn migrate_command(cmd: crate::shell::MigrateCommand) {
     match cmd {
         M::Listen(on) => crate::net::migrate_listen(on),
         M::Status => crate::net::migrate_status(),
+        M::Check { vm, target, port } => crate::net::migrate_check(&vm, target, port),
         M::Out {
             vm,
             target,

@@ -23,6 +23,17 @@ use crate::println;
 /// The port `migrate listen` takes connections on.
 pub const MIGRATE_PORT: u16 = 7002;
 
+/// Frame type of a check-only Hello (`migrate check`): the same payload as
+/// Hello; the destination answers Ready or Refuse and reserves nothing.
+/// (A kernel-level extension: the migrate crate's types are 32..=43.)
+const PROBE_TYPE: u8 = 60;
+
+/// Frame type of Hello (the first of the migrate crate's types).
+const HELLO_TYPE: u8 = migrate::proto::FIRST_TYPE;
+
+/// Incoming migrations a host takes at once.
+pub const MAX_INCOMING: usize = 2;
+
 /// Largest frame a migration channel carries (page messages are built to
 /// at most [`ROOM_CAP`]; state and control messages are small).
 const MAX_FRAME: u32 = 256 * 1024;
@@ -121,6 +132,8 @@ struct Incoming {
     dest: Dest,
     /// When the source's Pause arrived (the guest's downtime starts).
     paused_at_us: Option<u64>,
+    /// Answered and closing (a refusal or a check): no more frames taken.
+    answered: bool,
     done: bool,
 }
 
@@ -178,6 +191,14 @@ impl MigrationService {
             .collect()
     }
 
+    /// Incoming migrations past their Hello and not finished.
+    fn active(&self) -> usize {
+        self.incoming
+            .iter()
+            .filter(|i| !i.dest.vm().is_empty() && !i.dest.is_closed() && !i.done && !i.answered)
+            .count()
+    }
+
     /// Accepts, receives and starts guests; call after every stack poll.
     pub fn poll(
         &mut self,
@@ -192,13 +213,63 @@ impl MigrationService {
                 chan,
                 dest: Dest::new(),
                 paused_at_us: None,
+                answered: false,
                 done: false,
             });
         }
+        let mut active = self.active();
         for inc in &mut self.incoming {
             inc.chan.poll(stack, now);
+            if inc.answered {
+                inc.done |= inc.chan.is_closed();
+                continue;
+            }
             let mut actions = Vec::new();
             while let Some((ty, payload)) = inc.chan.recv(stack) {
+                let hello_type = HELLO_TYPE;
+                let first = inc.dest.vm().is_empty();
+                if ty == PROBE_TYPE || (ty == hello_type && first) {
+                    let mut reasons = match decode(hello_type, &payload) {
+                        Ok(hello) => {
+                            let mut r = migrate::dest::check(&hello, &ThisHost);
+                            if let Message::Hello { vm, .. } = &hello
+                                && crate::vm::exists(vm)
+                            {
+                                r.push(alloc::format!("a VM named '{vm}' already exists here"));
+                            }
+                            r
+                        }
+                        Err(e) => alloc::vec![alloc::format!("{e}")],
+                    };
+                    if active >= MAX_INCOMING {
+                        reasons.push(alloc::format!(
+                            "this host already receives {active} migrations (the limit is {MAX_INCOMING})"
+                        ));
+                    }
+                    if ty == PROBE_TYPE || !reasons.is_empty() {
+                        let reply = if reasons.is_empty() {
+                            Message::Ready
+                        } else {
+                            Message::Refuse {
+                                reasons: reasons.clone(),
+                            }
+                        };
+                        let _ = send(&mut inc.chan, &reply);
+                        if ty == hello_type {
+                            async_line(format_args!(
+                                "migrate: refusing a guest from {}: {}",
+                                peer(&inc.chan),
+                                reasons.join("; ")
+                            ));
+                        }
+                        // Released once the answer and the close have left.
+                        inc.chan.close(stack);
+                        inc.answered = true;
+                        inc.done |= inc.chan.is_closed();
+                        break;
+                    }
+                    active += 1;
+                }
                 if ty == Message::Pause.frame_type() {
                     inc.paused_at_us = Some(now);
                 }
@@ -215,6 +286,9 @@ impl MigrationService {
                 if !run_dest_actions(inc, stack, &mut actions, now) {
                     break;
                 }
+            }
+            if inc.answered {
+                continue;
             }
             if inc.chan.is_closed() && !inc.dest.is_closed() && !inc.dest.is_running() {
                 let why = inc
@@ -521,5 +595,73 @@ pub fn migrate_out(
         let now = net.wait_turn();
         chan.poll(&mut net.stack, now);
     }
+    chan.release(&mut net.stack);
+}
+
+/// `migrate check`: asks the destination whether `vm` could move there,
+/// without moving or reserving anything, and lists every blocker.
+pub fn check_out(
+    net: &mut crate::net::Net,
+    key: &netstack::codec::Key,
+    nonce: [u8; 32],
+    vm: &str,
+    target: Ipv4Address,
+    port: u16,
+) {
+    let mem_bytes = match crate::vm::running_ram(vm) {
+        Ok(b) => b,
+        Err(e) => return println!("error: migrate check: {e}"),
+    };
+    let now = net.wait_turn();
+    let mut chan =
+        match Channel::connect(&mut net.stack, (target, port), key, nonce, options(), now) {
+            Ok(c) => c,
+            Err(e) => return println!("error: migrate check: {e}"),
+        };
+    let hello = VmDescription {
+        vm: String::from(vm),
+        mem_bytes,
+        cpu_features: cpu_features(),
+        devices: crate::vm::DEVICES
+            .iter()
+            .map(|d| String::from(*d))
+            .collect(),
+    }
+    .hello();
+    let (_, payload) = encode(&hello);
+    let deadline = now + 15_000_000;
+    let mut sent = false;
+    let answer = loop {
+        let now = net.wait_turn();
+        chan.poll(&mut net.stack, now);
+        if chan.is_open() && !sent {
+            sent = chan.send(PROBE_TYPE, &payload).is_ok();
+        }
+        if let Some((ty, p)) = chan.recv(&mut net.stack) {
+            break decode(ty, &p).map_err(|e| alloc::format!("{e}"));
+        }
+        if chan.is_closed() {
+            break Err(chan
+                .close_reason()
+                .map(|r| alloc::format!("{r}"))
+                .unwrap_or_else(|| String::from("link lost")));
+        }
+        if now > deadline {
+            break Err(String::from("no answer from the destination"));
+        }
+    };
+    match answer {
+        Ok(Message::Ready) => println!("migrate check: {vm} can move to {target}"),
+        Ok(Message::Refuse { reasons }) => {
+            println!("migrate check: {vm} cannot move to {target}:");
+            for r in reasons {
+                println!("  blocker: {r}");
+            }
+        }
+        Ok(other) => println!("error: migrate check: unexpected answer {}", other.name()),
+        Err(e) => println!("error: migrate check: {e}"),
+    }
+    chan.close(&mut net.stack);
+    chan.poll(&mut net.stack, crate::time::now_us());
     chan.release(&mut net.stack);
 }

@@ -584,3 +584,17 @@ pub fn migrate_out(o: &crate::migration::Outgoing<'_>) {
         crate::migration::migrate_out(net, &key, nonce, o, &mut interrupted);
     })
 }
+
+/// `migrate check <vm> <ip>[:port]`.
+pub fn migrate_check(vm: &str, target: Ipv4Address, port: u16) {
+    with_net(|net| {
+        let Some(key) = net.key.clone() else {
+            return println!("error: no channel key: set one with net key <hex> first");
+        };
+        if let Err(e) = net.stack.route_check(target) {
+            return println!("error: migrate check: {e}");
+        }
+        let nonce = net.nonce();
+        crate::migration::check_out(net, &key, nonce, vm, target, port);
+    })
+}

@@ -30,7 +30,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ),
     (
         "migrate",
-        "migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] | listen [stop] | status",
+        "migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] | check <vm> <ip> | listen [stop] | status",
         "live migration of a running guest to another host",
     ),
     ("reboot", "reboot", "reset the machine"),
@@ -130,6 +130,11 @@ pub enum NetCommand {
 pub enum MigrateCommand {
     Listen(bool),
     Status,
+    Check {
+        vm: String,
+        target: netstack::stack::Ipv4Address,
+        port: u16,
+    },
     Out {
         vm: String,
         target: netstack::stack::Ipv4Address,
@@ -142,25 +147,35 @@ pub enum MigrateCommand {
 /// Default downtime budget of a migration (ms).
 pub const DEFAULT_DOWNTIME_MS: u64 = 300;
 
+fn parse_peer(peer: &str) -> Result<(netstack::stack::Ipv4Address, u16), String> {
+    let (ip, port) = match peer.split_once(':') {
+        Some((ip, port)) => (
+            ip,
+            port.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("bad port '{}'", shorten(port)))?,
+        ),
+        None => (peer, 7002),
+    };
+    Ok((parse_ip(ip)?, port))
+}
+
 fn parse_migrate(args: &[&str]) -> Result<MigrateCommand, String> {
-    let usage = "usage: migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] | migrate listen [stop] | migrate status";
+    let usage = "usage: migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] | migrate check <vm> <ip>[:port] | migrate listen [stop] | migrate status";
     match args {
+        ["check", vm, peer] => {
+            let vm = check_vm_name(vm)?;
+            let (target, port) = parse_peer(peer)?;
+            Ok(MigrateCommand::Check { vm, target, port })
+        }
+        ["check", ..] => Err(String::from("usage: migrate check <vm> <ip>[:port]")),
         [] | ["status"] => Ok(MigrateCommand::Status),
         ["listen"] => Ok(MigrateCommand::Listen(true)),
         ["listen", "stop"] => Ok(MigrateCommand::Listen(false)),
         [vm, peer, opts @ ..] if *vm != "listen" && *vm != "status" => {
             let vm = check_vm_name(vm)?;
-            let (ip, port) = match peer.split_once(':') {
-                Some((ip, port)) => (
-                    ip,
-                    port.parse::<u16>()
-                        .ok()
-                        .filter(|p| *p != 0)
-                        .ok_or_else(|| format!("bad port '{}'", shorten(port)))?,
-                ),
-                None => (*peer, 7002),
-            };
-            let target = parse_ip(ip)?;
+            let (target, port) = parse_peer(peer)?;
             let (mut downtime_ms, mut bandwidth_mib) = (DEFAULT_DOWNTIME_MS, None);
             for opt in opts {
                 match opt.split_once('=') {
@@ -691,7 +706,7 @@ mod tests {
             ),
             (
                 "migrate d 10.0.0.2 speed=3",
-                "unknown option 'speed=3' (usage: migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] | migrate listen [stop] | migrate status)",
+                "unknown option 'speed=3' (usage: migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] | migrate check <vm> <ip>[:port] | migrate listen [stop] | migrate status)",
             ),
             (
                 "migrate d 10.0.0.x",

@@ -131,9 +131,10 @@ pub struct Vm {
     pml_page: u64,
     /// Paused by a live migration (the final round): not run.
     paused: bool,
-    /// Auto-converge level (0: full speed): the VM runs one turn in 2^level.
+    /// Auto-converge level (0: full speed): one timer tick in 2^level
+    /// reaches the guest.
     slow: u8,
-    /// Turns skipped so far at the current slow level.
+    /// Timer ticks due so far (for the auto-converge ratio).
     skipped: u32,
     /// Being migrated away (one migration at a time per VM).
     migrating: bool,
@@ -1035,14 +1036,6 @@ pub fn run_slice() -> bool {
         if vm.paused {
             continue;
         }
-        if vm.slow > 0 {
-            // Auto-converge: run one turn in 2^slow.
-            vm.skipped += 1;
-            if vm.skipped < 1 << vm.slow {
-                continue;
-            }
-            vm.skipped = 0;
-        }
         let runnable = match vm.state {
             State::Running => true,
             State::Halted => vm.pic.pending().is_some(),
@@ -1069,7 +1062,13 @@ fn update_timer(vm: &mut Vm, now: u64) {
         vm.next_tick = now.saturating_add(vm.tick_period);
     }
     if vm.tick_period != 0 && now >= vm.next_tick {
-        vm.pic.raise(0);
+        // Auto-converge (a migration the guest outruns): deliver one timer
+        // tick in 2^slow, so a guest that works per tick works that much
+        // less. Its TSC keeps real time.
+        vm.skipped = vm.skipped.wrapping_add(1);
+        if vm.slow == 0 || vm.skipped.is_multiple_of(1 << vm.slow) {
+            vm.pic.raise(0);
+        }
         // Keep the phase (no drift), but never queue more than one late tick.
         vm.next_tick = vm.next_tick.saturating_add(vm.tick_period).max(now);
     }
@@ -1624,6 +1623,22 @@ fn with_vm<T>(
     f(host, &mut vms[i])
 }
 
+/// RAM of a running VM, for `migrate check`.
+pub fn running_ram(name: &str) -> Result<u64, String> {
+    let mut m = MANAGER.lock();
+    let i = find(&mut m, name)?;
+    let vm = &m.vms[i];
+    if !vm.state.runs() {
+        return Err(format!("VM '{name}' is not running ({})", vm.state.name()));
+    }
+    Ok(vm.ram_bytes())
+}
+
+/// Whether a VM of that name exists here.
+pub fn exists(name: &str) -> bool {
+    MANAGER.lock().vms.iter().any(|v| v.name == name)
+}
+
 /// Starts migrating `name` away: turns dirty tracking on.
 pub fn migration_begin(name: &str) -> Result<MigrationSource, String> {
     with_vm(name, |host, vm| {
@@ -1674,7 +1689,7 @@ pub fn set_paused(name: &str, paused: bool) {
     });
 }
 
-/// Auto-converge: the VM runs one turn in 2^level.
+/// Auto-converge: one timer tick in 2^level reaches the guest.
 pub fn set_slow(name: &str, level: u8) {
     let _ = with_vm(name, |_, vm| {
         vm.slow = level.min(6);

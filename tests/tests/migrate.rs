@@ -54,6 +54,8 @@ fn migrate_dirty_guest(rate: u64, options: &str) {
     let mut b = host(&link, "dstb", "10.0.0.2/24", "corei7_skylake_x");
     b.cmd("migrate listen");
     let before = start_dirty(&mut a, rate);
+    a.send_line("migrate check d 10.0.0.2");
+    a.expect_line(r"migrate check: d can move to 10\.0\.0\.2", secs(120));
 
     a.send_line(&format!("migrate d 10.0.0.2{options}"));
     let done = a.expect_line(
@@ -163,6 +165,21 @@ fn bochs_failed_migrations_leave_the_guest_on_the_source() {
     a.cmd("vm create spin mem=96 image=ticks arg=1");
     a.send_line("vm start spin");
     a.expect_line(r"\[spin\] ticks: alive 1", secs(60));
+    a.expect_prompt(a.command_timeout());
+    // migrate check names every blocker, one per line, and moves nothing.
+    a.send_line("migrate check spin 10.0.0.2");
+    a.expect_line(
+        r"migrate check: spin cannot move to 10\.0\.0\.2:",
+        secs(120),
+    );
+    a.expect_line(
+        r"  blocker: not enough memory: the guest needs 96 MiB, \d+ MiB free",
+        secs(10),
+    );
+    a.expect_line(
+        r"  blocker: CPU feature AVX2 missing on this host",
+        secs(10),
+    );
     a.expect_prompt(a.command_timeout());
     a.send_line("migrate spin 10.0.0.2");
     let e = a.expect_line(r"error: migrate: .*", secs(120));
