@@ -52,7 +52,14 @@ const MIB: u64 = 1024 * 1024;
 
 /// Every reason this host cannot take the guest announced by `hello` (empty: it can).
 pub fn check(hello: &Message, host: &dyn DestHost) -> Vec<String> {
-    let Message::Hello { version, vm, mem_bytes, cpu_features, devices } = hello else {
+    let Message::Hello {
+        version,
+        vm,
+        mem_bytes,
+        cpu_features,
+        devices,
+    } = hello
+    else {
         return vec![format!("expected Hello, got {}", hello.name())];
     };
     let mut reasons = Vec::new();
@@ -63,7 +70,9 @@ pub fn check(hello: &Message, host: &dyn DestHost) -> Vec<String> {
         reasons.push("the VM has no name".to_string());
     }
     if *mem_bytes == 0 || *mem_bytes % PAGE_SIZE as u64 != 0 {
-        reasons.push(format!("guest memory size {mem_bytes} bytes is not a positive multiple of 4096"));
+        reasons.push(format!(
+            "guest memory size {mem_bytes} bytes is not a positive multiple of 4096"
+        ));
     }
     let free = host.free_bytes();
     if *mem_bytes > free {
@@ -77,7 +86,9 @@ pub fn check(hello: &Message, host: &dyn DestHost) -> Vec<String> {
     for name in missing_features(*cpu_features, host_features) {
         if name == "unknown" {
             let bits = cpu_features & !host_features & !proto::CpuFeature::KNOWN;
-            reasons.push(format!("unknown CPU feature bits {bits:#x} missing on this host"));
+            reasons.push(format!(
+                "unknown CPU feature bits {bits:#x} missing on this host"
+            ));
         } else {
             reasons.push(format!("CPU feature {name} missing on this host"));
         }
@@ -170,7 +181,12 @@ impl Dest {
     fn abort(&mut self, reason: String) -> Vec<DestAction> {
         log::warn!("incoming migration of {:?} aborted: {reason}", self.vm);
         self.phase = Phase::Closed;
-        vec![DestAction::Send(Message::Abort { reason: reason.clone() }), DestAction::Discard(reason)]
+        vec![
+            DestAction::Send(Message::Abort {
+                reason: reason.clone(),
+            }),
+            DestAction::Discard(reason),
+        ]
     }
 
     fn region_of(&self, gfn: u64) -> Option<Region> {
@@ -181,7 +197,13 @@ impl Dest {
 
     fn on_hello(&mut self, msg: &Message, host: &dyn DestHost) -> Vec<DestAction> {
         let reasons = check(msg, host);
-        let Message::Hello { vm, mem_bytes, devices, .. } = msg else {
+        let Message::Hello {
+            vm,
+            mem_bytes,
+            devices,
+            ..
+        } = msg
+        else {
             return self.abort("expected Hello".to_string());
         };
         self.vm = vm.clone();
@@ -189,13 +211,19 @@ impl Dest {
             self.phase = Phase::Closed;
             let why = format!("refused: {}", reasons.join("; "));
             log::warn!("incoming migration of {vm:?} {why}");
-            return vec![DestAction::Send(Message::Refuse { reasons }), DestAction::Discard(why)];
+            return vec![
+                DestAction::Send(Message::Refuse { reasons }),
+                DestAction::Discard(why),
+            ];
         }
         self.mem_bytes = *mem_bytes;
         self.devices = devices.clone();
         self.phase = Phase::AwaitLayout;
         vec![
-            DestAction::Reserve { vm: vm.clone(), mem_bytes: *mem_bytes },
+            DestAction::Reserve {
+                vm: vm.clone(),
+                mem_bytes: *mem_bytes,
+            },
             DestAction::Send(Message::Ready),
         ]
     }
@@ -220,7 +248,11 @@ impl Dest {
                 ));
             }
             end = region_end;
-            layout.push(Region { first: gpa / page, pages: len / page, offset: total / page });
+            layout.push(Region {
+                first: gpa / page,
+                pages: len / page,
+                offset: total / page,
+            });
             total = total.saturating_add(len);
         }
         if total > self.mem_bytes {
@@ -244,7 +276,10 @@ impl Dest {
         mem: Option<&mut dyn GuestMemoryMut>,
     ) -> Vec<DestAction> {
         if round != self.round {
-            return self.abort(format!("Pages for round {round} during round {}", self.round));
+            return self.abort(format!(
+                "Pages for round {round} during round {}",
+                self.round
+            ));
         }
         let Some(mem) = mem else {
             return self.abort("no reserved memory to write pages into".to_string());
@@ -316,9 +351,17 @@ impl Dest {
             (AwaitLayout, Message::Pages { .. }) => {
                 self.abort("Pages before MemoryLayout".to_string())
             }
-            (Receiving | Final, Message::RoundEnd { round, pages_sent, .. }) => {
+            (
+                Receiving | Final,
+                Message::RoundEnd {
+                    round, pages_sent, ..
+                },
+            ) => {
                 if round != self.round {
-                    return self.abort(format!("RoundEnd for round {round} during round {}", self.round));
+                    return self.abort(format!(
+                        "RoundEnd for round {round} during round {}",
+                        self.round
+                    ));
                 }
                 if pages_sent != self.round_pages {
                     return self.abort(format!(
@@ -355,9 +398,10 @@ impl Dest {
                 Vec::new()
             }
             (Final, Message::Commit) => self.on_commit(),
-            (_, Message::Commit) => {
-                self.abort(format!("Commit before the guest was paused (phase {:?})", self.phase))
-            }
+            (_, Message::Commit) => self.abort(format!(
+                "Commit before the guest was paused (phase {:?})",
+                self.phase
+            )),
             (phase, m @ (Message::VcpuState(_) | Message::DeviceState { .. })) => {
                 self.abort(format!("{} before Pause (phase {phase:?})", m.name()))
             }
@@ -387,7 +431,10 @@ impl Dest {
         }
         self.phase = Phase::Running;
         log::info!("incoming migration of {:?} committed", self.vm);
-        vec![DestAction::Start { vcpu, devices }, DestAction::Send(Message::Committed)]
+        vec![
+            DestAction::Start { vcpu, devices },
+            DestAction::Send(Message::Committed),
+        ]
     }
 
     /// Decodes a frame and handles it; a malformed frame aborts the migration.
@@ -419,7 +466,9 @@ impl Dest {
         }
         self.phase = Phase::Closed;
         vec![
-            DestAction::Send(Message::Refuse { reasons: vec![reason.to_string()] }),
+            DestAction::Send(Message::Refuse {
+                reasons: vec![reason.to_string()],
+            }),
             DestAction::Discard(format!("refused: {reason}")),
         ]
     }

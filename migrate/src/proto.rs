@@ -99,7 +99,10 @@ pub fn check_version(theirs: u16) -> Result<(), ProtoError> {
     if theirs == PROTOCOL_VERSION {
         Ok(())
     } else {
-        Err(ProtoError::Version { ours: PROTOCOL_VERSION, theirs })
+        Err(ProtoError::Version {
+            ours: PROTOCOL_VERSION,
+            theirs,
+        })
     }
 }
 
@@ -115,7 +118,11 @@ pub enum Page {
 impl Page {
     /// Builds the wire form of a page: `Zero` if every byte is zero.
     pub fn from_bytes(data: &[u8; PAGE_SIZE]) -> Page {
-        if is_zero(data) { Page::Zero } else { Page::Raw(data.to_vec()) }
+        if is_zero(data) {
+            Page::Zero
+        } else {
+            Page::Raw(data.to_vec())
+        }
     }
 
     /// Bytes this page takes inside a `Pages` payload.
@@ -129,7 +136,8 @@ impl Page {
 
 /// Whether a page holds only zeros.
 pub fn is_zero(data: &[u8; PAGE_SIZE]) -> bool {
-    data.chunks_exact(8).all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
+    data.chunks_exact(8)
+        .all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
 }
 
 /// Consecutive pages starting at `first_gfn`.
@@ -312,7 +320,13 @@ impl Writer {
 pub fn encode(msg: &Message) -> (u8, Vec<u8>) {
     let mut w = Writer(Vec::with_capacity(encoded_len(msg)));
     match msg {
-        Message::Hello { version, vm, mem_bytes, cpu_features, devices } => {
+        Message::Hello {
+            version,
+            vm,
+            mem_bytes,
+            cpu_features,
+            devices,
+        } => {
             w.u16(*version);
             w.str(vm);
             w.u64(*mem_bytes);
@@ -345,7 +359,11 @@ pub fn encode(msg: &Message) -> (u8, Vec<u8>) {
                 }
             }
         }
-        Message::RoundEnd { round, pages_sent, dirty_left } => {
+        Message::RoundEnd {
+            round,
+            pages_sent,
+            dirty_left,
+        } => {
             w.u32(*round);
             w.u64(*pages_sent);
             w.u64(*dirty_left);
@@ -405,7 +423,9 @@ impl<'a> Reader<'a> {
     }
     fn string(&mut self, what: &'static str) -> Result<String, ProtoError> {
         let b = self.bytes(what)?;
-        core::str::from_utf8(b).map(String::from).map_err(|_| ProtoError::BadUtf8 { what })
+        core::str::from_utf8(b)
+            .map(String::from)
+            .map_err(|_| ProtoError::BadUtf8 { what })
     }
     fn strings(&mut self, what: &'static str) -> Result<Vec<String>, ProtoError> {
         let n = self.count(4, what)?;
@@ -428,7 +448,9 @@ pub fn decode(ty: u8, payload: &[u8]) -> Result<Message, ProtoError> {
             devices: r.strings("Hello devices")?,
         },
         Some(1) => Message::Ready,
-        Some(2) => Message::Refuse { reasons: r.strings("Refuse reasons")? },
+        Some(2) => Message::Refuse {
+            reasons: r.strings("Refuse reasons")?,
+        },
         Some(3) => {
             let n = r.count(16, "MemoryLayout regions")?;
             let mut regions = Vec::with_capacity(n);
@@ -445,7 +467,10 @@ pub fn decode(ty: u8, payload: &[u8]) -> Result<Message, ProtoError> {
                 let first_gfn = r.u64("run first gfn")?;
                 let n = r.count(ZERO_PAGE_WIRE, "run pages")?;
                 if first_gfn.checked_add(n as u64).is_none() {
-                    return Err(ProtoError::GfnOverflow { first_gfn, pages: n as u64 });
+                    return Err(ProtoError::GfnOverflow {
+                        first_gfn,
+                        pages: n as u64,
+                    });
                 }
                 let mut pages = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -478,7 +503,9 @@ pub fn decode(ty: u8, payload: &[u8]) -> Result<Message, ProtoError> {
         },
         Some(9) => Message::Commit,
         Some(10) => Message::Committed,
-        Some(11) => Message::Abort { reason: r.string("Abort reason")? },
+        Some(11) => Message::Abort {
+            reason: r.string("Abort reason")?,
+        },
         _ => return Err(ProtoError::UnknownType(ty)),
     };
     if !r.buf.is_empty() {
@@ -523,7 +550,11 @@ impl PagesBuilder {
 
     /// Bytes the pending message would add if `page` for `gfn` were pushed.
     pub fn cost(&self, gfn: u64, page: &Page) -> usize {
-        let run = if self.next_gfn == Some(gfn) { 0 } else { RUN_HEADER_WIRE };
+        let run = if self.next_gfn == Some(gfn) {
+            0
+        } else {
+            RUN_HEADER_WIRE
+        };
         run + page.wire_len()
     }
 
@@ -536,7 +567,10 @@ impl PagesBuilder {
         self.len += cost;
         match self.runs.last_mut() {
             Some(run) if self.next_gfn == Some(gfn) => run.pages.push(page),
-            _ => self.runs.push(PageRun { first_gfn: gfn, pages: alloc::vec![page] }),
+            _ => self.runs.push(PageRun {
+                first_gfn: gfn,
+                pages: alloc::vec![page],
+            }),
         }
         self.next_gfn = gfn.checked_add(1);
         Ok(())
@@ -559,7 +593,10 @@ impl PagesBuilder {
         }
         self.len = PAGES_HEADER_WIRE;
         self.next_gfn = None;
-        Some(Message::Pages { round: self.round, runs: core::mem::take(&mut self.runs) })
+        Some(Message::Pages {
+            round: self.round,
+            runs: core::mem::take(&mut self.runs),
+        })
     }
 }
 
@@ -650,8 +687,11 @@ impl CpuFeature {
 /// Unknown bits the host lacks are reported once, as `"unknown"`.
 pub fn missing_features(guest: u64, host: u64) -> Vec<&'static str> {
     let missing = guest & !host;
-    let mut out: Vec<&'static str> =
-        CpuFeature::ALL.iter().filter(|(b, _)| missing & b != 0).map(|(_, n)| *n).collect();
+    let mut out: Vec<&'static str> = CpuFeature::ALL
+        .iter()
+        .filter(|(b, _)| missing & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
     if missing & !CpuFeature::KNOWN != 0 {
         out.push("unknown");
     }

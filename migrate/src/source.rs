@@ -231,7 +231,12 @@ fn validate_layout(regions: &[(u64, u64)]) -> Result<Vec<(u64, u64)>, String> {
 impl Source {
     /// Starts a migration of `desc` with RAM `layout` (`(gpa, len)` regions,
     /// page-aligned, ascending, disjoint). An invalid layout fails at the first poll.
-    pub fn new(desc: VmDescription, layout: Vec<(u64, u64)>, policy: Policy, now_us: u64) -> Source {
+    pub fn new(
+        desc: VmDescription,
+        layout: Vec<(u64, u64)>,
+        policy: Policy,
+        now_us: u64,
+    ) -> Source {
         let (gfns, layout_error) = match validate_layout(&layout) {
             Ok(l) => (l, None),
             Err(e) => (Vec::new(), Some(e)),
@@ -303,7 +308,9 @@ impl Source {
         self.phase = Phase::Failed;
         let mut acts = Vec::new();
         if send_abort {
-            acts.push(Action::Send(Message::Abort { reason: reason.clone() }));
+            acts.push(Action::Send(Message::Abort {
+                reason: reason.clone(),
+            }));
         }
         acts.push(Action::Failed(reason));
         acts
@@ -316,8 +323,10 @@ impl Source {
     /// Most bandwidth credit that can accumulate: 100 ms worth, between two
     /// raw pages and one full message.
     fn credit_cap(limit: u64) -> i64 {
-        (limit / 10).clamp(2 * (proto::PAGES_HEADER_WIRE + proto::RUN_HEADER_WIRE + proto::RAW_PAGE_WIRE) as u64, MAX_MESSAGE as u64)
-            as i64
+        (limit / 10).clamp(
+            2 * (proto::PAGES_HEADER_WIRE + proto::RUN_HEADER_WIRE + proto::RAW_PAGE_WIRE) as u64,
+            MAX_MESSAGE as u64,
+        ) as i64
     }
 
     /// Bytes of page data the bandwidth limit allows now.
@@ -401,7 +410,8 @@ impl Source {
         if self.builder.is_empty() {
             return true;
         }
-        if b.sends < MAX_SENDS_PER_POLL && self.builder.encoded_len() <= self.page_allowance(b.room) {
+        if b.sends < MAX_SENDS_PER_POLL && self.builder.encoded_len() <= self.page_allowance(b.room)
+        {
             if let Some(m) = self.builder.take() {
                 self.send(b, acts, m);
             }
@@ -411,7 +421,12 @@ impl Source {
     }
 
     /// Sends pages of the current round; true once every page was handed out.
-    fn pump_pages(&mut self, mem: &dyn GuestMemory, b: &mut Budget, acts: &mut Vec<Action>) -> bool {
+    fn pump_pages(
+        &mut self,
+        mem: &dyn GuestMemory,
+        b: &mut Budget,
+        acts: &mut Vec<Action>,
+    ) -> bool {
         loop {
             if b.sends + 1 >= MAX_SENDS_PER_POLL || !self.credit_ok() {
                 self.flush_builder(b, acts);
@@ -455,14 +470,26 @@ impl Source {
         b: &mut Budget,
         acts: &mut Vec<Action>,
     ) -> bool {
-        let end_len = proto::encoded_len(&Message::RoundEnd { round: 0, pages_sent: 0, dirty_left: 0 });
+        let end_len = proto::encoded_len(&Message::RoundEnd {
+            round: 0,
+            pages_sent: 0,
+            dirty_left: 0,
+        });
         if !self.fits(b, end_len) {
             return false;
         }
         let is_final = self.phase == Phase::Final;
-        let dirty = if is_final { Vec::new() } else { self.collect_dirty(mem) };
+        let dirty = if is_final {
+            Vec::new()
+        } else {
+            self.collect_dirty(mem)
+        };
         let n_dirty = dirty.len() as u64;
-        let msg = Message::RoundEnd { round: self.round, pages_sent: self.round_pages, dirty_left: n_dirty };
+        let msg = Message::RoundEnd {
+            round: self.round,
+            pages_sent: self.round_pages,
+            dirty_left: n_dirty,
+        };
         self.send(b, acts, msg);
         let bw = self.bandwidth(now_us);
         let est = Self::est_downtime_us(n_dirty, bw);
@@ -585,7 +612,9 @@ impl Source {
                 Phase::Layout => {
                     // Start tracking afresh: round 0 sends every page anyway.
                     mem.take_dirty(&mut |_| {});
-                    self.outbox.push_back(Message::MemoryLayout { regions: self.regions.clone() });
+                    self.outbox.push_back(Message::MemoryLayout {
+                        regions: self.regions.clone(),
+                    });
                     self.bw_start_us = Some(now_us);
                     self.phase = Phase::Round;
                 }
@@ -596,7 +625,10 @@ impl Source {
                     if !self.end_round(mem, now_us, &mut b, &mut acts) {
                         return acts;
                     }
-                    if matches!(self.phase, Phase::Pausing | Phase::AwaitState | Phase::Failed) {
+                    if matches!(
+                        self.phase,
+                        Phase::Pausing | Phase::AwaitState | Phase::Failed
+                    ) {
                         return acts;
                     }
                 }
@@ -626,11 +658,18 @@ impl Source {
     /// Ignored in any other phase.
     pub fn provide_state(&mut self, vcpu: Vec<u8>, devices: Vec<(String, Vec<u8>)>) {
         if self.phase != Phase::AwaitState {
-            log::warn!("migration {}: state provided out of turn, ignored", self.desc.vm);
+            log::warn!(
+                "migration {}: state provided out of turn, ignored",
+                self.desc.vm
+            );
             return;
         }
         let mut msgs = vec![Message::VcpuState(vcpu)];
-        msgs.extend(devices.into_iter().map(|(name, data)| Message::DeviceState { name, data }));
+        msgs.extend(
+            devices
+                .into_iter()
+                .map(|(name, data)| Message::DeviceState { name, data }),
+        );
         for m in &msgs {
             let len = proto::encoded_len(m);
             if len > MAX_MESSAGE {
@@ -638,8 +677,9 @@ impl Source {
                     Message::DeviceState { name, .. } => format!("state of device {name}"),
                     _ => "vCPU state".to_string(),
                 };
-                self.state_error =
-                    Some(format!("{what} is {len} bytes, more than one 1 MiB message"));
+                self.state_error = Some(format!(
+                    "{what} is {len} bytes, more than one 1 MiB message"
+                ));
             }
         }
         if self.state_error.is_none() {
@@ -659,10 +699,13 @@ impl Source {
                 self.phase = Phase::Layout;
                 Vec::new()
             }
-            (_, Message::Refuse { reasons }) => {
-                self.fail(format!("destination refused: {}", reasons.join("; ")), false)
+            (_, Message::Refuse { reasons }) => self.fail(
+                format!("destination refused: {}", reasons.join("; ")),
+                false,
+            ),
+            (_, Message::Abort { reason }) => {
+                self.fail(format!("destination aborted: {reason}"), false)
             }
-            (_, Message::Abort { reason }) => self.fail(format!("destination aborted: {reason}"), false),
             (Phase::AwaitCommitted, Message::Committed) => {
                 self.phase = Phase::Done;
                 let s = Summary {
@@ -677,7 +720,10 @@ impl Source {
                 vec![Action::Done(s)]
             }
             (phase, msg) => self.fail(
-                format!("unexpected {} from the destination (source in phase {phase:?})", msg.name()),
+                format!(
+                    "unexpected {} from the destination (source in phase {phase:?})",
+                    msg.name()
+                ),
                 true,
             ),
         }
@@ -696,7 +742,10 @@ impl Source {
         if self.is_finished() {
             return Vec::new();
         }
-        self.fail(format!("malformed message from the destination: {err}"), true)
+        self.fail(
+            format!("malformed message from the destination: {err}"),
+            true,
+        )
     }
 
     /// Abandons the migration: sends `Abort`, then `Failed`.

@@ -4,7 +4,7 @@ mod common;
 
 use common::{Config, Fault, Sim, SimHost, desc};
 use migrate::dest::{self, Dest, DestAction};
-use migrate::proto::{CpuFeature, Message, PAGE_SIZE, Page, PageRun, PROTOCOL_VERSION};
+use migrate::proto::{CpuFeature, Message, PAGE_SIZE, PROTOCOL_VERSION, Page, PageRun};
 use migrate::source::{Action, NoConvergence, Policy, Source};
 use proptest::prelude::*;
 
@@ -13,8 +13,14 @@ fn assert_success(sim: &Sim) {
     let summary = sim.done.as_ref().expect("source done");
     assert!(sim.discarded.is_none(), "discarded: {:?}", sim.discarded);
     let snap = sim.snapshot.as_ref().expect("guest paused");
-    assert!(sim.dmem.data == *snap, "destination RAM differs from the source at the pause");
-    assert!(sim.smem.data == *snap, "the source guest ran after the pause");
+    assert!(
+        sim.dmem.data == *snap,
+        "destination RAM differs from the source at the pause"
+    );
+    assert!(
+        sim.smem.data == *snap,
+        "the source guest ran after the pause"
+    );
     let (_, devices) = sim.started.as_ref().expect("started");
     let names: Vec<&str> = devices.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["serial", "virtio-net"]);
@@ -28,7 +34,10 @@ fn assert_success(sim: &Sim) {
 
 #[test]
 fn idle_guest_migrates_in_two_rounds() {
-    let mut sim = Sim::new(Config { dirty_per_ms: 0, ..Config::default() });
+    let mut sim = Sim::new(Config {
+        dirty_per_ms: 0,
+        ..Config::default()
+    });
     sim.run(5_000);
     assert_success(&sim);
     // Round 0 with nothing dirty converges at once; then the final round.
@@ -38,7 +47,10 @@ fn idle_guest_migrates_in_two_rounds() {
 
 #[test]
 fn busy_guest_converges_over_several_rounds() {
-    let mut sim = Sim::new(Config { dirty_per_ms: 6, ..Config::default() });
+    let mut sim = Sim::new(Config {
+        dirty_per_ms: 6,
+        ..Config::default()
+    });
     sim.run(5_000);
     assert_success(&sim);
     assert!(sim.reports.len() > 2, "rounds: {:?}", sim.reports);
@@ -57,7 +69,11 @@ fn mostly_zero_guest_sends_markers() {
     sim.run(5_000);
     assert_success(&sim);
     let ram = 4096 * PAGE_SIZE as u64;
-    assert!(sim.wire_bytes < ram / 20, "{} bytes on the wire for {ram} bytes of RAM", sim.wire_bytes);
+    assert!(
+        sim.wire_bytes < ram / 20,
+        "{} bytes on the wire for {ram} bytes of RAM",
+        sim.wire_bytes
+    );
     assert!(sim.done.as_ref().unwrap().zero_pages >= 4096 - 40);
 }
 
@@ -66,7 +82,11 @@ fn hot_guest_is_slowed_then_converges() {
     let mut sim = Sim::new(Config {
         dirty_per_ms: 200,
         hot_pages: 1024,
-        policy: Policy { downtime_budget_us: 2_000, auto_converge_after: 1, ..Policy::default() },
+        policy: Policy {
+            downtime_budget_us: 2_000,
+            auto_converge_after: 1,
+            ..Policy::default()
+        },
         ..Config::default()
     });
     sim.run(20_000);
@@ -123,14 +143,23 @@ fn bandwidth_limit_is_respected() {
     let limit = 10_000_000u64; // 10 MB/s = 10 kB per ms, below the link's 50 kB/ms
     let mut sim = Sim::new(Config {
         dirty_per_ms: 1,
-        policy: Policy { downtime_budget_us: 20_000, bandwidth_limit: Some(limit), ..Policy::default() },
+        policy: Policy {
+            downtime_budget_us: 20_000,
+            bandwidth_limit: Some(limit),
+            ..Policy::default()
+        },
         ..Config::default()
     });
     sim.run(10_000);
     assert_success(&sim);
     let secs_us = sim.now_us;
     let allowed = limit * secs_us / 1_000_000 + 2 * migrate::proto::MAX_MESSAGE as u64;
-    assert!(sim.wire_bytes <= allowed, "{} bytes in {} us", sim.wire_bytes, secs_us);
+    assert!(
+        sim.wire_bytes <= allowed,
+        "{} bytes in {} us",
+        sim.wire_bytes,
+        secs_us
+    );
     // And the measured bandwidth reflects the limit, not the link.
     let r0 = &sim.reports[0];
     assert!(r0.mib_per_s < 12.0, "{r0:?}");
@@ -151,21 +180,36 @@ fn refuse_lists_every_blocker() {
     let reasons = dest::check(&hello, &host);
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     assert!(reasons[0].contains("version"));
-    assert_eq!(reasons[1], "not enough memory: the guest needs 4 MiB, 1 MiB free");
+    assert_eq!(
+        reasons[1],
+        "not enough memory: the guest needs 4 MiB, 1 MiB free"
+    );
     assert_eq!(reasons[2], "CPU feature AVX missing on this host");
-    assert_eq!(reasons[3], "device model virtio-net not available on this host");
+    assert_eq!(
+        reasons[3],
+        "device model virtio-net not available on this host"
+    );
 
     // Through both engines: the source fails listing them.
     let mut src = Source::new(d.clone(), vec![(0, 1024 * 4096)], Policy::default(), 0);
     let mut dst = Dest::new();
     let mut mem = common::SimMemory::new(1024);
     let acts = src.poll(&mut mem, 1 << 20, 0);
-    let Some(Action::Send(hello)) = acts.into_iter().next() else { panic!("no Hello") };
+    let Some(Action::Send(hello)) = acts.into_iter().next() else {
+        panic!("no Hello")
+    };
     let out = dst.on_message(hello, None, &host);
-    let [DestAction::Send(refuse), DestAction::Discard(_)] = &out[..] else { panic!("{out:?}") };
+    let [DestAction::Send(refuse), DestAction::Discard(_)] = &out[..] else {
+        panic!("{out:?}")
+    };
     let acts = src.on_message(refuse.clone(), 1);
-    let [Action::Failed(why)] = &acts[..] else { panic!("{acts:?}") };
-    assert!(why.contains("1 MiB free") && why.contains("AVX") && why.contains("virtio-net"), "{why}");
+    let [Action::Failed(why)] = &acts[..] else {
+        panic!("{acts:?}")
+    };
+    assert!(
+        why.contains("1 MiB free") && why.contains("AVX") && why.contains("virtio-net"),
+        "{why}"
+    );
     assert!(!why.contains("version"));
 }
 
@@ -179,7 +223,9 @@ fn reservation_failure_refuses() {
     let out = dst.refuse("out of contiguous memory");
     assert_eq!(
         out[0],
-        DestAction::Send(Message::Refuse { reasons: vec!["out of contiguous memory".into()] })
+        DestAction::Send(Message::Refuse {
+            reasons: vec!["out of contiguous memory".into()]
+        })
     );
     assert!(matches!(out[1], DestAction::Discard(_)));
 }
@@ -190,13 +236,23 @@ fn ready_dest(pages: u64) -> (Dest, SimHost, common::DestMemory) {
     let host = common::host_for(&d);
     let mut dst = Dest::new();
     dst.on_message(d.hello(), None, &host);
-    let out = dst.on_message(Message::MemoryLayout { regions: vec![(0, pages * 4096)] }, None, &host);
+    let out = dst.on_message(
+        Message::MemoryLayout {
+            regions: vec![(0, pages * 4096)],
+        },
+        None,
+        &host,
+    );
     assert!(out.is_empty(), "{out:?}");
     (dst, host, common::DestMemory::new(pages))
 }
 
 fn expect_abort(out: &[DestAction], needle: &str) {
-    let [DestAction::Send(Message::Abort { reason }), DestAction::Discard(why)] = out else {
+    let [
+        DestAction::Send(Message::Abort { reason }),
+        DestAction::Discard(why),
+    ] = out
+    else {
         panic!("expected Abort + Discard, got {out:?}")
     };
     assert!(reason.contains(needle), "{reason:?} lacks {needle:?}");
@@ -207,60 +263,139 @@ fn expect_abort(out: &[DestAction], needle: &str) {
 fn dest_rejects_out_of_order_and_bad_pages() {
     let d = desc(16);
     let host = common::host_for(&d);
-    let page = |gfn| Message::Pages { round: 0, runs: vec![PageRun { first_gfn: gfn, pages: vec![Page::Zero] }] };
+    let page = |gfn| Message::Pages {
+        round: 0,
+        runs: vec![PageRun {
+            first_gfn: gfn,
+            pages: vec![Page::Zero],
+        }],
+    };
 
     let mut dst = Dest::new();
     expect_abort(&dst.on_message(page(0), None, &host), "Pages before Hello");
 
     let mut dst = Dest::new();
     dst.on_message(d.hello(), None, &host);
-    expect_abort(&dst.on_message(page(0), None, &host), "Pages before MemoryLayout");
+    expect_abort(
+        &dst.on_message(page(0), None, &host),
+        "Pages before MemoryLayout",
+    );
 
     let mut dst = Dest::new();
     dst.on_message(d.hello(), None, &host);
     expect_abort(&dst.on_message(d.hello(), None, &host), "second Hello");
 
     let (mut dst, host, mut mem) = ready_dest(16);
-    expect_abort(&dst.on_message(page(16), Some(&mut mem), &host), "outside the memory layout");
+    expect_abort(
+        &dst.on_message(page(16), Some(&mut mem), &host),
+        "outside the memory layout",
+    );
 
     let (mut dst, host, mut mem) = ready_dest(16);
-    let bad = Message::Pages { round: 0, runs: vec![PageRun { first_gfn: 0, pages: vec![Page::Raw(vec![1; 100])] }] };
+    let bad = Message::Pages {
+        round: 0,
+        runs: vec![PageRun {
+            first_gfn: 0,
+            pages: vec![Page::Raw(vec![1; 100])],
+        }],
+    };
     expect_abort(&dst.on_message(bad, Some(&mut mem), &host), "100 bytes");
 
     let (mut dst, host, _) = ready_dest(16);
-    expect_abort(&dst.on_message(Message::Commit, None, &host), "Commit before the guest was paused");
+    expect_abort(
+        &dst.on_message(Message::Commit, None, &host),
+        "Commit before the guest was paused",
+    );
 
     let (mut dst, host, _) = ready_dest(16);
-    expect_abort(&dst.on_message(Message::VcpuState(vec![1]), None, &host), "VcpuState before Pause");
+    expect_abort(
+        &dst.on_message(Message::VcpuState(vec![1]), None, &host),
+        "VcpuState before Pause",
+    );
 
     let (mut dst, host, mut mem) = ready_dest(16);
     dst.on_message(page(3), Some(&mut mem), &host);
     expect_abort(
-        &dst.on_message(Message::RoundEnd { round: 0, pages_sent: 2, dirty_left: 0 }, None, &host),
+        &dst.on_message(
+            Message::RoundEnd {
+                round: 0,
+                pages_sent: 2,
+                dirty_left: 0,
+            },
+            None,
+            &host,
+        ),
         "the source sent 2 pages, 1 arrived",
     );
 
     // All pages and state, but Commit before a device's state.
     let (mut dst, host, mut mem) = ready_dest(16);
-    let all = Message::Pages { round: 0, runs: vec![PageRun { first_gfn: 0, pages: vec![Page::Zero; 16] }] };
+    let all = Message::Pages {
+        round: 0,
+        runs: vec![PageRun {
+            first_gfn: 0,
+            pages: vec![Page::Zero; 16],
+        }],
+    };
     assert!(dst.on_message(all, Some(&mut mem), &host).is_empty());
-    assert!(dst.on_message(Message::RoundEnd { round: 0, pages_sent: 16, dirty_left: 0 }, None, &host).is_empty());
+    assert!(
+        dst.on_message(
+            Message::RoundEnd {
+                round: 0,
+                pages_sent: 16,
+                dirty_left: 0
+            },
+            None,
+            &host
+        )
+        .is_empty()
+    );
     assert!(dst.on_message(Message::Pause, None, &host).is_empty());
-    expect_abort(&dst.on_message(Message::Commit, None, &host), "Commit before the vCPU state");
+    expect_abort(
+        &dst.on_message(Message::Commit, None, &host),
+        "Commit before the vCPU state",
+    );
 
     let (mut dst, host, _) = ready_dest(16);
     dst.on_message(Message::Pause, None, &host);
     dst.on_message(Message::VcpuState(vec![]), None, &host);
-    expect_abort(&dst.on_message(Message::Commit, None, &host), "16 pages never received");
+    expect_abort(
+        &dst.on_message(Message::Commit, None, &host),
+        "16 pages never received",
+    );
 
     let (mut dst, host, mut mem) = ready_dest(16);
-    let all = Message::Pages { round: 0, runs: vec![PageRun { first_gfn: 0, pages: vec![Page::Zero; 16] }] };
+    let all = Message::Pages {
+        round: 0,
+        runs: vec![PageRun {
+            first_gfn: 0,
+            pages: vec![Page::Zero; 16],
+        }],
+    };
     dst.on_message(all, Some(&mut mem), &host);
-    dst.on_message(Message::RoundEnd { round: 0, pages_sent: 16, dirty_left: 0 }, None, &host);
+    dst.on_message(
+        Message::RoundEnd {
+            round: 0,
+            pages_sent: 16,
+            dirty_left: 0,
+        },
+        None,
+        &host,
+    );
     dst.on_message(Message::Pause, None, &host);
     dst.on_message(Message::VcpuState(vec![]), None, &host);
-    dst.on_message(Message::DeviceState { name: "serial".into(), data: vec![] }, None, &host);
-    expect_abort(&dst.on_message(Message::Commit, None, &host), "state of device virtio-net");
+    dst.on_message(
+        Message::DeviceState {
+            name: "serial".into(),
+            data: vec![],
+        },
+        None,
+        &host,
+    );
+    expect_abort(
+        &dst.on_message(Message::Commit, None, &host),
+        "state of device virtio-net",
+    );
     // After the end, everything is ignored.
     assert!(dst.on_message(Message::Commit, None, &host).is_empty());
     assert!(dst.on_link_lost("x").is_empty());
@@ -292,14 +427,36 @@ fn room_smaller_than_a_page_waits() {
     let mut src = Source::new(d, vec![(0, 16 * 4096)], Policy::default(), 0);
     let mut mem = common::SimMemory::new(16);
     mem.write(3, 0, &[1]);
-    assert!(matches!(&src.poll(&mut mem, 1 << 20, 0)[..], [Action::Send(Message::Hello { .. })]));
+    assert!(matches!(
+        &src.poll(&mut mem, 1 << 20, 0)[..],
+        [Action::Send(Message::Hello { .. })]
+    ));
     assert!(src.on_message(Message::Ready, 1).is_empty());
     // Room for the layout and the zero pages 0..3 only.
     let acts = src.poll(&mut mem, 20 + 8 + 12 + 3, 2);
-    assert!(matches!(&acts[..], [Action::Send(Message::MemoryLayout { .. }), Action::Send(Message::Pages { .. })]), "{acts:?}");
+    assert!(
+        matches!(
+            &acts[..],
+            [
+                Action::Send(Message::MemoryLayout { .. }),
+                Action::Send(Message::Pages { .. })
+            ]
+        ),
+        "{acts:?}"
+    );
     assert!(src.poll(&mut mem, 100, 3).is_empty());
     let acts = src.poll(&mut mem, 1 << 20, 4);
-    assert!(acts.iter().any(|a| matches!(a, Action::Send(Message::RoundEnd { round: 0, pages_sent: 16, .. }))), "{acts:?}");
+    assert!(
+        acts.iter().any(|a| matches!(
+            a,
+            Action::Send(Message::RoundEnd {
+                round: 0,
+                pages_sent: 16,
+                ..
+            })
+        )),
+        "{acts:?}"
+    );
 }
 
 proptest! {

@@ -20,22 +20,44 @@ fn page() -> impl Strategy<Value = Page> {
 fn message() -> impl Strategy<Value = Message> {
     let s = || ".{0,12}";
     prop_oneof![
-        (any::<u16>(), s(), any::<u64>(), any::<u64>(), prop::collection::vec(s(), 0..4)).prop_map(
-            |(version, vm, mem_bytes, cpu_features, devices)| Message::Hello {
-                version, vm, mem_bytes, cpu_features, devices
-            }
-        ),
+        (
+            any::<u16>(),
+            s(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(s(), 0..4)
+        )
+            .prop_map(
+                |(version, vm, mem_bytes, cpu_features, devices)| Message::Hello {
+                    version,
+                    vm,
+                    mem_bytes,
+                    cpu_features,
+                    devices
+                }
+            ),
         Just(Message::Ready),
         prop::collection::vec(s(), 0..4).prop_map(|reasons| Message::Refuse { reasons }),
         prop::collection::vec((any::<u64>(), any::<u64>()), 0..5)
             .prop_map(|regions| Message::MemoryLayout { regions }),
-        (any::<u32>(), prop::collection::vec((0u64..1 << 40, prop::collection::vec(page(), 0..4)), 0..4))
+        (
+            any::<u32>(),
+            prop::collection::vec((0u64..1 << 40, prop::collection::vec(page(), 0..4)), 0..4)
+        )
             .prop_map(|(round, runs)| Message::Pages {
                 round,
-                runs: runs.into_iter().map(|(first_gfn, pages)| PageRun { first_gfn, pages }).collect(),
+                runs: runs
+                    .into_iter()
+                    .map(|(first_gfn, pages)| PageRun { first_gfn, pages })
+                    .collect(),
             }),
-        (any::<u32>(), any::<u64>(), any::<u64>())
-            .prop_map(|(round, pages_sent, dirty_left)| Message::RoundEnd { round, pages_sent, dirty_left }),
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(round, pages_sent, dirty_left)| {
+            Message::RoundEnd {
+                round,
+                pages_sent,
+                dirty_left,
+            }
+        }),
         Just(Message::Pause),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(Message::VcpuState),
         (s(), prop::collection::vec(any::<u8>(), 0..64))
@@ -103,18 +125,36 @@ proptest! {
 #[test]
 fn frame_types_are_distinct_and_above_reserved() {
     let all = [
-        Message::Hello { version: 1, vm: String::new(), mem_bytes: 0, cpu_features: 0, devices: vec![] },
+        Message::Hello {
+            version: 1,
+            vm: String::new(),
+            mem_bytes: 0,
+            cpu_features: 0,
+            devices: vec![],
+        },
         Message::Ready,
         Message::Refuse { reasons: vec![] },
         Message::MemoryLayout { regions: vec![] },
-        Message::Pages { round: 0, runs: vec![] },
-        Message::RoundEnd { round: 0, pages_sent: 0, dirty_left: 0 },
+        Message::Pages {
+            round: 0,
+            runs: vec![],
+        },
+        Message::RoundEnd {
+            round: 0,
+            pages_sent: 0,
+            dirty_left: 0,
+        },
         Message::Pause,
         Message::VcpuState(vec![]),
-        Message::DeviceState { name: String::new(), data: vec![] },
+        Message::DeviceState {
+            name: String::new(),
+            data: vec![],
+        },
         Message::Commit,
         Message::Committed,
-        Message::Abort { reason: String::new() },
+        Message::Abort {
+            reason: String::new(),
+        },
     ];
     let types: Vec<u8> = all.iter().map(Message::frame_type).collect();
     assert_eq!(types, (32..44).collect::<Vec<u8>>());
@@ -125,7 +165,12 @@ fn precise_errors() {
     assert_eq!(decode(5, &[]), Err(ProtoError::UnknownType(5)));
     assert_eq!(decode(44, &[]), Err(ProtoError::UnknownType(44)));
     assert_eq!(decode(33, &[0]), Err(ProtoError::TrailingBytes(1)));
-    assert_eq!(decode(37, &[0; 19]), Err(ProtoError::Truncated { what: "RoundEnd dirty_left" }));
+    assert_eq!(
+        decode(37, &[0; 19]),
+        Err(ProtoError::Truncated {
+            what: "RoundEnd dirty_left"
+        })
+    );
     // Pages: round 0, 1 run at gfn 0 with 1 page of kind 7.
     let mut p = vec![0, 0, 0, 0, 1, 0, 0, 0];
     p.extend_from_slice(&[0; 8]);
@@ -138,18 +183,31 @@ fn precise_errors() {
     bad_len.extend_from_slice(&4095u32.to_le_bytes());
     bad_len.extend_from_slice(&[0; 4095]);
     assert_eq!(decode(36, &bad_len), Err(ProtoError::BadPageLength(4095)));
-    assert_eq!(decode(43, &[2, 0, 0, 0, 0xff, 0xfe]), Err(ProtoError::BadUtf8 { what: "Abort reason" }));
-    assert_eq!(decode(41, &vec![0; MAX_MESSAGE + 1]), Err(ProtoError::TooLarge(MAX_MESSAGE + 1)));
+    assert_eq!(
+        decode(43, &[2, 0, 0, 0, 0xff, 0xfe]),
+        Err(ProtoError::BadUtf8 {
+            what: "Abort reason"
+        })
+    );
+    assert_eq!(
+        decode(41, &vec![0; MAX_MESSAGE + 1]),
+        Err(ProtoError::TooLarge(MAX_MESSAGE + 1))
+    );
     // A huge count with no bytes behind it is refused without allocating.
     assert_eq!(
         decode(35, &u32::MAX.to_le_bytes()),
-        Err(ProtoError::Truncated { what: "MemoryLayout regions" })
+        Err(ProtoError::Truncated {
+            what: "MemoryLayout regions"
+        })
     );
     let mut overflow = vec![0, 0, 0, 0, 1, 0, 0, 0];
     overflow.extend_from_slice(&u64::MAX.to_le_bytes());
     overflow.extend_from_slice(&1u32.to_le_bytes());
     overflow.push(0);
-    assert!(matches!(decode(36, &overflow), Err(ProtoError::GfnOverflow { .. })));
+    assert!(matches!(
+        decode(36, &overflow),
+        Err(ProtoError::GfnOverflow { .. })
+    ));
     assert_eq!(
         proto::check_version(2).unwrap_err().to_string(),
         "protocol version mismatch: we speak 1, the peer speaks 2"
@@ -158,8 +216,20 @@ fn precise_errors() {
 
 #[test]
 fn zero_page_is_one_byte() {
-    let one = Message::Pages { round: 0, runs: vec![PageRun { first_gfn: 9, pages: vec![Page::Zero] }] };
-    let two = Message::Pages { round: 0, runs: vec![PageRun { first_gfn: 9, pages: vec![Page::Zero; 2] }] };
+    let one = Message::Pages {
+        round: 0,
+        runs: vec![PageRun {
+            first_gfn: 9,
+            pages: vec![Page::Zero],
+        }],
+    };
+    let two = Message::Pages {
+        round: 0,
+        runs: vec![PageRun {
+            first_gfn: 9,
+            pages: vec![Page::Zero; 2],
+        }],
+    };
     assert_eq!(encode(&two).1.len() - encode(&one).1.len(), 1);
     assert_eq!(Page::from_bytes(&[0; PAGE_SIZE]), Page::Zero);
     let mut p = [0u8; PAGE_SIZE];
@@ -187,5 +257,8 @@ fn missing_features_by_name() {
     assert_eq!(missing_features(guest, host), ["AVX", "AVX2", "unknown"]);
     assert!(missing_features(host, guest).is_empty());
     assert_eq!(CpuFeature::name(CpuFeature::PCID), Some("PCID"));
-    assert_eq!(CpuFeature::ALL.iter().fold(0, |a, (b, _)| a | b), CpuFeature::KNOWN);
+    assert_eq!(
+        CpuFeature::ALL.iter().fold(0, |a, (b, _)| a | b),
+        CpuFeature::KNOWN
+    );
 }

@@ -18,7 +18,10 @@ pub struct SimMemory {
 
 impl SimMemory {
     pub fn new(pages: u64) -> SimMemory {
-        SimMemory { data: vec![0; pages as usize * PAGE_SIZE], dirty: Vec::new() }
+        SimMemory {
+            data: vec![0; pages as usize * PAGE_SIZE],
+            dirty: Vec::new(),
+        }
     }
     pub fn write(&mut self, gfn: u64, offset: usize, bytes: &[u8]) {
         let start = gfn as usize * PAGE_SIZE + offset;
@@ -54,7 +57,9 @@ pub struct DestMemory {
 
 impl DestMemory {
     pub fn new(pages: u64) -> DestMemory {
-        DestMemory { data: vec![0xEE; pages as usize * PAGE_SIZE] }
+        DestMemory {
+            data: vec![0xEE; pages as usize * PAGE_SIZE],
+        }
     }
 }
 
@@ -105,7 +110,9 @@ impl SaveRestore for Counter {
         self.value.to_le_bytes().to_vec()
     }
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        let b: [u8; 8] = data.try_into().map_err(|_| format!("{} state: bad length", self.name))?;
+        let b: [u8; 8] = data
+            .try_into()
+            .map_err(|_| format!("{} state: bad length", self.name))?;
         self.value = u64::from_le_bytes(b);
         Ok(())
     }
@@ -164,7 +171,10 @@ impl Default for Config {
             zero_one_in: 8,
             link_bytes_per_ms: 50_000,
             buffer: 300 * 1024,
-            policy: Policy { downtime_budget_us: 2_000, ..Policy::default() },
+            policy: Policy {
+                downtime_budget_us: 2_000,
+                ..Policy::default()
+            },
             seed: 1,
             fault: Fault::None,
             initial_nonzero: 512,
@@ -173,7 +183,11 @@ impl Default for Config {
 }
 
 pub fn host_for(desc: &VmDescription) -> SimHost {
-    SimHost { free: desc.mem_bytes * 2, features: desc.cpu_features, devices: desc.devices.clone() }
+    SimHost {
+        free: desc.mem_bytes * 2,
+        features: desc.cpu_features,
+        devices: desc.devices.clone(),
+    }
 }
 
 pub fn desc(pages: u64) -> VmDescription {
@@ -234,7 +248,14 @@ impl Sim {
             cfg.policy.clone(),
             0,
         );
-        let devices = d.devices.iter().map(|n| Counter { name: n.clone(), value: rng.next() }).collect();
+        let devices = d
+            .devices
+            .iter()
+            .map(|n| Counter {
+                name: n.clone(),
+                value: rng.next(),
+            })
+            .collect();
         Sim {
             dmem: DestMemory::new(cfg.pages),
             cfg,
@@ -304,7 +325,9 @@ impl Sim {
             if at > self.now_us {
                 break;
             }
-            let Some((_, mut ty, mut payload)) = self.link.pop_front() else { break };
+            let Some((_, mut ty, mut payload)) = self.link.pop_front() else {
+                break;
+            };
             self.in_flight -= payload.len();
             let idx = self.delivered;
             self.delivered += 1;
@@ -319,7 +342,9 @@ impl Sim {
                 }
                 _ => {}
             }
-            let acts = self.dst.on_frame(ty, &payload, Some(&mut self.dmem), &self.host);
+            let acts = self
+                .dst
+                .on_frame(ty, &payload, Some(&mut self.dmem), &self.host);
             self.dest_actions(acts);
         }
     }
@@ -384,7 +409,11 @@ impl Sim {
                 }
                 Action::NeedState => {
                     let vcpu = self.now_us.to_le_bytes().to_vec();
-                    let devs = self.devices.iter().map(|d| (d.name.clone(), d.save())).collect();
+                    let devs = self
+                        .devices
+                        .iter()
+                        .map(|d| (d.name.clone(), d.save()))
+                        .collect();
                     self.src.provide_state(vcpu, devs);
                 }
                 Action::Progress(r) => self.reports.push(r),
