@@ -20,8 +20,7 @@ use netstack::stack::{Ipv4Address, Stack};
 use crate::console::async_line;
 use crate::println;
 
-/// The port `migrate listen` takes connections on.
-pub const MIGRATE_PORT: u16 = 7002;
+pub use crate::shell::MIGRATE_PORT;
 
 /// Frame type of a check-only Hello (`migrate check`): the same payload as
 /// Hello; the destination answers Ready or Refuse and reserves nothing.
@@ -395,7 +394,6 @@ fn run_dest_actions(
             }
         }
     }
-    let _ = now;
     ok
 }
 

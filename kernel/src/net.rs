@@ -100,6 +100,22 @@ impl Net {
         now
     }
 
+    /// The channel key, or the error line for the operator.
+    fn channel_key(&self) -> Result<Key, &'static str> {
+        self.key
+            .clone()
+            .ok_or("no channel key: set one with net key <hex> first")
+    }
+
+    /// What a listening service needs: a key and an address.
+    fn can_listen(&self) -> Result<(), &'static str> {
+        self.channel_key()?;
+        match self.stack.ip() {
+            Some(_) => Ok(()),
+            None => Err("no IP address: net set ip=<a.b.c.d/len> first"),
+        }
+    }
+
     fn nonce(&mut self) -> [u8; 32] {
         self.nonces += 1;
         nonce(self.nonces, self.nic.mac())
@@ -378,11 +394,8 @@ pub fn sink(on: bool) {
             }
             return;
         }
-        if net.key.is_none() {
-            return println!("error: no channel key: set one with net key <hex> first");
-        }
-        if net.stack.ip().is_none() {
-            return println!("error: no IP address: net set ip=<a.b.c.d/len> first");
+        if let Err(e) = net.can_listen() {
+            return println!("error: {e}");
         }
         if let Some(s) = &net.sink {
             return println!("error: net sink already listening on port {}", s.port());
@@ -459,8 +472,9 @@ pub fn ping(target: Ipv4Address, count: u16) {
 /// with a progress line every 25 %; Ctrl-C cancels.
 pub fn bench(target: Ipv4Address, port: u16, mib: u64) {
     with_net(|net| {
-        let Some(key) = net.key.clone() else {
-            return println!("error: no channel key: set one with net key <hex> first");
+        let key = match net.channel_key() {
+            Ok(k) => k,
+            Err(e) => return println!("error: {e}"),
         };
         let total = mib << 20;
         let now = net.poll();
@@ -529,11 +543,8 @@ pub fn migrate_listen(on: bool) {
             }
             return;
         }
-        if net.key.is_none() {
-            return println!("error: no channel key: set one with net key <hex> first");
-        }
-        if net.stack.ip().is_none() {
-            return println!("error: no IP address: net set ip=<a.b.c.d/len> first");
+        if let Err(e) = net.can_listen() {
+            return println!("error: {e}");
         }
         if net.migrations.is_some() {
             return println!(
@@ -574,8 +585,9 @@ pub fn migrate_status() {
 /// `migrate <vm> <ip>[:port] ...`.
 pub fn migrate_out(o: &crate::migration::Outgoing<'_>) {
     with_net(|net| {
-        let Some(key) = net.key.clone() else {
-            return println!("error: no channel key: set one with net key <hex> first");
+        let key = match net.channel_key() {
+            Ok(k) => k,
+            Err(e) => return println!("error: {e}"),
         };
         if let Err(e) = net.stack.route_check(o.target) {
             return println!("error: migrate: {e}");
@@ -588,8 +600,9 @@ pub fn migrate_out(o: &crate::migration::Outgoing<'_>) {
 /// `migrate check <vm> <ip>[:port]`.
 pub fn migrate_check(vm: &str, target: Ipv4Address, port: u16) {
     with_net(|net| {
-        let Some(key) = net.key.clone() else {
-            return println!("error: no channel key: set one with net key <hex> first");
+        let key = match net.channel_key() {
+            Ok(k) => k,
+            Err(e) => return println!("error: {e}"),
         };
         if let Err(e) = net.stack.route_check(target) {
             return println!("error: migrate check: {e}");

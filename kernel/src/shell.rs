@@ -144,10 +144,17 @@ pub enum MigrateCommand {
     },
 }
 
+/// The port `migrate listen` takes connections on.
+pub const MIGRATE_PORT: u16 = 7002;
+
 /// Default downtime budget of a migration (ms).
 pub const DEFAULT_DOWNTIME_MS: u64 = 300;
 
-fn parse_peer(peer: &str) -> Result<(netstack::stack::Ipv4Address, u16), String> {
+/// `a.b.c.d[:port]`, with `default_port` when none is given.
+fn parse_peer(
+    peer: &str,
+    default_port: u16,
+) -> Result<(netstack::stack::Ipv4Address, u16), String> {
     let (ip, port) = match peer.split_once(':') {
         Some((ip, port)) => (
             ip,
@@ -156,7 +163,7 @@ fn parse_peer(peer: &str) -> Result<(netstack::stack::Ipv4Address, u16), String>
                 .filter(|p| *p != 0)
                 .ok_or_else(|| format!("bad port '{}'", shorten(port)))?,
         ),
-        None => (peer, 7002),
+        None => (peer, default_port),
     };
     Ok((parse_ip(ip)?, port))
 }
@@ -166,7 +173,7 @@ fn parse_migrate(args: &[&str]) -> Result<MigrateCommand, String> {
     match args {
         ["check", vm, peer] => {
             let vm = check_vm_name(vm)?;
-            let (target, port) = parse_peer(peer)?;
+            let (target, port) = parse_peer(peer, MIGRATE_PORT)?;
             Ok(MigrateCommand::Check { vm, target, port })
         }
         ["check", ..] => Err(String::from("usage: migrate check <vm> <ip>[:port]")),
@@ -175,7 +182,7 @@ fn parse_migrate(args: &[&str]) -> Result<MigrateCommand, String> {
         ["listen", "stop"] => Ok(MigrateCommand::Listen(false)),
         [vm, peer, opts @ ..] if *vm != "listen" && *vm != "status" => {
             let vm = check_vm_name(vm)?;
-            let (target, port) = parse_peer(peer)?;
+            let (target, port) = parse_peer(peer, MIGRATE_PORT)?;
             let (mut downtime_ms, mut bandwidth_mib) = (DEFAULT_DOWNTIME_MS, None);
             for opt in opts {
                 match opt.split_once('=') {
@@ -358,21 +365,8 @@ fn parse_net(args: &[&str]) -> Result<NetCommand, String> {
                 ),
                 _ => return Err(String::from(usage)),
             };
-            let (ip, port) = match peer.split_once(':') {
-                Some((ip, port)) => (
-                    ip,
-                    port.parse::<u16>()
-                        .ok()
-                        .filter(|p| *p != 0)
-                        .ok_or_else(|| format!("bad port '{}'", shorten(port)))?,
-                ),
-                None => (peer, netstack::bench::SINK_PORT),
-            };
-            Ok(NetCommand::Bench {
-                target: parse_ip(ip)?,
-                port,
-                mib,
-            })
+            let (target, port) = parse_peer(peer, netstack::bench::SINK_PORT)?;
+            Ok(NetCommand::Bench { target, port, mib })
         }
         Some("sink") => match &args[1..] {
             [] => Ok(NetCommand::Sink(true)),

@@ -596,6 +596,17 @@ fn find(m: &mut Manager, name: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("no VM named '{name}' (see 'vm list')"))
 }
 
+/// Clears VM `i`'s launch state (VMCLEAR) and makes its VMCS current, for
+/// a first VMLAUNCH: a (re)start or an incoming guest.
+fn fresh_launch(m: &mut Manager, i: usize) -> Result<(), String> {
+    let vmcs = m.vms[i].vmcs;
+    // SAFETY: `vmcs` is this VM's VMCS region; VMX is on.
+    unsafe { insn::vmclear(vmcs) }.map_err(|e| format!("VMCLEAR failed: {e:?}"))?;
+    m.current_vmcs = 0;
+    make_current(m, vmcs);
+    Ok(())
+}
+
 /// `vm start`: loads the image into fresh RAM and runs it from its entry.
 pub fn start(name: &str) -> Result<(), String> {
     let mut m = MANAGER.lock();
@@ -603,12 +614,7 @@ pub fn start(name: &str) -> Result<(), String> {
     if m.vms[i].state.runs() {
         return Err(format!("VM '{name}' is already running"));
     }
-    let vmcs = m.vms[i].vmcs;
-    // A fresh launch: VMCLEAR resets the launch state.
-    // SAFETY: `vmcs` is this VM's VMCS region; VMX is on.
-    unsafe { insn::vmclear(vmcs) }.map_err(|e| format!("VMCLEAR failed: {e:?}"))?;
-    m.current_vmcs = 0;
-    make_current(&mut m, vmcs);
+    fresh_launch(&mut m, i)?;
     let Manager { host, vms, .. } = &mut *m;
     let host = host.as_ref().ok_or("VMX is not enabled")?;
     let vm = &mut vms[i];
@@ -842,16 +848,15 @@ fn dirty_stop(host: &Host, vm: &mut Vm) {
 /// `vm dirty <name>`: turns tracking on, or reports the pages written
 /// since the last look.
 pub fn dirty(name: &str) -> Result<(), String> {
-    let mut m = MANAGER.lock();
-    let i = find(&mut m, name)?;
-    if !m.vms[i].state.runs() {
-        return Err(format!("VM '{name}' is not running"));
-    }
-    let vmcs = m.vms[i].vmcs;
-    make_current(&mut m, vmcs);
-    let Manager { host, vms, .. } = &mut *m;
-    let host = host.as_ref().ok_or("VMX is not enabled")?;
-    let vm = &mut vms[i];
+    with_vm(name, |host, vm| {
+        if !vm.state.runs() {
+            return Err(format!("VM '{name}' is not running"));
+        }
+        dirty_look(host, vm, name)
+    })
+}
+
+fn dirty_look(host: &Host, vm: &mut Vm, name: &str) -> Result<(), String> {
     if vm.dirty.is_none() {
         dirty_start(host, vm)?;
         println!("vm {name}: dirty tracking on ({})", host.dirty_mechanism);
@@ -1840,11 +1845,7 @@ pub fn start_incoming(
     if m.vms[i].state != State::Incoming {
         return Err(format!("VM '{name}' is not an incoming guest"));
     }
-    let vmcs = m.vms[i].vmcs;
-    // SAFETY: `vmcs` is this VM's VMCS region; VMX is on.
-    unsafe { insn::vmclear(vmcs) }.map_err(|e| format!("VMCLEAR failed: {e:?}"))?;
-    m.current_vmcs = 0;
-    make_current(&mut m, vmcs);
+    fresh_launch(&mut m, i)?;
     let Manager { host, vms, .. } = &mut *m;
     let host = host.as_ref().ok_or("VMX is not enabled")?;
     let vm = &mut vms[i];
