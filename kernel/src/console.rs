@@ -258,13 +258,18 @@ fn migrate_command(cmd: crate::shell::MigrateCommand) {
             port,
             downtime_ms,
             bandwidth_mib,
-        } => crate::net::migrate_out(&crate::migration::Outgoing {
-            vm: &vm,
-            target,
-            port,
-            downtime_ms,
-            bandwidth_mib,
-        }),
+            background,
+        } => crate::net::migrate_out(
+            &crate::migration::Outgoing {
+                vm: &vm,
+                target,
+                port,
+                downtime_ms,
+                bandwidth_mib,
+            },
+            background,
+        ),
+        M::Cancel(vm) => crate::net::migrate_cancel(&vm),
     }
 }
 

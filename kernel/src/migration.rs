@@ -30,8 +30,8 @@ const PROBE_TYPE: u8 = 60;
 /// Frame type of Hello (the first of the migrate crate's types).
 const HELLO_TYPE: u8 = migrate::proto::FIRST_TYPE;
 
-/// Incoming migrations a host takes at once.
-pub const MAX_INCOMING: usize = 2;
+/// Migrations (incoming and outgoing together) a host runs at once.
+pub const MAX_MIGRATIONS: usize = 2;
 
 /// Largest frame a migration channel carries (page messages are built to
 /// at most [`ROOM_CAP`]; state and control messages are small).
@@ -191,7 +191,7 @@ impl MigrationService {
     }
 
     /// Incoming migrations past their Hello and not finished.
-    fn active(&self) -> usize {
+    pub fn active(&self) -> usize {
         self.incoming
             .iter()
             .filter(|i| !i.dest.vm().is_empty() && !i.dest.is_closed() && !i.done && !i.answered)
@@ -205,6 +205,7 @@ impl MigrationService {
         key: &netstack::codec::Key,
         nonce: &mut dyn FnMut() -> [u8; 32],
         now: u64,
+        outgoing: usize,
     ) {
         while let Some(h) = self.listener.accept(stack) {
             let chan = Channel::accept(stack, h, key, nonce(), options(), now);
@@ -216,7 +217,8 @@ impl MigrationService {
                 done: false,
             });
         }
-        let mut active = self.active();
+        // Guests leaving count against the same per-host limit.
+        let mut active = self.active() + outgoing;
         for inc in &mut self.incoming {
             inc.chan.poll(stack, now);
             if inc.answered {
@@ -240,9 +242,9 @@ impl MigrationService {
                         }
                         Err(e) => alloc::vec![alloc::format!("{e}")],
                     };
-                    if active >= MAX_INCOMING {
+                    if active >= MAX_MIGRATIONS {
                         reasons.push(alloc::format!(
-                            "this host already receives {active} migrations (the limit is {MAX_INCOMING})"
+                            "this host already runs {active} migrations (the limit is {MAX_MIGRATIONS})"
                         ));
                     }
                     if ty == PROBE_TYPE || !reasons.is_empty() {
@@ -406,194 +408,290 @@ pub struct Outgoing<'a> {
     pub bandwidth_mib: Option<u64>,
 }
 
-/// `migrate <vm> <ip>`: moves the VM, printing a line per round; Ctrl-C
-/// cancels. Between turns the network, the host's services and the
-/// guests (this one too, until it is paused) keep running.
-pub fn migrate_out(
-    net: &mut crate::net::Net,
-    key: &netstack::codec::Key,
-    nonce: [u8; 32],
-    o: &Outgoing<'_>,
-    interrupted: &mut dyn FnMut() -> bool,
-) {
-    let vm = o.vm;
-    let info = match crate::vm::migration_begin(vm) {
-        Ok(i) => i,
-        Err(e) => return println!("error: migrate: {e}"),
-    };
-    let now = net.wait_turn();
-    let mut chan = match Channel::connect(
-        &mut net.stack,
-        (o.target, o.port),
-        key,
-        nonce,
-        options(),
-        now,
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            crate::vm::migration_end(vm, false);
-            return println!("error: migrate: {e}");
+/// How long a finished migration waits for its close or abort to leave.
+const CLOSE_GRACE_US: u64 = 200_000;
+
+/// One guest leaving: drives a [`Source`] over its channel, a turn at a
+/// time, from the network poll (so it runs in the background as well as
+/// under a waiting `migrate` command).
+pub struct Outbound {
+    vm: String,
+    target: Ipv4Address,
+    port: u16,
+    mem_bytes: u64,
+    chan: Channel,
+    source: Source,
+    /// Encoded messages the channel could not take yet (backpressure).
+    backlog: alloc::collections::VecDeque<(u8, Vec<u8>)>,
+    commit_sent: bool,
+    /// Set by `migrate cancel` or Ctrl-C; acted on at the next turn.
+    cancel: Option<String>,
+    /// The last progress line, for `migrate status`.
+    last_round: Option<String>,
+    /// `Some(Ok)` once committed, `Some(Err)` once failed.
+    outcome: Option<Result<(), String>>,
+    /// When the channel is released however the close went.
+    release_at: Option<u64>,
+}
+
+impl Outbound {
+    /// Starts moving `o.vm`: dirty tracking on, the channel connecting.
+    pub fn start(
+        net: &mut crate::net::Net,
+        key: &netstack::codec::Key,
+        nonce: [u8; 32],
+        o: &Outgoing<'_>,
+    ) -> Result<Outbound, String> {
+        let info = crate::vm::migration_begin(o.vm)?;
+        let now = crate::time::now_us();
+        let chan = match Channel::connect(
+            &mut net.stack,
+            (o.target, o.port),
+            key,
+            nonce,
+            options(),
+            now,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                crate::vm::migration_end(o.vm, false);
+                return Err(alloc::format!("{e}"));
+            }
+        };
+        let desc = VmDescription {
+            vm: String::from(o.vm),
+            mem_bytes: info.mem_bytes,
+            cpu_features: cpu_features(),
+            devices: crate::vm::DEVICES
+                .iter()
+                .map(|d| String::from(*d))
+                .collect(),
+        };
+        let policy = Policy {
+            downtime_budget_us: o.downtime_ms * 1000,
+            bandwidth_limit: o.bandwidth_mib.map(|m| m << 20),
+            ..Policy::default()
+        };
+        println!(
+            "migrate: {} ({} MiB) to {}:{}, downtime budget {} ms",
+            o.vm,
+            info.mem_bytes >> 20,
+            o.target,
+            o.port,
+            o.downtime_ms
+        );
+        Ok(Outbound {
+            vm: String::from(o.vm),
+            target: o.target,
+            port: o.port,
+            mem_bytes: info.mem_bytes,
+            chan,
+            source: Source::new(desc, alloc::vec![(0, info.mem_bytes)], policy, now),
+            backlog: Default::default(),
+            commit_sent: false,
+            cancel: None,
+            last_round: None,
+            outcome: None,
+            release_at: None,
+        })
+    }
+
+    /// The VM being moved.
+    pub fn vm(&self) -> &str {
+        &self.vm
+    }
+
+    /// Committed (`Some(true)`), failed (`Some(false)`) or still going.
+    pub fn outcome(&self) -> Option<bool> {
+        self.outcome.as_ref().map(|o| o.is_ok())
+    }
+
+    /// Asks the migration to stop at its next turn (before the commit the
+    /// guest resumes here; after it, nothing can be undone).
+    pub fn cancel(&mut self, why: &str) {
+        if self.outcome.is_none() {
+            self.cancel = Some(String::from(why));
         }
-    };
-    let pages = info.mem_bytes / 4096;
-    let desc = VmDescription {
-        vm: String::from(vm),
-        mem_bytes: info.mem_bytes,
-        cpu_features: cpu_features(),
-        devices: crate::vm::DEVICES
-            .iter()
-            .map(|d| String::from(*d))
-            .collect(),
-    };
-    let policy = Policy {
-        downtime_budget_us: o.downtime_ms * 1000,
-        bandwidth_limit: o.bandwidth_mib.map(|m| m << 20),
-        ..Policy::default()
-    };
-    let mut source = Source::new(desc, alloc::vec![(0, info.mem_bytes)], policy, now);
-    println!(
-        "migrate: {vm} ({} MiB) to {}:{}, downtime budget {} ms",
-        info.mem_bytes >> 20,
-        o.target,
-        o.port,
-        o.downtime_ms
-    );
-    let mut commit_sent = false;
-    let mut outcome: Option<Result<(), String>> = None;
-    // Encoded messages the channel could not take yet (backpressure).
-    let mut backlog: alloc::collections::VecDeque<(u8, Vec<u8>)> = Default::default();
-    while outcome.is_none() {
-        let now = net.wait_turn();
-        let stack = &mut net.stack;
-        chan.poll(stack, now);
-        while let Some((ty, payload)) = backlog.front() {
-            match chan.send(*ty, payload) {
+    }
+
+    /// One line for `migrate status`.
+    pub fn status(&self) -> String {
+        let state = match (&self.outcome, &self.last_round) {
+            (Some(Ok(())), _) => String::from("committed"),
+            (Some(Err(_)), _) => String::from("failed"),
+            (None, _) if self.source.is_paused() => String::from("paused for the switchover"),
+            (None, Some(r)) => r.clone(),
+            (None, None) => String::from("starting"),
+        };
+        alloc::format!(
+            "outgoing {} ({} MiB) to {}:{}: {state}",
+            self.vm,
+            self.mem_bytes >> 20,
+            self.target,
+            self.port
+        )
+    }
+
+    /// Queues `msg` behind the backlog; an error ends the migration.
+    fn send_msg(&mut self, msg: &Message) {
+        if matches!(msg, Message::Commit) {
+            self.commit_sent = true;
+        }
+        let (ty, payload) = encode(msg);
+        if !self.backlog.is_empty() {
+            self.backlog.push_back((ty, payload));
+            return;
+        }
+        match self.chan.send(ty, &payload) {
+            Ok(()) => {}
+            Err(netstack::channel::SendError::WouldBlock) => self.backlog.push_back((ty, payload)),
+            Err(e) => {
+                self.outcome
+                    .get_or_insert(Err(alloc::format!("sending {}: {e}", msg.name())));
+            }
+        }
+    }
+
+    /// One turn: network, engine, guest. True once finished and released.
+    pub fn step(&mut self, stack: &mut Stack, now: u64) -> bool {
+        if let Some(at) = self.release_at {
+            self.chan.poll(stack, now);
+            return self.chan.is_closed() || now >= at;
+        }
+        self.chan.poll(stack, now);
+        while let Some((ty, payload)) = self.backlog.front() {
+            match self.chan.send(*ty, payload) {
                 Ok(()) => {
-                    backlog.pop_front();
+                    self.backlog.pop_front();
                 }
                 Err(netstack::channel::SendError::WouldBlock) => break,
                 Err(e) => {
-                    outcome = Some(Err(alloc::format!("sending: {e}")));
+                    self.outcome
+                        .get_or_insert(Err(alloc::format!("sending: {e}")));
                     break;
                 }
             }
         }
         let mut acts = Vec::new();
-        while let Some((ty, p)) = chan.recv(stack) {
-            acts.extend(source.on_frame(ty, &p, now));
+        while let Some((ty, p)) = self.chan.recv(stack) {
+            acts.extend(self.source.on_frame(ty, &p, now));
         }
-        if chan.is_closed() && !source.is_finished() {
-            let why = chan
+        if self.chan.is_closed() && !self.source.is_finished() {
+            let why = self
+                .chan
                 .close_reason()
                 .map(|r| alloc::format!("{r}"))
                 .unwrap_or_else(|| String::from("link lost"));
-            acts.extend(source.on_link_lost(&why));
-        } else if chan.is_open() && backlog.is_empty() {
-            let room = chan
+            acts.extend(self.source.on_link_lost(&why));
+        } else if self.chan.is_open() && self.backlog.is_empty() && self.outcome.is_none() {
+            let room = self
+                .chan
                 .tx_limit()
-                .saturating_sub(chan.queued_bytes())
+                .saturating_sub(self.chan.queued_bytes())
                 .min(ROOM_CAP);
-            let mut mem = SourceMem { vm, pages };
-            acts.extend(source.poll(&mut mem, room, now));
+            let pages = self.mem_bytes / 4096;
+            let mut mem = SourceMem {
+                vm: &self.vm,
+                pages,
+            };
+            acts.extend(self.source.poll(&mut mem, room, now));
         }
-        if interrupted() {
-            acts.extend(source.cancel("cancelled by the operator"));
+        if let Some(why) = self.cancel.take() {
+            acts.extend(self.source.cancel(&why));
         }
+        self.run(acts);
+        if let Some(outcome) = &self.outcome {
+            self.finish(outcome.clone(), stack);
+            self.release_at = Some(now + CLOSE_GRACE_US);
+        }
+        false
+    }
+
+    fn run(&mut self, acts: Vec<Action>) {
+        let vm = self.vm.clone();
         for a in acts {
             match a {
-                Action::Send(msg) => {
-                    if matches!(msg, Message::Commit) {
-                        commit_sent = true;
-                    }
-                    let (ty, payload) = encode(&msg);
-                    if !backlog.is_empty() {
-                        backlog.push_back((ty, payload));
-                    } else {
-                        match chan.send(ty, &payload) {
-                            Ok(()) => {}
-                            Err(netstack::channel::SendError::WouldBlock) => {
-                                backlog.push_back((ty, payload))
-                            }
-                            Err(e) => {
-                                outcome = Some(Err(alloc::format!("sending {}: {e}", msg.name())))
-                            }
-                        }
-                    }
-                }
+                Action::Send(msg) => self.send_msg(&msg),
                 Action::SlowGuest(level) => {
-                    crate::vm::set_slow(vm, level);
-                    println!(
+                    crate::vm::set_slow(&vm, level);
+                    async_line(format_args!(
                         "migrate: {vm}: dirtying faster than the link; slowing the guest (level {level})"
-                    );
+                    ));
                 }
-                Action::PauseGuest => {
-                    crate::vm::set_paused(vm, true);
-                }
-                Action::NeedState => match crate::vm::save_state(vm) {
-                    Ok((vcpu, devices)) => source.provide_state(vcpu, devices),
+                Action::PauseGuest => crate::vm::set_paused(&vm, true),
+                Action::NeedState => match crate::vm::save_state(&vm) {
+                    Ok((vcpu, devices)) => self.source.provide_state(vcpu, devices),
                     Err(e) => {
-                        for a in source.cancel(&e) {
+                        for a in self.source.cancel(&e) {
                             if let Action::Send(m) = a {
-                                let _ = send(&mut chan, &m);
+                                let _ = send(&mut self.chan, &m);
                             }
                         }
-                        outcome = Some(Err(e));
+                        self.outcome.get_or_insert(Err(e));
                     }
                 },
-                Action::Progress(r) => println!(
-                    "migrate: round {}: {} pages sent ({} zero), {} dirty left, {:.1} MiB/s, estimated downtime {} ms",
-                    r.round,
-                    r.pages_sent,
-                    r.zero_pages,
-                    r.dirty_left,
-                    r.mib_per_s,
-                    r.est_downtime_us / 1000
-                ),
+                Action::Progress(r) => {
+                    let line = alloc::format!(
+                        "round {}: {} pages sent ({} zero), {} dirty left, {:.1} MiB/s, estimated downtime {} ms",
+                        r.round,
+                        r.pages_sent,
+                        r.zero_pages,
+                        r.dirty_left,
+                        r.mib_per_s,
+                        r.est_downtime_us / 1000
+                    );
+                    async_line(format_args!("migrate: {vm}: {line}"));
+                    self.last_round = Some(line);
+                }
                 Action::Done(s) => {
-                    println!(
+                    async_line(format_args!(
                         "migrate: {vm} now runs on {}: total {} ms, downtime {} ms, {} rounds, {} KiB sent for {} MiB of RAM ({} zero pages)",
-                        o.target,
+                        self.target,
                         s.total_us / 1000,
                         s.downtime_us / 1000,
                         s.rounds,
                         s.bytes >> 10,
-                        info.mem_bytes >> 20,
+                        self.mem_bytes >> 20,
                         s.zero_pages
-                    );
-                    outcome = Some(Ok(()));
+                    ));
+                    self.outcome.get_or_insert(Ok(()));
                 }
-                Action::Failed(why) => outcome = Some(Err(why)),
+                Action::Failed(why) => {
+                    self.outcome.get_or_insert(Err(why));
+                }
             }
         }
     }
-    let stack = &mut net.stack;
-    match outcome {
-        Some(Ok(())) => {
-            crate::vm::migration_end(vm, true);
-            chan.close(stack);
+
+    /// Frees the VM here after a commit, or gives it back to the scheduler.
+    fn finish(&mut self, outcome: Result<(), String>, stack: &mut Stack) {
+        let vm = self.vm.clone();
+        match outcome {
+            Ok(()) => {
+                crate::vm::migration_end(&vm, true);
+                self.chan.close(stack);
+            }
+            Err(why) if self.commit_sent && self.source.is_paused() => {
+                // The destination may have started the guest: running it here
+                // too could put one guest on two hosts. Leave it paused.
+                async_line(format_args!(
+                    "error: migrate: {why} after the commit: {vm} stays paused here and may be running on {}; check there first",
+                    self.target
+                ));
+            }
+            Err(why) => {
+                crate::vm::migration_end(&vm, false);
+                async_line(format_args!(
+                    "error: migrate: {vm}: {why}; {vm} keeps running here"
+                ));
+            }
         }
-        Some(Err(why)) if commit_sent && source.is_paused() => {
-            // The destination may have started the guest: running it here
-            // too could put one guest on two hosts. Leave it paused.
-            println!(
-                "error: migrate: {why} after the commit: {vm} stays paused here and may be running on {}; check there first",
-                o.target
-            );
-        }
-        Some(Err(why)) => {
-            crate::vm::migration_end(vm, false);
-            println!("error: migrate: {why}; {vm} keeps running here");
-        }
-        None => {}
     }
-    // Let the close or abort leave, briefly.
-    let until = crate::time::now_us() + 200_000;
-    while !chan.is_closed() && crate::time::now_us() < until {
-        let now = net.wait_turn();
-        chan.poll(&mut net.stack, now);
+
+    /// Gives the channel's socket back (after [`Outbound::step`] said done).
+    pub fn release(self, stack: &mut Stack) {
+        self.chan.release(stack);
     }
-    chan.release(&mut net.stack);
 }
 
 /// `migrate check`: asks the destination whether `vm` could move there,

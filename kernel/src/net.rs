@@ -5,6 +5,7 @@
 //! slices, and continuously while a command (ping, bench) waits on it.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt::Write;
 
 use netstack::bench::{BenchSender, BenchStatus, Sink, SinkEvent};
@@ -89,6 +90,8 @@ pub struct Net {
     key: Option<Key>,
     sink: Option<Sink>,
     migrations: Option<crate::migration::MigrationService>,
+    /// Guests leaving this host (foreground or background).
+    outgoing: Vec<crate::migration::Outbound>,
     nonces: u64,
     pci: String,
 }
@@ -193,6 +196,7 @@ fn bring_up(pci: &[Function], cs: &mut dyn ConfigSpace) -> Result<Net, String> {
         key: None,
         sink: None,
         migrations: None,
+        outgoing: Vec::new(),
         nonces: 0,
         pci: alloc::format!("{}", f.addr),
     })
@@ -225,8 +229,22 @@ impl Net {
     /// the time and whether the sink has transfers in progress.
     fn poll_services(&mut self) -> (u64, bool) {
         let now = self.poll();
+        let mut i = 0;
+        while i < self.outgoing.len() {
+            if self.outgoing[i].step(&mut self.stack, now) {
+                let done = self.outgoing.remove(i);
+                done.release(&mut self.stack);
+            } else {
+                i += 1;
+            }
+        }
+        let outgoing = self.outgoing.len();
+        if outgoing > 0 {
+            // Send what the migrations queued without waiting for the next turn.
+            self.stack.poll(&mut self.nic, now);
+        }
         let Some(key) = self.key.as_ref() else {
-            return (now, false);
+            return (now, outgoing > 0);
         };
         let mac = self.nic.mac();
         let mut counter = self.nonces;
@@ -234,7 +252,7 @@ impl Net {
             counter += 1;
             nonce(counter, mac)
         };
-        let mut busy = false;
+        let mut busy = outgoing > 0;
         if let Some(sink) = self.sink.as_mut() {
             let events = sink.poll(&mut self.stack, key, &mut next_nonce, now);
             busy |= sink.busy();
@@ -243,7 +261,7 @@ impl Net {
             }
         }
         if let Some(m) = self.migrations.as_mut() {
-            m.poll(&mut self.stack, key, &mut next_nonce, now);
+            m.poll(&mut self.stack, key, &mut next_nonce, now, outgoing);
             busy |= m.busy();
         }
         self.nonces = counter;
@@ -568,22 +586,57 @@ pub fn migrate_listen(on: bool) {
 
 /// `migrate status`.
 pub fn migrate_status() {
-    with_net(|net| match &net.migrations {
-        Some(m) => {
-            println!(
-                "migrate: listening on port {}",
-                crate::migration::MIGRATE_PORT
-            );
-            for line in m.status() {
-                println!("{line}");
+    with_net(|net| {
+        match &net.migrations {
+            Some(m) => {
+                println!(
+                    "migrate: listening on port {}",
+                    crate::migration::MIGRATE_PORT
+                );
+                for line in m.status() {
+                    println!("{line}");
+                }
             }
+            None => println!("migrate: not listening (migrate listen)"),
         }
-        None => println!("migrate: not listening (migrate listen)"),
+        for o in &net.outgoing {
+            println!("{}", o.status());
+        }
     })
 }
 
-/// `migrate <vm> <ip>[:port] ...`.
-pub fn migrate_out(o: &crate::migration::Outgoing<'_>) {
+/// Migrations running on this host, both ways.
+fn migrations_running(net: &Net) -> usize {
+    net.outgoing
+        .iter()
+        .filter(|o| o.outcome().is_none())
+        .count()
+        + net.migrations.as_ref().map_or(0, |m| m.active())
+}
+
+/// `migrate cancel <vm>`.
+pub fn migrate_cancel(vm: &str) {
+    with_net(|net| {
+        match net
+            .outgoing
+            .iter_mut()
+            .find(|o| o.vm() == vm && o.outcome().is_none())
+        {
+            Some(o) => {
+                o.cancel("by the operator");
+                println!("migrate: cancelling the migration of {vm}");
+            }
+            None => {
+                println!("error: migrate: no outgoing migration of '{vm}' (see migrate status)")
+            }
+        }
+    })
+}
+
+/// `migrate <vm> <ip>[:port] ...`: starts the migration; unless
+/// `background`, waits for its end (Ctrl-C cancels) while the network,
+/// the other migrations and the guests keep running.
+pub fn migrate_out(o: &crate::migration::Outgoing<'_>, background: bool) {
     with_net(|net| {
         let key = match net.channel_key() {
             Ok(k) => k,
@@ -592,8 +645,38 @@ pub fn migrate_out(o: &crate::migration::Outgoing<'_>) {
         if let Err(e) = net.stack.route_check(o.target) {
             return println!("error: migrate: {e}");
         }
+        let running = migrations_running(net);
+        if running >= crate::migration::MAX_MIGRATIONS {
+            return println!(
+                "error: migrate: this host already runs {running} migrations (the limit is {}); {} keeps running here",
+                crate::migration::MAX_MIGRATIONS,
+                o.vm
+            );
+        }
         let nonce = net.nonce();
-        crate::migration::migrate_out(net, &key, nonce, o, &mut interrupted);
+        let out = match crate::migration::Outbound::start(net, &key, nonce, o) {
+            Ok(out) => out,
+            Err(e) => return println!("error: migrate: {e}"),
+        };
+        net.outgoing.push(out);
+        if background {
+            return println!(
+                "migrate: {} moves in the background (migrate status, migrate cancel {})",
+                o.vm, o.vm
+            );
+        }
+        // Ours is the last one started: wait until it leaves the list.
+        let mut cancelled = false;
+        loop {
+            net.wait_turn();
+            let Some(mine) = net.outgoing.iter_mut().find(|m| m.vm() == o.vm) else {
+                break;
+            };
+            if !cancelled && interrupted() {
+                mine.cancel("by the operator (Ctrl-C)");
+                cancelled = true;
+            }
+        }
     })
 }
 

@@ -30,7 +30,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ),
     (
         "migrate",
-        "migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] | check <vm> <ip> | listen [stop] | status",
+        "migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] [background] | cancel <vm> | check <vm> <ip> | listen [stop] | status",
         "live migration of a running guest to another host",
     ),
     ("reboot", "reboot", "reset the machine"),
@@ -141,7 +141,13 @@ pub enum MigrateCommand {
         port: u16,
         downtime_ms: u64,
         bandwidth_mib: Option<u64>,
+        /// `background`: back to the prompt at once; progress arrives as
+        /// lines of their own, `migrate cancel <vm>` stops it.
+        background: bool,
     },
+    /// `migrate cancel <vm>`: stops an outgoing migration; the guest keeps
+    /// running here.
+    Cancel(String),
 }
 
 /// The port `migrate listen` takes connections on.
@@ -169,7 +175,7 @@ fn parse_peer(
 }
 
 fn parse_migrate(args: &[&str]) -> Result<MigrateCommand, String> {
-    let usage = "usage: migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] | migrate check <vm> <ip>[:port] | migrate listen [stop] | migrate status";
+    let usage = "usage: migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] [background] | migrate cancel <vm> | migrate check <vm> <ip>[:port] | migrate listen [stop] | migrate status";
     match args {
         ["check", vm, peer] => {
             let vm = check_vm_name(vm)?;
@@ -177,6 +183,8 @@ fn parse_migrate(args: &[&str]) -> Result<MigrateCommand, String> {
             Ok(MigrateCommand::Check { vm, target, port })
         }
         ["check", ..] => Err(String::from("usage: migrate check <vm> <ip>[:port]")),
+        ["cancel", vm] => Ok(MigrateCommand::Cancel(check_vm_name(vm)?)),
+        ["cancel", ..] => Err(String::from("usage: migrate cancel <vm>")),
         [] | ["status"] => Ok(MigrateCommand::Status),
         ["listen"] => Ok(MigrateCommand::Listen(true)),
         ["listen", "stop"] => Ok(MigrateCommand::Listen(false)),
@@ -184,7 +192,12 @@ fn parse_migrate(args: &[&str]) -> Result<MigrateCommand, String> {
             let vm = check_vm_name(vm)?;
             let (target, port) = parse_peer(peer, MIGRATE_PORT)?;
             let (mut downtime_ms, mut bandwidth_mib) = (DEFAULT_DOWNTIME_MS, None);
+            let mut background = false;
             for opt in opts {
+                if *opt == "background" {
+                    background = true;
+                    continue;
+                }
                 match opt.split_once('=') {
                     Some(("downtime", v)) => {
                         downtime_ms = parse_u64(v)
@@ -214,6 +227,7 @@ fn parse_migrate(args: &[&str]) -> Result<MigrateCommand, String> {
                 port,
                 downtime_ms,
                 bandwidth_mib,
+                background,
             })
         }
         _ => Err(String::from(usage)),
@@ -682,7 +696,23 @@ mod tests {
                 port: 7002,
                 downtime_ms: 50,
                 bandwidth_mib: Some(8),
+                background: false,
             }))
+        );
+        assert!(matches!(
+            parse("migrate d 10.0.0.2 background"),
+            Ok(Command::Migrate(MigrateCommand::Out {
+                background: true,
+                ..
+            }))
+        ));
+        assert_eq!(
+            parse("migrate cancel d"),
+            Ok(Command::Migrate(MigrateCommand::Cancel("d".into())))
+        );
+        assert_eq!(
+            parse("migrate cancel"),
+            Err(String::from("usage: migrate cancel <vm>"))
         );
         assert!(matches!(
             parse("migrate d 10.0.0.2:9000"),
@@ -700,7 +730,7 @@ mod tests {
             ),
             (
                 "migrate d 10.0.0.2 speed=3",
-                "unknown option 'speed=3' (usage: migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] | migrate check <vm> <ip>[:port] | migrate listen [stop] | migrate status)",
+                "unknown option 'speed=3' (usage: migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] [background] | migrate cancel <vm> | migrate check <vm> <ip>[:port] | migrate listen [stop] | migrate status)",
             ),
             (
                 "migrate d 10.0.0.x",

@@ -651,6 +651,11 @@ pub fn stop(name: &str) -> Result<(), String> {
     if !vm.state.runs() {
         return Err(format!("VM '{name}' is not running ({})", vm.state.name()));
     }
+    if vm.migrating {
+        return Err(format!(
+            "VM '{name}' is being migrated (migrate cancel {name} first)"
+        ));
+    }
     flush_output(vm);
     vm.state = State::Stopped { code: None };
     log::debug!("vm {name}: stopped by the operator");
@@ -663,7 +668,7 @@ pub fn delete(name: &str) -> Result<(), String> {
     let i = find(&mut m, name)?;
     if m.vms[i].migrating {
         return Err(format!(
-            "VM '{name}' is being migrated (Ctrl-C the migrate command first)"
+            "VM '{name}' is being migrated (migrate cancel {name} first)"
         ));
     }
     let vm = m.vms.remove(i);

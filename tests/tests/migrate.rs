@@ -202,20 +202,54 @@ fn bochs_failed_migrations_leave_the_guest_on_the_source() {
 }
 
 #[test]
-fn bochs_destination_dies_mid_transfer() {
+fn bochs_background_migrations_cancel_limit_and_a_dying_destination() {
     let link = Link::bochs();
     let mut a = host(&link, "srca", "10.0.0.1/24", "corei7_skylake_x");
     let mut b = host(&link, "dstb", "10.0.0.2/24", "corei7_skylake_x");
     b.cmd("migrate listen");
     let before = start_dirty(&mut a, 2000);
-    // Slow enough that the destination dies during the rounds.
-    a.send_line("migrate d 10.0.0.2 bandwidth=1");
-    a.expect_line(r"migrate: round 0: .*", secs(300));
+    a.cmd("vm create e mem=16 image=dirty arg=2000");
+    a.send_line("vm start e");
+    a.expect_line(r"\[e\] dirty: count 1 .*", secs(60));
+    a.send_line("vm create f mem=16 image=ticks arg=1");
+    a.expect_line(r"vm f: created.*", secs(30));
+    // Two migrations at once, both slow enough to still be going below.
+    for vm in ["d", "e"] {
+        a.send_line(&format!("migrate {vm} 10.0.0.2 bandwidth=1 background"));
+        a.expect_line(
+            &format!(r"migrate: {vm} moves in the background.*"),
+            secs(60),
+        );
+    }
+    // A third is over the per-host limit: refused before anything moves.
+    a.send_line("migrate f 10.0.0.2");
+    a.expect_line(
+        r"error: migrate: this host already runs 2 migrations \(the limit is 2\); f keeps running here",
+        secs(60),
+    );
+    a.send_line("migrate status");
+    a.expect_line(r"outgoing d \(16 MiB\) to 10\.0\.0\.2:7002: .*", secs(60));
+    a.expect_line(r"outgoing e \(16 MiB\) to 10\.0\.0\.2:7002: .*", secs(10));
+    // Cancelled from the console while it runs: e stays here, and the
+    // destination drops what it had of it.
+    a.send_line("migrate cancel e");
+    let e = a.expect_line(r"error: migrate: e: .*", secs(120));
+    a.check(
+        e.text.contains("cancelled: by the operator") && e.text.contains("e keeps running here"),
+        || e.text.clone(),
+    );
+    b.expect_line(r"migrate: incoming e from .* discarded: .*", secs(120));
+    a.expect_line(r"\[e\] dirty: count \d+ .*", secs(60));
+
+    // The destination dies while d is still in its rounds.
+    a.expect_line(r"migrate: d: round \d+: .*", secs(300));
     b.kill();
-    let e = a.expect_line(r"error: migrate: .*", secs(300));
-    a.check(e.text.contains("keeps running here"), || e.text.clone());
+    let e = a.expect_line(r"error: migrate: d: .*", secs(300));
+    a.check(e.text.contains("d keeps running here"), || e.text.clone());
     let after = count(&mut a).num(1);
     a.check(after > before, || format!("counter {before} then {after}"));
-    a.expect_prompt(a.command_timeout());
     checksum_ok(&mut a);
+    a.send_line("vm list");
+    a.expect_line(r"d +(running|halted) +16 MiB dirty +-", secs(30));
+    a.expect_line(r"e +(running|halted) +16 MiB dirty +-", secs(30));
 }
