@@ -19,6 +19,52 @@ use crate::proto::{
 pub const MAX_SENDS_PER_POLL: usize = 16;
 /// Highest auto-converge level.
 pub const MAX_SLOW_LEVEL: u8 = 4;
+/// Bytes assumed to follow the final pages in the downtime estimate: the
+/// `VcpuState`, `DeviceState` and `Commit` messages. Their real size is only
+/// known once the guest is paused; a few KiB in practice.
+pub const STATE_ESTIMATE_BYTES: u64 = 8 * 1024;
+
+/// µs to move `bytes` at `bw` bytes/s: 0 without a measurement (`None`) or
+/// without bytes, `u64::MAX` at zero bandwidth.
+fn transfer_us(bytes: u128, bw: Option<u64>) -> u64 {
+    match bw {
+        None => 0,
+        _ if bytes == 0 => 0,
+        Some(0) => u64::MAX,
+        Some(bw) => (bytes * 1_000_000 / bw as u128).min(u64::MAX as u128) as u64,
+    }
+}
+
+/// Estimated downtime in µs (from `PauseGuest` to `Committed`) if the guest
+/// were paused now:
+///
+/// ```text
+/// (dirty_pages * PAGE_SIZE + in_flight_bytes + STATE_ESTIMATE_BYTES) / bandwidth + rtt_us
+/// ```
+///
+/// - `dirty_pages * PAGE_SIZE`: the final round resends every dirty page
+///   (counted as full pages, although zero pages go out as markers).
+/// - `in_flight_bytes`: bytes already handed out but not on the wire yet
+///   (channel queue, the caller's backlog); they leave before the final pages.
+/// - [`STATE_ESTIMATE_BYTES`]: vCPU and device state plus `Commit`.
+/// - `bandwidth` (bytes/s): as measured so far. `None` (nothing measurable
+///   yet) leaves the byte terms out, as the estimate always did; `Some(0)`
+///   gives `u64::MAX`.
+/// - `rtt_us`: `Commit` → `Committed` round trip including the destination's
+///   restore; 0 if unknown.
+///
+/// Saturates at `u64::MAX`.
+pub fn estimate_downtime_us(
+    dirty_pages: u64,
+    in_flight_bytes: u64,
+    bandwidth: Option<u64>,
+    rtt_us: u64,
+) -> u64 {
+    let bytes = dirty_pages as u128 * PAGE_SIZE as u128
+        + in_flight_bytes as u128
+        + STATE_ESTIMATE_BYTES as u128;
+    transfer_us(bytes, bandwidth).saturating_add(rtt_us)
+}
 
 /// The VM being migrated, as announced in `Hello`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,8 +145,12 @@ pub struct RoundReport {
     pub bytes: u64,
     /// Measured bandwidth, MiB/s (0 if not measurable yet).
     pub mib_per_s: f64,
-    /// Estimated downtime if the guest were paused now, µs.
+    /// Estimated downtime if the guest were paused now, µs (see
+    /// [`estimate_downtime_us`]).
     pub est_downtime_us: u64,
+    /// Classic lower bound of that downtime: the dirty pages' bytes over the
+    /// measured bandwidth only, µs (0 if not measurable yet).
+    pub lower_bound_us: u64,
 }
 
 /// Outcome of a successful migration.
@@ -118,6 +168,13 @@ pub struct Summary {
     pub zero_pages: u64,
     /// Pages sent, zero pages included.
     pub pages_sent: u64,
+    /// Bytes of the pages sent in the final, paused round (pages × 4096, zero
+    /// pages included).
+    pub last_round_dirty_bytes: u64,
+    /// `last_round_dirty_bytes` over the bandwidth measured across the whole
+    /// migration (from `MemoryLayout` to `Committed`), µs: the classic
+    /// downtime lower bound, to compare with `downtime_us`.
+    pub lower_bound_us: u64,
 }
 
 /// What the kernel must do, in order.
@@ -202,6 +259,15 @@ pub struct Source {
     pending_dirty: Vec<u64>,
     state_error: Option<String>,
     rounds_done: u32,
+    /// Bytes in flight as last told by [`Source::set_in_flight`] (`None`: never told).
+    in_flight: Option<u64>,
+    /// Bytes handed out during the current `poll`.
+    poll_bytes: u64,
+    /// Whether a round ended during the current `poll`.
+    round_ended_in_poll: bool,
+    hello_sent_us: Option<u64>,
+    rtt_us: Option<u64>,
+    final_pages: u64,
 }
 
 fn validate_layout(regions: &[(u64, u64)]) -> Result<Vec<(u64, u64)>, String> {
@@ -272,6 +338,12 @@ impl Source {
             pending_dirty: Vec::new(),
             state_error: None,
             rounds_done: 0,
+            in_flight: None,
+            poll_bytes: 0,
+            round_ended_in_poll: false,
+            hello_sent_us: None,
+            rtt_us: None,
+            final_pages: 0,
         }
     }
 
@@ -283,6 +355,30 @@ impl Source {
     /// The current auto-converge level (0 = full speed).
     pub fn slow_level(&self) -> u8 {
         self.slow_level
+    }
+
+    /// Tells the engine how many bytes are in flight before a [`Source::poll`]:
+    /// handed out but not yet sent, i.e. the channel's send queue plus any
+    /// messages the caller holds in its own backlog. The value stands until
+    /// the next call; the engine adds the bytes it hands out during each poll
+    /// itself. Used in the downtime estimate; a caller that never calls this
+    /// leaves that term out (0).
+    pub fn set_in_flight(&mut self, bytes: u64) {
+        self.in_flight = Some(bytes);
+    }
+
+    /// Round trip in µs, measured from handing out `Hello` to receiving
+    /// `Ready` (so including the destination's set-up); the minimum over the
+    /// samples taken. `None` before `Ready`.
+    pub fn rtt_us(&self) -> Option<u64> {
+        self.rtt_us
+    }
+
+    /// Bytes in flight for the downtime estimate: as last told, plus what
+    /// this poll handed out since.
+    fn in_flight_now(&self) -> u64 {
+        self.in_flight
+            .map_or(0, |q| q.saturating_add(self.poll_bytes))
     }
 
     /// Whether the migration ended (done or failed).
@@ -348,6 +444,7 @@ impl Source {
         self.credit = self.credit.saturating_sub(len as i64);
         self.total_bytes += len as u64;
         self.round_bytes += len as u64;
+        self.poll_bytes += len as u64;
         if self.bw_start_us.is_some() {
             self.bw_bytes += len as u64;
         }
@@ -362,15 +459,6 @@ impl Source {
             return None;
         }
         Some(((self.bw_bytes as u128 * 1_000_000) / dt as u128).min(u64::MAX as u128) as u64)
-    }
-
-    fn est_downtime_us(dirty: u64, bw: Option<u64>) -> u64 {
-        match bw {
-            None => 0,
-            Some(0) => u64::MAX,
-            Some(bw) => ((dirty as u128 * PAGE_SIZE as u128 * 1_000_000) / bw as u128)
-                .min(u64::MAX as u128) as u64,
-        }
     }
 
     fn collect_dirty(&self, mem: &mut dyn GuestMemory) -> Vec<u64> {
@@ -492,7 +580,8 @@ impl Source {
         };
         self.send(b, acts, msg);
         let bw = self.bandwidth(now_us);
-        let est = Self::est_downtime_us(n_dirty, bw);
+        let est = estimate_downtime_us(n_dirty, self.in_flight_now(), bw, self.rtt_us.unwrap_or(0));
+        let lower_bound_us = transfer_us(n_dirty as u128 * PAGE_SIZE as u128, bw);
         acts.push(Action::Progress(RoundReport {
             round: self.round,
             pages_sent: self.round_pages,
@@ -501,17 +590,23 @@ impl Source {
             bytes: self.round_bytes,
             mib_per_s: bw.map_or(0.0, |bw| bw as f64 / (1024.0 * 1024.0)),
             est_downtime_us: est,
+            lower_bound_us,
         }));
         self.rounds_done += 1;
+        self.round_ended_in_poll = true;
         log::info!(
-            "migration {}: round {} sent {} pages ({} zero), {} dirty left, est. downtime {} us",
+            "migration {}: round {} sent {} pages ({} zero), {} dirty left, est. downtime {} us (lower bound {} us)",
             self.desc.vm,
             self.round,
             self.round_pages,
             self.round_zero,
             n_dirty,
-            est
+            est,
+            lower_bound_us
         );
+        if is_final {
+            self.final_pages = self.round_pages;
+        }
         self.round_pages = 0;
         self.round_zero = 0;
         self.round_bytes = 0;
@@ -572,6 +667,8 @@ impl Source {
         if self.is_finished() {
             return acts;
         }
+        self.poll_bytes = 0;
+        self.round_ended_in_poll = false;
         if let Some(limit) = self.policy.bandwidth_limit {
             let dt = now_us.saturating_sub(self.credit_at) as u128;
             let add = (limit as u128 * dt / 1_000_000).min(i64::MAX as u128) as i64;
@@ -587,6 +684,9 @@ impl Source {
                     return acts;
                 }
                 if let Some(msg) = self.outbox.pop_front() {
+                    if matches!(msg, Message::Hello { .. }) {
+                        self.hello_sent_us = Some(now_us);
+                    }
                     self.send(&mut b, &mut acts, msg);
                 }
             }
@@ -619,6 +719,17 @@ impl Source {
                     self.phase = Phase::Round;
                 }
                 Phase::Round | Phase::Final => {
+                    // The guest did not run since the last round ended in this
+                    // poll: ending an empty round now would only repeat that
+                    // estimate (and spend a round). Wait for the queue to drain.
+                    if self.phase == Phase::Round
+                        && self.round_ended_in_poll
+                        && self.round_pages == 0
+                        && self.builder.is_empty()
+                        && self.next_gfn().is_none()
+                    {
+                        return acts;
+                    }
                     if !self.pump_pages(mem, &mut b, &mut acts) {
                         return acts;
                     }
@@ -696,6 +807,10 @@ impl Source {
         }
         match (self.phase, msg) {
             (Phase::AwaitReady, Message::Ready) => {
+                if let Some(sent) = self.hello_sent_us {
+                    let sample = now_us.saturating_sub(sent);
+                    self.rtt_us = Some(self.rtt_us.map_or(sample, |r| r.min(sample)));
+                }
                 self.phase = Phase::Layout;
                 Vec::new()
             }
@@ -708,6 +823,7 @@ impl Source {
             }
             (Phase::AwaitCommitted, Message::Committed) => {
                 self.phase = Phase::Done;
+                let last_round_dirty_bytes = self.final_pages.saturating_mul(PAGE_SIZE as u64);
                 let s = Summary {
                     total_us: now_us.saturating_sub(self.start_us),
                     downtime_us: now_us.saturating_sub(self.pause_us.unwrap_or(now_us)),
@@ -715,6 +831,11 @@ impl Source {
                     bytes: self.total_bytes,
                     zero_pages: self.total_zero,
                     pages_sent: self.total_pages,
+                    last_round_dirty_bytes,
+                    lower_bound_us: transfer_us(
+                        last_round_dirty_bytes as u128,
+                        self.bandwidth(now_us),
+                    ),
                 };
                 log::info!("migration {} done: {s:?}", self.desc.vm);
                 vec![Action::Done(s)]
@@ -762,5 +883,65 @@ impl Source {
             return Vec::new();
         }
         self.fail(format!("link lost: {why}"), false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 1 MB/s: one byte per µs, so every term reads directly in µs.
+    const BW: Option<u64> = Some(1_000_000);
+
+    #[test]
+    fn estimate_adds_every_term() {
+        let page = PAGE_SIZE as u64;
+        // 10 dirty pages, 1000 bytes in flight, the state estimate, 500 µs rtt.
+        assert_eq!(
+            estimate_downtime_us(10, 1_000, BW, 500),
+            10 * page + 1_000 + STATE_ESTIMATE_BYTES + 500
+        );
+        let base = estimate_downtime_us(10, 1_000, BW, 500);
+        // Each term moves the estimate by exactly its share.
+        assert_eq!(estimate_downtime_us(11, 1_000, BW, 500), base + page);
+        assert_eq!(estimate_downtime_us(10, 3_000, BW, 500), base + 2_000);
+        assert_eq!(estimate_downtime_us(10, 1_000, BW, 1_500), base + 1_000);
+        // Nothing dirty nor in flight: the state and the round trip remain.
+        assert_eq!(
+            estimate_downtime_us(0, 0, BW, 0),
+            STATE_ESTIMATE_BYTES // 8 KiB at 1 byte/µs
+        );
+        // Twice the bandwidth halves the byte terms, not the round trip.
+        assert_eq!(
+            estimate_downtime_us(10, 1_000, Some(2_000_000), 500),
+            (10 * page + 1_000 + STATE_ESTIMATE_BYTES) / 2 + 500
+        );
+    }
+
+    #[test]
+    fn estimate_edge_cases() {
+        // No bandwidth measured yet: the byte terms are left out, as before.
+        assert_eq!(estimate_downtime_us(1_000, 1 << 20, None, 0), 0);
+        assert_eq!(estimate_downtime_us(1_000, 1 << 20, None, 700), 700);
+        // Nothing moves at all.
+        assert_eq!(estimate_downtime_us(0, 0, Some(0), 0), u64::MAX);
+        // Saturates instead of overflowing.
+        assert_eq!(
+            estimate_downtime_us(u64::MAX, u64::MAX, Some(1), u64::MAX),
+            u64::MAX
+        );
+        assert_eq!(
+            estimate_downtime_us(0, 0, Some(u64::MAX), u64::MAX),
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn lower_bound_is_the_dirty_bytes_only() {
+        assert_eq!(transfer_us(10 * PAGE_SIZE as u128, BW), 40_960);
+        assert_eq!(transfer_us(0, BW), 0);
+        assert_eq!(transfer_us(0, Some(0)), 0);
+        assert_eq!(transfer_us(1, Some(0)), u64::MAX);
+        assert_eq!(transfer_us(1 << 40, None), 0);
     }
 }

@@ -5,7 +5,9 @@ mod common;
 use common::{Config, Fault, Sim, SimHost, desc};
 use migrate::dest::{self, Dest, DestAction};
 use migrate::proto::{CpuFeature, Message, PAGE_SIZE, PROTOCOL_VERSION, Page, PageRun};
-use migrate::source::{Action, NoConvergence, Policy, Source};
+use migrate::source::{
+    Action, NoConvergence, Policy, RoundReport, STATE_ESTIMATE_BYTES, Source, estimate_downtime_us,
+};
 use proptest::prelude::*;
 
 fn assert_success(sim: &Sim) {
@@ -30,6 +32,15 @@ fn assert_success(sim: &Sim) {
     assert_eq!(summary.rounds as usize, sim.reports.len());
     assert!(summary.pages_sent >= sim.cfg.pages);
     assert_eq!(summary.bytes, sim.wire_bytes);
+    let last: &RoundReport = sim.reports.last().expect("rounds");
+    assert_eq!(
+        summary.last_round_dirty_bytes,
+        last.pages_sent * PAGE_SIZE as u64
+    );
+    assert!(sim.src.rtt_us().is_some());
+    for r in &sim.reports {
+        assert!(r.lower_bound_us <= r.est_downtime_us, "{r:?}");
+    }
 }
 
 #[test]
@@ -459,6 +470,190 @@ fn room_smaller_than_a_page_waits() {
     );
 }
 
+/// Bytes of the `Send` actions in `acts`.
+fn sent_bytes(acts: &[Action]) -> u64 {
+    acts.iter()
+        .map(|a| match a {
+            Action::Send(m) => migrate::proto::encoded_len(m) as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Bytes of the `Send` actions in `acts` up to the round's end (the
+/// `Progress` report), what the engine had handed out when it estimated.
+fn sent_until_progress(acts: &[Action]) -> u64 {
+    let end = acts
+        .iter()
+        .position(|a| matches!(a, Action::Progress(_)))
+        .unwrap_or(acts.len());
+    sent_bytes(&acts[..end])
+}
+
+fn progress(acts: &[Action]) -> RoundReport {
+    acts.iter()
+        .find_map(|a| match a {
+            Action::Progress(r) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no Progress in {acts:?}"))
+}
+
+/// A 16-page source driven by hand to the end of round 0: `Hello` at 1 ms,
+/// `Ready` at 4.5 ms, `MemoryLayout` and a few pages at 10 ms, pages 1 and 5
+/// dirtied, the rest of round 0 at 20 ms (after `set_in_flight(in_flight)`
+/// if given).
+struct Scripted {
+    src: Source,
+    mem: common::SimMemory,
+    /// Bytes handed out since `MemoryLayout` up to the end of round 0 (what
+    /// the bandwidth counts there).
+    bytes: u64,
+    /// The actions of the poll that ended round 0.
+    acts: Vec<Action>,
+}
+
+const LAYOUT_AT: u64 = 10_000;
+
+fn scripted_round0(budget_us: u64, in_flight: Option<u64>) -> Scripted {
+    let mut src = Source::new(
+        desc(16),
+        vec![(0, 16 * 4096)],
+        Policy {
+            downtime_budget_us: budget_us,
+            ..Policy::default()
+        },
+        0,
+    );
+    let mut mem = common::SimMemory::new(16);
+    for g in 0..16 {
+        mem.write(g, 0, &[g as u8 + 1; 64]);
+    }
+    assert!(src.poll(&mut mem, 0, 500).is_empty(), "no room for Hello");
+    let acts = src.poll(&mut mem, 1 << 20, 1_000);
+    assert!(matches!(&acts[..], [Action::Send(Message::Hello { .. })]));
+    assert_eq!(src.rtt_us(), None);
+    assert!(src.on_message(Message::Ready, 4_500).is_empty());
+    assert_eq!(
+        src.rtt_us(),
+        Some(3_500),
+        "Hello handed out at 1 ms, Ready at 4.5 ms"
+    );
+    let acts = src.poll(&mut mem, 3 * 4096, LAYOUT_AT);
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::Send(Message::RoundEnd { .. }))),
+        "{acts:?}"
+    );
+    let mut bytes = sent_bytes(&acts);
+    mem.write(1, 8, &[0xAA; 8]);
+    mem.write(5, 8, &[0xBB; 8]);
+    if let Some(q) = in_flight {
+        src.set_in_flight(q);
+    }
+    let acts = src.poll(&mut mem, 1 << 20, 20_000);
+    bytes += sent_until_progress(&acts);
+    let r = progress(&acts);
+    assert_eq!((r.round, r.pages_sent, r.dirty_left), (0, 16, 2));
+    Scripted {
+        src,
+        mem,
+        bytes,
+        acts,
+    }
+}
+
+#[test]
+fn rtt_is_measured_from_hello_to_ready() {
+    let s = scripted_round0(u64::MAX, None);
+    assert_eq!(s.src.rtt_us(), Some(3_500));
+    // The estimate is the formula with that round trip and the measured bandwidth.
+    let bw = s.bytes * 1_000_000 / (20_000 - LAYOUT_AT);
+    let r = progress(&s.acts);
+    assert_eq!(
+        r.est_downtime_us,
+        estimate_downtime_us(2, 0, Some(bw), 3_500)
+    );
+    assert_eq!(r.lower_bound_us, 2 * PAGE_SIZE as u64 * 1_000_000 / bw);
+    assert!(r.est_downtime_us > r.lower_bound_us + 3_500);
+}
+
+#[test]
+fn in_flight_bytes_delay_the_pause() {
+    // Learn the estimate without any in-flight bytes, then make it the budget.
+    let est = progress(&scripted_round0(u64::MAX, None).acts).est_downtime_us;
+    let fits = scripted_round0(est, None);
+    assert!(fits.acts.contains(&Action::PauseGuest), "{:?}", fits.acts);
+
+    // Same dirty set, but 64 KiB still queued in the channel: no pause.
+    let queued = scripted_round0(est, Some(64 * 1024));
+    assert!(
+        !queued.acts.contains(&Action::PauseGuest),
+        "{:?}",
+        queued.acts
+    );
+    let r = progress(&queued.acts);
+    let bw = queued.bytes * 1_000_000 / (20_000 - LAYOUT_AT);
+    assert!(r.est_downtime_us > est);
+    // The queue plus what that poll handed out itself, on top of the rest.
+    let last_poll = sent_until_progress(&queued.acts);
+    assert_eq!(
+        r.est_downtime_us,
+        estimate_downtime_us(2, 64 * 1024 + last_poll, Some(bw), 3_500)
+    );
+    // The lower bound ignores in-flight bytes.
+    assert_eq!(r.lower_bound_us, progress(&fits.acts).lower_bound_us);
+
+    // Told 0 in flight: the bytes the round-ending poll handed out still count.
+    let zero = scripted_round0(est, Some(0));
+    assert!(!zero.acts.contains(&Action::PauseGuest));
+    assert_eq!(
+        progress(&zero.acts).est_downtime_us,
+        estimate_downtime_us(2, last_poll, Some(bw), 3_500)
+    );
+}
+
+#[test]
+fn summary_lower_bound_is_final_dirty_bytes_over_bandwidth() {
+    let Scripted {
+        mut src,
+        mut mem,
+        mut bytes,
+        acts,
+    } = scripted_round0(u64::MAX, None);
+    assert!(acts.contains(&Action::PauseGuest));
+    // The final round: pages 1 and 5, then the state is asked for.
+    let acts = src.poll(&mut mem, 1 << 20, 21_000);
+    bytes += sent_bytes(&acts);
+    let r = progress(&acts);
+    assert_eq!((r.round, r.pages_sent), (1, 2));
+    assert_eq!(acts.last(), Some(&Action::NeedState));
+    src.provide_state(
+        vec![7; 512],
+        vec![
+            ("serial".into(), vec![1; 8]),
+            ("virtio-net".into(), vec![2; 8]),
+        ],
+    );
+    let acts = src.poll(&mut mem, 1 << 20, 22_000);
+    assert!(matches!(acts.last(), Some(Action::Send(Message::Commit))));
+    bytes += sent_bytes(&acts);
+    // The state and Commit fit in the estimate's allowance.
+    assert!(sent_bytes(&acts) <= STATE_ESTIMATE_BYTES);
+    let acts = src.on_message(Message::Committed, 30_000);
+    let [Action::Done(s)] = &acts[..] else {
+        panic!("{acts:?}")
+    };
+    let bw = bytes * 1_000_000 / (30_000 - LAYOUT_AT);
+    assert_eq!(s.last_round_dirty_bytes, 2 * PAGE_SIZE as u64);
+    assert_eq!(s.lower_bound_us, s.last_round_dirty_bytes * 1_000_000 / bw);
+    assert_eq!(s.downtime_us, 10_000);
+    assert!(s.lower_bound_us < s.downtime_us);
+    let hello = migrate::proto::encoded_len(&desc(16).hello()) as u64;
+    assert_eq!(s.bytes, bytes + hello);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
 
@@ -516,5 +711,30 @@ proptest! {
         } else {
             assert_success(&sim);
         }
+    }
+}
+
+#[test]
+fn reported_in_flight_keeps_the_downtime_within_budget() {
+    for seed in 1..4 {
+        let mut sim = Sim::new(Config {
+            seed,
+            dirty_per_ms: 6,
+            report_in_flight: true,
+            policy: Policy {
+                downtime_budget_us: 5_000,
+                ..Policy::default()
+            },
+            ..Config::default()
+        });
+        sim.run(20_000);
+        assert_success(&sim);
+        let s = sim.done.as_ref().unwrap();
+        // The link's queue is in the estimate, so the pause waits for it
+        // (one empty round per poll while it drains, not 30 in a row).
+        let before = &sim.reports[sim.reports.len() - 2];
+        assert!(before.est_downtime_us <= 5_000, "{before:?}");
+        assert!(s.downtime_us <= 5_000, "seed {seed}: {s:?}");
+        assert!(s.lower_bound_us <= s.downtime_us, "{s:?}");
     }
 }

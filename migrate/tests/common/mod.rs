@@ -160,6 +160,8 @@ pub struct Config {
     pub fault: Fault,
     /// Pages initialised with random data before the migration.
     pub initial_nonzero: u64,
+    /// Tell the source the link's queued bytes before each poll.
+    pub report_in_flight: bool,
 }
 
 impl Default for Config {
@@ -178,6 +180,7 @@ impl Default for Config {
             seed: 1,
             fault: Fault::None,
             initial_nonzero: 512,
+            report_in_flight: false,
         }
     }
 }
@@ -433,6 +436,9 @@ impl Sim {
 
     fn poll(&mut self) {
         let room = self.cfg.buffer.saturating_sub(self.in_flight);
+        if self.cfg.report_in_flight {
+            self.src.set_in_flight(self.in_flight as u64);
+        }
         let acts = self.src.poll(&mut self.smem, room, self.now_us);
         let sent: usize = acts
             .iter()
