@@ -419,6 +419,7 @@ pub struct Outbound {
     target: Ipv4Address,
     port: u16,
     mem_bytes: u64,
+    downtime_us: u64,
     chan: Channel,
     source: Source,
     /// Encoded messages the channel could not take yet (backpressure).
@@ -485,6 +486,7 @@ impl Outbound {
             target: o.target,
             port: o.port,
             mem_bytes: info.mem_bytes,
+            downtime_us: o.downtime_ms * 1000,
             chan,
             source: Source::new(desc, alloc::vec![(0, info.mem_bytes)], policy, now),
             backlog: Default::default(),
@@ -584,11 +586,18 @@ impl Outbound {
                 .unwrap_or_else(|| String::from("link lost"));
             acts.extend(self.source.on_link_lost(&why));
         } else if self.chan.is_open() && self.backlog.is_empty() && self.outcome.is_none() {
+            // Everything queued when the guest pauses adds to its downtime:
+            // keep no more unacknowledged than half the budget's worth.
+            let unacked = self.chan.unacked_bytes(stack);
+            let window = migrate::source::send_window(self.source.bandwidth(now), self.downtime_us);
             let room = self
                 .chan
                 .tx_limit()
                 .saturating_sub(self.chan.queued_bytes())
+                .min(window.saturating_sub(unacked))
                 .min(ROOM_CAP);
+            let backlog: usize = self.backlog.iter().map(|(_, p)| p.len()).sum();
+            self.source.set_in_flight((unacked + backlog) as u64);
             let pages = self.mem_bytes / 4096;
             let mut mem = SourceMem {
                 vm: &self.vm,
@@ -645,14 +654,16 @@ impl Outbound {
                 }
                 Action::Done(s) => {
                     async_line(format_args!(
-                        "migrate: {vm} now runs on {}: total {} ms, downtime {} ms, {} rounds, {} KiB sent for {} MiB of RAM ({} zero pages)",
+                        "migrate: {vm} now runs on {}: total {} ms, downtime {} ms, {} rounds, {} KiB sent for {} MiB of RAM ({} zero pages), last round {} KiB, lower bound {} ms",
                         self.target,
                         s.total_us / 1000,
                         s.downtime_us / 1000,
                         s.rounds,
                         s.bytes >> 10,
                         self.mem_bytes >> 20,
-                        s.zero_pages
+                        s.zero_pages,
+                        s.last_round_dirty_bytes >> 10,
+                        s.lower_bound_us / 1000
                     ));
                     self.outcome.get_or_insert(Ok(()));
                 }

@@ -66,6 +66,28 @@ pub fn estimate_downtime_us(
     transfer_us(bytes, bandwidth).saturating_add(rtt_us)
 }
 
+/// Bounds of the caller's send window (unacknowledged bytes), see
+/// [`send_window`].
+pub const MIN_WINDOW: usize = 64 * 1024;
+/// See [`MIN_WINDOW`].
+pub const MAX_WINDOW: usize = 640 * 1024;
+
+/// Unacknowledged bytes a source should allow itself (the `room` it passes
+/// to [`Source::poll`] is at most this minus what is unacknowledged): what
+/// the measured link moves in half the downtime budget, within
+/// [`MIN_WINDOW`]..=[`MAX_WINDOW`], because everything queued when the
+/// guest pauses has to cross before it runs again. Before any measurement,
+/// half of [`MAX_WINDOW`].
+pub fn send_window(bandwidth: Option<u64>, downtime_budget_us: u64) -> usize {
+    match bandwidth {
+        Some(bw) => {
+            let w = (bw as u128 * downtime_budget_us as u128 / 2_000_000).min(MAX_WINDOW as u128);
+            (w as usize).max(MIN_WINDOW)
+        }
+        None => MAX_WINDOW / 2,
+    }
+}
+
 /// The VM being migrated, as announced in `Hello`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmDescription {
@@ -451,8 +473,9 @@ impl Source {
         acts.push(Action::Send(msg));
     }
 
-    /// Measured bandwidth in bytes/s since round 0 started; `None` if no time passed.
-    fn bandwidth(&self, now_us: u64) -> Option<u64> {
+    /// Measured bandwidth in bytes/s since round 0 started; `None` if no time
+    /// passed. The caller may size its send window from it.
+    pub fn bandwidth(&self, now_us: u64) -> Option<u64> {
         let start = self.bw_start_us?;
         let dt = now_us.saturating_sub(start);
         if dt == 0 {
@@ -892,6 +915,18 @@ mod tests {
 
     /// 1 MB/s: one byte per µs, so every term reads directly in µs.
     const BW: Option<u64> = Some(1_000_000);
+
+    #[test]
+    fn send_window_is_half_the_budget_at_the_measured_rate() {
+        // 0.7 MiB/s, 300 ms: about 107 KiB.
+        let bw = 700 * 1024;
+        assert_eq!(send_window(Some(bw), 300_000), bw as usize * 3 / 20);
+        assert_eq!(send_window(Some(1024), 300_000), MIN_WINDOW);
+        assert_eq!(send_window(Some(1 << 30), 300_000), MAX_WINDOW);
+        assert_eq!(send_window(Some(0), 300_000), MIN_WINDOW);
+        assert_eq!(send_window(None, 300_000), MAX_WINDOW / 2);
+        assert_eq!(send_window(Some(u64::MAX), u64::MAX), MAX_WINDOW);
+    }
 
     #[test]
     fn estimate_adds_every_term() {

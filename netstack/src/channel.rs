@@ -219,6 +219,13 @@ impl Channel {
         self.queued()
     }
 
+    /// Bytes handed to [`Channel::send`] that the peer has not acknowledged
+    /// yet: the queue beyond TCP plus the TCP send buffer (sent or not).
+    pub fn unacked_bytes(&self, stack: &mut Stack) -> usize {
+        let tcp = self.handle.map_or(0, |h| stack.tcp(h).send_queue());
+        self.queued() + tcp
+    }
+
     /// The configured output limit.
     pub fn tx_limit(&self) -> usize {
         self.opts.tx_limit

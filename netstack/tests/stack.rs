@@ -421,6 +421,14 @@ fn a_slow_reader_bounds_the_writers_memory() {
         );
     }
     assert!(blocked > 10_000, "the writer never blocked");
+    // What the peer has not acknowledged: the channel queue plus a full
+    // TCP send buffer.
+    let unacked = c.unacked_bytes(&mut n.a);
+    assert!(
+        unacked >= c.queued_bytes() + netstack::stack::TCP_BUFFER / 2,
+        "unacked {unacked}, queued {}",
+        c.queued_bytes()
+    );
     // TCP buffers on both sides plus the two channel buffers, no more.
     let bound = (2 * netstack::stack::TCP_BUFFER + opts.tx_limit + 2 * 8192 + 16 * 1024) as u64;
     assert!(accepted <= bound, "accepted {accepted} > {bound}");
@@ -440,6 +448,16 @@ fn a_slow_reader_bounds_the_writers_memory() {
         }
     }
     assert_eq!(got, accepted);
+    for _ in 0..100 {
+        n.step();
+        c.poll(&mut n.a, n.now_us);
+        s.poll(&mut n.b, n.now_us);
+    }
+    assert_eq!(
+        c.unacked_bytes(&mut n.a),
+        0,
+        "everything read is acknowledged"
+    );
     c.close(&mut n.a);
     for _ in 0..100 {
         n.step();
