@@ -119,6 +119,23 @@ pub fn hlt() {
     unsafe { asm!("hlt", options(nostack, preserves_flags)) };
 }
 
+/// Reloads CR3 with its own value: drops every cached (non-global)
+/// translation. The `dirty` guest does it under QEMU's TCG, whose
+/// migration dirty tracking otherwise misses writes (see `dirty`).
+pub fn flush_tlb() {
+    // SAFETY: CR3 gets the value it already holds, so the mappings stay the
+    // same; only the TLB is emptied. Not `nomem`: a barrier for the
+    // compiler, so the writes around it stay on their side.
+    unsafe {
+        asm!(
+            "mov {t}, cr3",
+            "mov cr3, {t}",
+            t = out(reg) _,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
 /// CR2: the linear address of the last page fault.
 pub fn cr2() -> u64 {
     let v: u64;
