@@ -17,6 +17,10 @@ use crate::proto::{
 
 /// Most `Send` actions one call to [`Source::poll`] produces.
 pub const MAX_SENDS_PER_POLL: usize = 16;
+/// Most pages one [`Source::poll`] reads: zero pages cost the link almost
+/// nothing, so without a cap one poll could scan all of RAM while the
+/// guest waits for its next turn (4 MiB of reads per turn).
+pub const MAX_PAGES_PER_POLL: u64 = 1024;
 /// Highest auto-converge level.
 pub const MAX_SLOW_LEVEL: u8 = 4;
 /// Bytes assumed to follow the final pages in the downtime estimate: the
@@ -285,6 +289,8 @@ pub struct Source {
     in_flight: Option<u64>,
     /// Bytes handed out during the current `poll`.
     poll_bytes: u64,
+    /// Pages read during the current `poll`.
+    poll_pages: u64,
     /// Whether a round ended during the current `poll`.
     round_ended_in_poll: bool,
     hello_sent_us: Option<u64>,
@@ -362,6 +368,7 @@ impl Source {
             rounds_done: 0,
             in_flight: None,
             poll_bytes: 0,
+            poll_pages: 0,
             round_ended_in_poll: false,
             hello_sent_us: None,
             rtt_us: None,
@@ -539,13 +546,17 @@ impl Source {
         acts: &mut Vec<Action>,
     ) -> bool {
         loop {
-            if b.sends + 1 >= MAX_SENDS_PER_POLL || !self.credit_ok() {
+            if b.sends + 1 >= MAX_SENDS_PER_POLL
+                || !self.credit_ok()
+                || self.poll_pages >= MAX_PAGES_PER_POLL
+            {
                 self.flush_builder(b, acts);
                 return false;
             }
             let Some(gfn) = self.next_gfn() else {
                 return self.flush_builder(b, acts);
             };
+            self.poll_pages += 1;
             self.builder.set_limit(self.page_allowance(b.room));
             let buf: &mut [u8; PAGE_SIZE] = match self.page_buf.as_mut_slice().try_into() {
                 Ok(buf) => buf,
@@ -691,6 +702,7 @@ impl Source {
             return acts;
         }
         self.poll_bytes = 0;
+        self.poll_pages = 0;
         self.round_ended_in_poll = false;
         if let Some(limit) = self.policy.bandwidth_limit {
             let dt = now_us.saturating_sub(self.credit_at) as u128;

@@ -738,3 +738,41 @@ fn reported_in_flight_keeps_the_downtime_within_budget() {
         assert!(s.lower_bound_us <= s.downtime_us, "{s:?}");
     }
 }
+
+#[test]
+fn one_poll_reads_a_bounded_number_of_pages() {
+    // All-zero RAM costs the link a marker a page: the cap, not the room,
+    // must stop the scan so the guest gets its turn.
+    let pages = 4 * migrate::source::MAX_PAGES_PER_POLL;
+    let mut src = Source::new(
+        desc(pages),
+        vec![(0, pages * PAGE_SIZE as u64)],
+        Policy::default(),
+        0,
+    );
+    let mut mem = common::SimMemory::new(pages);
+    let _ = src.poll(&mut mem, 1 << 20, 1_000);
+    assert!(src.on_message(Message::Ready, 2_000).is_empty());
+    let mut polls = 0;
+    let mut sent = 0u64;
+    while sent < pages {
+        let acts = src.poll(&mut mem, 1 << 20, 3_000 + polls * 10);
+        let n: u64 = acts
+            .iter()
+            .map(|a| match a {
+                Action::Send(Message::Pages { runs, .. }) => {
+                    runs.iter().map(|r| r.pages.len() as u64).sum::<u64>()
+                }
+                _ => 0,
+            })
+            .sum();
+        assert!(
+            n <= migrate::source::MAX_PAGES_PER_POLL,
+            "{n} pages in one poll"
+        );
+        sent += n;
+        polls += 1;
+        assert!(polls < 100, "round 0 never finished");
+    }
+    assert!(polls >= 4, "{polls} polls");
+}
