@@ -34,7 +34,7 @@ fn parse(args: &[String]) -> Result<u32> {
     };
     if what != "boot" {
         return Err(format!(
-            "bench: unknown benchmark '{what}' (expected boot, vmx or net)"
+            "bench: unknown benchmark '{what}' (expected boot, vmx, net, migrate or migrate-qemu)"
         ));
     }
     match rest {
@@ -155,6 +155,12 @@ pub fn main(args: &[String]) -> Result {
     }
     if args.first().map(String::as_str) == Some("net") {
         return crate::bench_net::main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("migrate") {
+        return crate::bench_migrate::main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("migrate-qemu") {
+        return crate::bench_migrate_qemu::main(&args[1..]);
     }
     let runs = parse(args)?;
     setup::setup()?;

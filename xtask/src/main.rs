@@ -11,6 +11,9 @@
 //! bench boot [--runs N] boot timing and memory use in QEMU and Bochs
 //! bench vmx            VM exit round-trip cost in Bochs
 //! bench net [--mib N]  net bench throughput: two QEMU hosts, host program via port forward, two Bochs hosts
+//! bench migrate [--quick] live migration in Bochs (64/256 MiB, 3 dirty rates) beside QEMU's own
+//! bench migrate-qemu [--mem MIB] [--rate N] [--bandwidth MIBPS]
+//!                      QEMU's own live migration of the dirty guest (TCG, two processes)
 //! ```
 //!
 //! Emulators are started through the `hv-tests` harness, so the emulator
@@ -19,6 +22,8 @@
 //! an abort would skip restoring the terminal.
 
 mod bench;
+mod bench_migrate;
+mod bench_migrate_qemu;
 mod bench_net;
 mod run;
 mod setup;
@@ -43,6 +48,10 @@ commands:
   bench boot [--runs N]  boot time and memory use in QEMU and Bochs (default 5 runs)
   bench vmx              VM exit round trips per second (CPUID and port I/O loops) in Bochs
   bench net [--mib N]    net bench throughput between two hosts (QEMU, Bochs) and from a host program
+  bench migrate [--quick] live migration of the dirty guest between two Bochs hosts (64 and 256 MiB,
+                         3 dirty rates) beside QEMU's own live migration of it at the same bandwidth
+  bench migrate-qemu [--mem MIB] [--rate N] [--bandwidth MIBPS] [--downtime MS] [--warmup S] [--image PATH]
+                         QEMU's own live migration of the dirty guest between two QEMUs (TCG)
 ";
 
 /// An error message for the user; `main` prints it as `error: <msg>`.
