@@ -53,7 +53,7 @@ fn host(link: &Link, name: &str, ip: &str, mib: u32) -> Result<Machine> {
 
 /// `(count, tsc)` of every counter line of guest `d` in `text`.
 fn counts(text: &str) -> Vec<(u64, u64)> {
-    let re = Regex::new(r"\[d\] dirty: count (\d+) tsc (\d+)").expect("static regex");
+    let re = Regex::new(r"\[d\] dirty: count (\d+) tsc (\d+)\r?\n").expect("static regex");
     re.captures_iter(text)
         .filter_map(|c| Some((c[1].parse().ok()?, c[2].parse().ok()?)))
         .collect()
@@ -133,7 +133,7 @@ fn ours(mem: u32, rate: u64, measure_link: bool) -> Result<(OurFigures, Option<f
         .map_err(err)?;
     a.try_send_line("vm start d").map_err(err)?;
     for _ in 0..WARMUP_COUNTS {
-        a.try_expect(r"\[d\] dirty: count \d+ tsc \d+", t)
+        a.try_expect(r"\[d\] dirty: count \d+ tsc \d+\r?\n", t)
             .map_err(err)?;
     }
     let hz = tsc_hz(&counts(&a.output())).ok_or("bench migrate: no TSC rate from the guest")?;
@@ -141,7 +141,7 @@ fn ours(mem: u32, rate: u64, measure_link: bool) -> Result<(OurFigures, Option<f
     a.try_send_line("migrate d 10.0.0.2").map_err(err)?;
     let done = a
         .try_expect(
-            r"(migrate: d now runs on 10\.0\.0\.2: total (\d+) ms, downtime (\d+) ms, (\d+) rounds, (\d+) KiB sent for \d+ MiB of RAM \((\d+) zero pages\), last round (\d+) KiB, lower bound (\d+) ms|error: migrate: .*)",
+            r"(migrate: d now runs on 10\.0\.0\.2: total (\d+) ms, downtime (\d+) ms, (\d+) rounds, (\d+) KiB sent for \d+ MiB of RAM \((\d+) zero pages\), last round (\d+) KiB, lower bound (\d+) ms|error: migrate: [^\r\n]*\r?\n)",
             Duration::from_secs(3600),
         )
         .map_err(err)?;
@@ -159,7 +159,7 @@ fn ours(mem: u32, rate: u64, measure_link: bool) -> Result<(OurFigures, Option<f
         return Ok((f, bw));
     }
     let n = |i| done.num(i);
-    b.try_expect(r"\[d\] dirty: count \d+ tsc \d+", t)
+    b.try_expect(r"\[d\] dirty: count \d+ tsc \d+\r?\n", t)
         .map_err(err)?;
     let dst = counts(&b.output());
     let src = counts(&a.output());
@@ -184,15 +184,16 @@ fn ours(mem: u32, rate: u64, measure_link: bool) -> Result<(OurFigures, Option<f
         wall_s,
         failed: None,
     };
-    let drops = b
-        .try_command("net show", t)
-        .map_err(err)?
-        .lines()
-        .find(|l| l.contains("rx: "))
-        .unwrap_or_default()
-        .to_string();
+    // Frames the receiving NIC dropped (ring full) say whether TCP had
+    // losses to recover from; the guest prints meanwhile, so match lines.
+    let mut rx = String::new();
+    for m in [&mut a, &mut b] {
+        m.try_send_line("net show").map_err(err)?;
+        let l = m.try_expect(r"rx: \d+ frames[^\r\n]*\r?\n", t).map_err(err)?;
+        rx.push_str(&format!(" [{}]", l.text.trim()));
+    }
     eprintln!(
-        "xtask: ours {mem} MiB at {rate} pages/s: {} (destination {drops})",
+        "xtask: ours {mem} MiB at {rate} pages/s: {} (source, destination:{rx})",
         done.text.trim()
     );
     Ok((f, bw))
