@@ -129,7 +129,9 @@ impl GuestMemoryMut for IncomingMem {
 struct Incoming {
     chan: Channel,
     dest: Dest,
-    /// When the source's Pause arrived (the guest's downtime starts).
+    /// When the vCPU state arrived. The guest's TSC in it was read when it
+    /// left the source (the pause up to then included); the time from here
+    /// to the start is added to it.
     paused_at_us: Option<u64>,
     /// Answered and closing (a refusal or a check): no more frames taken.
     answered: bool,
@@ -271,7 +273,7 @@ impl MigrationService {
                     }
                     active += 1;
                 }
-                if ty == Message::Pause.frame_type() {
+                if ty == Message::VcpuState(Vec::new()).frame_type() {
                     inc.paused_at_us = Some(now);
                 }
                 if matches!(decode(ty, &payload), Ok(Message::Hello { .. })) {

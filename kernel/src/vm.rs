@@ -1837,8 +1837,9 @@ fn u64_at(b: &[u8], at: usize) -> Result<u64, String> {
 }
 
 /// Starts an incoming guest from its vCPU and device state. `paused_us`:
-/// how long ago the source paused it (its TSC jumps by that much, so the
-/// guest sees the downtime).
+/// how long ago its state arrived (the TSC in the state was read as it
+/// left the source, its pause so far included): the TSC moves on by that
+/// much, so the guest sees the whole downtime and no more.
 pub fn start_incoming(
     name: &str,
     vcpu: &[u8],
