@@ -15,8 +15,8 @@ fn dirty_guest_checks_its_memory(m: &mut Machine, rate: u64, mechanism: &str) {
     m.cmd(&format!("vm create d mem=16 image=dirty arg={rate}"));
     m.send_line("vm start d");
     m.expect(r"\[d\] dirty: \d+ pages, \d+ pages/s", secs(60));
-    let a = m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+)", secs(60));
-    let b = m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+)", secs(60));
+    let a = m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+) gap (\d+)", secs(60));
+    let b = m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+) gap (\d+)", secs(60));
     m.check(b.num(1) == a.num(1) + 1 && b.num(2) > a.num(2), || {
         format!("counter: {} then {}", a.text, b.text)
     });
@@ -34,13 +34,13 @@ fn dirty_guest_checks_its_memory(m: &mut Machine, rate: u64, mechanism: &str) {
         &format!(r"vm d: dirty tracking on \({mechanism}\)"),
         secs(30),
     );
-    m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+)", secs(60));
+    m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+) gap (\d+)", secs(60));
     m.send_line("vm dirty d");
     m.expect_line(r"vm d: \d+ pages dirty since the last look.*", secs(30));
-    let t0 = m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+)", secs(60));
+    let t0 = m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+) gap (\d+)", secs(60));
     m.send_line("vm dirty d");
     let n = m.expect_line(r"vm d: (\d+) pages dirty since the last look.*", secs(30));
-    let t1 = m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+)", secs(60));
+    let t1 = m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+) gap (\d+)", secs(60));
     // Between the two looks: at least the writes of the half second between
     // two counter lines (rate/2, fewer when a page is hit twice), at most
     // those of a second and a half plus the guest's stack and variables.

@@ -27,7 +27,7 @@ fn host_with(link: &Link, name: &str, ip: &str, model: &str, mib: u32) -> Machin
 }
 
 fn count(m: &mut Machine) -> Found {
-    m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+)", secs(60))
+    m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+) gap (\d+)", secs(60))
 }
 
 /// Starts the dirty guest on `m` and waits until it prints.

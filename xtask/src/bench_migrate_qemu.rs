@@ -243,7 +243,7 @@ struct Line {
     text: String,
 }
 
-/// A `dirty: count <n> tsc <t>` line.
+/// A `dirty: count <n> tsc <t> gap <g>` line.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Count {
     count: u64,
@@ -256,7 +256,8 @@ fn count_line(text: &str, t: f64) -> Option<Count> {
     let (n, tsc) = rest.split_once(" tsc ")?;
     Some(Count {
         count: n.parse().ok()?,
-        tsc: tsc.trim().parse().ok()?,
+        // `tsc <t> gap <g>`: the gap (TSC ticks between wake-ups) is not used here.
+        tsc: tsc.split_whitespace().next()?.parse().ok()?,
         t,
     })
 }
@@ -741,7 +742,7 @@ mod tests {
     #[test]
     fn a_continuous_counter() {
         let dst = lines(&[
-            (4.2, "dirty: count 6 tsc 6000000000"),
+            (4.2, "dirty: count 6 tsc 6000000000 gap 10000"),
             (4.7, "dirty: count 7 tsc 7000000000"),
         ]);
         let h = handover(&source(), "", &dst).expect("handover");

@@ -1,7 +1,9 @@
 //! `dirty`: dirties `arg` pages a second across its RAM (one word each,
 //! at 100 timer ticks a second), keeping a running checksum of everything
-//! it wrote; prints `dirty: count <n> tsc <t>` every 50 ticks (a counter
-//! that must continue without a gap or repeat across a migration) and,
+//! it wrote; prints `dirty: count <n> tsc <t> gap <g>` every 50 ticks (a
+//! counter that must continue without a gap or repeat across a migration;
+//! `g`: the longest stretch in TSC ticks between two of its wake-ups since
+//! the previous line, so a pause shows as the guest saw it) and,
 //! whenever the request port (0xF5) changes, rescans its memory and prints
 //! `dirty: checksum <sum> expected <sum> ok|MISMATCH`. Runs until stopped;
 //! exits with 6 if a rescan ever mismatches.
@@ -82,8 +84,15 @@ fn main(boot: guests::Boot) -> ! {
     let mut tick = 0u64;
     let mut count = 0u64;
     let mut writes = 0u64;
+    // The longest time between two wake-ups since the last counter line:
+    // a pause (a migration's switchover) shows up here as the guest saw it.
+    let mut last_wake = arch::rdtsc();
+    let mut gap = 0u64;
     loop {
         arch::hlt();
+        let now = arch::rdtsc();
+        gap = gap.max(now.saturating_sub(last_wake));
+        last_wake = now;
         if under_qemu {
             arch::flush_tlb();
         }
@@ -107,7 +116,8 @@ fn main(boot: guests::Boot) -> ! {
             tick += 1;
             if tick.is_multiple_of(50) {
                 count += 1;
-                say!("count {count} tsc {}", arch::rdtsc());
+                say!("count {count} tsc {} gap {gap}", arch::rdtsc());
+                gap = 0;
             }
         }
         // SAFETY: as above.
