@@ -19,8 +19,8 @@ use crate::proto::{
 pub const MAX_SENDS_PER_POLL: usize = 16;
 /// Most pages one [`Source::poll`] reads: zero pages cost the link almost
 /// nothing, so without a cap one poll could scan all of RAM while the
-/// guest waits for its next turn (4 MiB of reads per turn).
-pub const MAX_PAGES_PER_POLL: u64 = 1024;
+/// guest waits for its next turn (1 MiB of reads per turn).
+pub const MAX_PAGES_PER_POLL: u64 = 256;
 /// Highest auto-converge level.
 pub const MAX_SLOW_LEVEL: u8 = 4;
 /// Bytes assumed to follow the final pages in the downtime estimate: the

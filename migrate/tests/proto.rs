@@ -262,3 +262,16 @@ fn missing_features_by_name() {
         CpuFeature::KNOWN
     );
 }
+
+#[test]
+fn a_single_nonzero_byte_anywhere_makes_a_page_nonzero() {
+    let mut page = [0u8; PAGE_SIZE];
+    assert!(migrate::proto::is_zero(&page));
+    for at in [0, 1, 7, 8, 2047, 4088, 4095] {
+        page[at] = 0x80;
+        assert!(!migrate::proto::is_zero(&page), "byte {at}");
+        assert!(matches!(Page::from_bytes(&page), Page::Raw(_)));
+        page[at] = 0;
+    }
+    assert_eq!(Page::from_bytes(&page), Page::Zero);
+}
