@@ -325,9 +325,9 @@ fn with_net(f: impl FnOnce(&mut Net)) {
     }
 }
 
-/// True if the operator pressed Ctrl-C.
+/// True if the operator pressed Ctrl-C (other keys wait for the shell).
 fn interrupted() -> bool {
-    crate::serial::try_read() == Some(0x03)
+    crate::serial::interrupt_pending()
 }
 
 /// `net show`.

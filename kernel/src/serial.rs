@@ -45,9 +45,70 @@ pub fn write_bytes(b: &[u8]) {
     }
 }
 
-/// Reads one byte if one is waiting.
+/// Bytes typed while a command ran, kept for the shell (see
+/// [`interrupt_pending`]).
+static TYPE_AHEAD: Mutex<TypeAhead> = Mutex::new(TypeAhead {
+    buf: [0; TYPE_AHEAD_LEN],
+    start: 0,
+    len: 0,
+});
+
+const TYPE_AHEAD_LEN: usize = 256;
+
+struct TypeAhead {
+    buf: [u8; TYPE_AHEAD_LEN],
+    start: usize,
+    len: usize,
+}
+
+impl TypeAhead {
+    fn push(&mut self, b: u8) {
+        if self.len < TYPE_AHEAD_LEN {
+            self.buf[(self.start + self.len) % TYPE_AHEAD_LEN] = b;
+            self.len += 1;
+        }
+    }
+
+    fn pop(&mut self) -> Option<u8> {
+        if self.len == 0 {
+            return None;
+        }
+        let b = self.buf[self.start];
+        self.start = (self.start + 1) % TYPE_AHEAD_LEN;
+        self.len -= 1;
+        Some(b)
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// Reads one byte if one is waiting (typed-ahead bytes first).
 pub fn try_read() -> Option<u8> {
+    if let Some(b) = TYPE_AHEAD.lock().pop() {
+        return Some(b);
+    }
     PORT.lock().as_mut().and_then(|u| u.try_receive_byte().ok())
+}
+
+/// For a command that runs a while: true if the operator pressed Ctrl-C
+/// (what was typed before it is dropped with it). Any other byte is kept
+/// for the shell, so a line typed ahead is not lost.
+pub fn interrupt_pending() -> bool {
+    let mut port = PORT.lock();
+    let Some(u) = port.as_mut() else {
+        return false;
+    };
+    let mut ahead = TYPE_AHEAD.lock();
+    while let Ok(b) = u.try_receive_byte() {
+        if b == 0x03 {
+            ahead.clear();
+            return true;
+        }
+        ahead.push(b);
+    }
+    false
 }
 
 /// `core::fmt` sink for COM1 that turns `\n` into `\r\n`.

@@ -224,37 +224,79 @@ fn ours(mem: u32, rate: u64, measure_link: bool) -> Result<(OurFigures, Option<f
     Ok((f, bw))
 }
 
-fn parse(args: &[String]) -> Result<bool> {
-    match args {
-        [] => Ok(false),
-        [q] if q == "--quick" => Ok(true),
-        _ => Err(format!(
-            "bench migrate: unexpected arguments {args:?} (expected nothing or --quick)"
-        )),
-    }
+/// What to run: sizes, rates, and the link rate if already known.
+struct Plan {
+    sizes: Vec<u32>,
+    rates: Vec<u64>,
+    link: Option<f64>,
 }
 
-/// `cargo xtask bench migrate [--quick]` (`--quick`: one 64 MiB run at
-/// the middle rate).
+fn parse(args: &[String]) -> Result<Plan> {
+    let usage = "expected [--quick] [--mem 64|256] [--link <MiB/s>]";
+    let mut plan = Plan {
+        sizes: vec![64, 256],
+        rates: vec![25, 100, 250],
+        link: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => {
+                plan.sizes = vec![64];
+                plan.rates = vec![100];
+            }
+            "--mem" => {
+                let m = it
+                    .next()
+                    .and_then(|m| m.parse().ok())
+                    .filter(|m| (16..=1024).contains(m));
+                plan.sizes = vec![m.ok_or_else(|| format!("bench migrate: bad --mem ({usage})"))?];
+            }
+            "--link" => {
+                let l = it
+                    .next()
+                    .and_then(|l| l.parse().ok())
+                    .filter(|l: &f64| *l > 0.0);
+                plan.link = Some(l.ok_or_else(|| format!("bench migrate: bad --link ({usage})"))?);
+            }
+            _ => {
+                return Err(format!(
+                    "bench migrate: unexpected argument '{a}' ({usage})"
+                ));
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// `cargo xtask bench migrate [--quick] [--mem M] [--link MiB/s]`
+/// (`--quick`: one 64 MiB run at the middle rate; `--link`: skip measuring
+/// the link and cap QEMU at that rate). A run that fails is reported and
+/// the others go on.
 pub fn main(args: &[String]) -> Result {
-    let quick = parse(args)?;
+    let plan = parse(args)?;
     setup::setup()?;
     make_image()?;
-    let sizes: &[u32] = if quick { &[64] } else { &[64, 256] };
-    let rates: &[u64] = if quick { &[100] } else { &[25, 100, 250] };
-
-    let mut link: Option<f64> = None;
+    let mut link = plan.link;
     let mut rows = Vec::new();
-    for &mem in sizes {
-        for &rate in rates {
-            let (o, bw) = ours(mem, rate, link.is_none())?;
-            if bw.is_some() {
-                link = bw;
-                eprintln!(
-                    "xtask: Bochs link: {:.2} MiB/s (emulated time)",
-                    bw.unwrap_or(0.0)
-                );
-            }
+    for &mem in &plan.sizes {
+        for &rate in &plan.rates {
+            let o = match ours(mem, rate, link.is_none()) {
+                Ok((o, bw)) => {
+                    if let Some(bw) = bw {
+                        link = Some(bw);
+                        eprintln!("xtask: Bochs link: {bw:.2} MiB/s (emulated time)");
+                    }
+                    o
+                }
+                Err(e) => {
+                    eprintln!("xtask: ours {mem} MiB at {rate} pages/s: {e}");
+                    OurFigures {
+                        failed: Some(e.lines().next().unwrap_or_default().to_string()),
+                        ..Default::default()
+                    }
+                }
+            };
             let bw_bytes = (link.unwrap_or(1.0) * 1024.0 * 1024.0) as u64;
             let q = qemu_migration(
                 &guest_path("dirty"),
@@ -264,8 +306,9 @@ pub fn main(args: &[String]) -> Result {
                 DOWNTIME_MS,
                 Duration::from_secs(WARMUP_COUNTS as u64 / 2),
             );
-            if let Err(e) = &q {
-                eprintln!("xtask: QEMU {mem} MiB at {rate} pages/s: {e}");
+            match &q {
+                Ok(q) => eprintln!("xtask: QEMU {mem} MiB at {rate} pages/s: {q:?}"),
+                Err(e) => eprintln!("xtask: QEMU {mem} MiB at {rate} pages/s: {e}"),
             }
             rows.push((mem, rate, o, q.ok()));
         }
