@@ -138,8 +138,9 @@ pub struct Policy {
     pub max_rounds: u32,
     /// What to do past `max_rounds`.
     pub on_no_convergence: NoConvergence,
-    /// Rounds without the dirty set shrinking before slowing the guest one
-    /// more level (default 3; 0 disables auto-converge). "Shrinking" means at
+    /// Rounds without the dirty set shrinking before slowing the guest
+    /// (default 3; 0 disables auto-converge); once slowed, every further
+    /// round that does not shrink steps one more level. "Shrinking" means at
     /// least 1/16 fewer dirty pages than the best round so far.
     pub auto_converge_after: u32,
 }
@@ -675,8 +676,16 @@ impl Source {
             _ => self.stalled = 0,
         }
         self.best_dirty = Some(self.best_dirty.map_or(n_dirty, |b| b.min(n_dirty)));
+        // Once slowing has begun, each further round that does not shrink
+        // steps again (rounds on a slow link last long: waiting three more
+        // per level cost minutes).
+        let needed = if self.slow_level > 0 {
+            1
+        } else {
+            self.policy.auto_converge_after
+        };
         if self.policy.auto_converge_after > 0
-            && self.stalled >= self.policy.auto_converge_after
+            && self.stalled >= needed
             && self.slow_level < MAX_SLOW_LEVEL
         {
             self.slow_level += 1;

@@ -776,3 +776,47 @@ fn one_poll_reads_a_bounded_number_of_pages() {
     }
     assert!(polls >= 4, "{polls} polls");
 }
+
+#[test]
+fn once_slowed_each_stalled_round_steps_again() {
+    // Every page is written again every round: the dirty set never shrinks.
+    let mut src = Source::new(
+        desc(16),
+        vec![(0, 16 * PAGE_SIZE as u64)],
+        Policy {
+            downtime_budget_us: 0,
+            max_rounds: 100,
+            ..Policy::default()
+        },
+        0,
+    );
+    let mut mem = common::SimMemory::new(16);
+    let _ = src.poll(&mut mem, 1 << 20, 1_000);
+    assert!(src.on_message(Message::Ready, 2_000).is_empty());
+    let mut steps = Vec::new();
+    let mut now = 3_000;
+    while steps.len() < 4 {
+        for g in 0..16 {
+            mem.write(g, 0, &[now as u8 | 1; 8]);
+        }
+        let mut round = None;
+        for a in src.poll(&mut mem, 1 << 20, now) {
+            match a {
+                Action::Progress(r) => round = Some(r.round),
+                Action::SlowGuest(level) => steps.push((round.unwrap(), level)),
+                _ => {}
+            }
+        }
+        now += 1_000;
+        assert!(now < 1_000_000, "no auto-converge: {steps:?}");
+    }
+    // Three stalled rounds (1, 2, 3 after the first) for the first level,
+    // then one per level.
+    let rounds: Vec<u32> = steps.iter().map(|s| s.0).collect();
+    let levels: Vec<u8> = steps.iter().map(|s| s.1).collect();
+    assert_eq!(levels, [1, 2, 3, 4]);
+    assert!(
+        rounds.windows(2).all(|w| w[1] == w[0] + 1),
+        "a level per stalled round once slowed: {steps:?}"
+    );
+}
