@@ -37,6 +37,15 @@ pub fn tsc_to_ms(delta: u64) -> u64 {
     (u128::from(delta) * 1000 / u128::from(hz)) as u64
 }
 
+/// Converts a TSC delta to microseconds (0 before calibration).
+pub fn tsc_to_us(delta: u64) -> u64 {
+    let hz = tsc_hz();
+    if hz == 0 {
+        return 0;
+    }
+    (u128::from(delta) * 1_000_000 / u128::from(hz)) as u64
+}
+
 /// Milliseconds since kernel entry.
 pub fn uptime_ms() -> u64 {
     tsc_to_ms(rdtsc().saturating_sub(KERNEL_START_TSC.load(Ordering::Relaxed)))

@@ -743,6 +743,24 @@ pub fn stats(name: &str) -> Result<(), String> {
             println!("  {:<28} {n}", ExitReason::from(reason as u16).to_string());
         }
     }
+    let now = arch::rdtsc();
+    println!(
+        "  pic irr {:#04x} isr {:#04x} imr {:#04x}; timer {}",
+        vm.pic.irr,
+        vm.pic.isr,
+        vm.pic.imr,
+        if vm.tick_period == 0 {
+            String::from("off")
+        } else {
+            format!(
+                "every {} us, next in {} us{}{}",
+                crate::time::tsc_to_us(vm.tick_period),
+                crate::time::tsc_to_us(vm.next_tick.saturating_sub(now)),
+                if vm.paused { ", paused" } else { "" },
+                if vm.migrating { ", migrating" } else { "" }
+            )
+        }
+    );
     println!("  console bytes {}", vm.uart.bytes);
     let mechanism = m.host.as_ref().map(|h| h.dirty_mechanism);
     match (&vm.dirty, mechanism) {
@@ -1057,12 +1075,38 @@ pub fn run_slice() -> bool {
             make_current(&mut m, vmcs);
             let Manager { host, vms, .. } = &mut *m;
             if let Some(host) = host.as_ref() {
-                run_vm(host, &mut vms[i]);
+                run_for_a_slice(host, &mut vms[i], now);
             }
             return true;
         }
     }
     false
+}
+
+/// Runs `vm` (its VMCS current) through exits until it has had
+/// [`SLICE_MS`] or cannot go on (halted with nothing pending, stopped,
+/// paused). One entry per turn is not enough: when the host does other
+/// work between turns (a migration's pages), a guest whose timer tick
+/// costs a few exits (injection, EOI, interrupt window) would spend every
+/// entry in its tick handler and never reach its own code.
+fn run_for_a_slice(host: &Host, vm: &mut Vm, start: u64) {
+    let end = start.saturating_add(crate::time::tsc_hz() / 1000 * SLICE_MS);
+    loop {
+        run_vm(host, vm);
+        let now = arch::rdtsc();
+        if now >= end || vm.paused {
+            return;
+        }
+        update_timer(vm, now);
+        let again = match vm.state {
+            State::Running => true,
+            State::Halted => vm.pic.pending().is_some(),
+            _ => false,
+        };
+        if !again {
+            return;
+        }
+    }
 }
 
 /// Raises IRQ0 when the guest's PIT period has elapsed.

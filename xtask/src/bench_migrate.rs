@@ -232,7 +232,7 @@ struct Plan {
 }
 
 fn parse(args: &[String]) -> Result<Plan> {
-    let usage = "expected [--quick] [--mem 64|256] [--link <MiB/s>]";
+    let usage = "expected [--quick] [--mem <MiB>] [--rate <pages/s>] [--link <MiB/s>]";
     let mut plan = Plan {
         sizes: vec![64, 256],
         rates: vec![25, 100, 250],
@@ -252,6 +252,13 @@ fn parse(args: &[String]) -> Result<Plan> {
                     .filter(|m| (16..=1024).contains(m));
                 plan.sizes = vec![m.ok_or_else(|| format!("bench migrate: bad --mem ({usage})"))?];
             }
+            "--rate" => {
+                let r = it
+                    .next()
+                    .and_then(|r| r.parse().ok())
+                    .filter(|r| (1..=100_000).contains(r));
+                plan.rates = vec![r.ok_or_else(|| format!("bench migrate: bad --rate ({usage})"))?];
+            }
             "--link" => {
                 let l = it
                     .next()
@@ -269,7 +276,7 @@ fn parse(args: &[String]) -> Result<Plan> {
     Ok(plan)
 }
 
-/// `cargo xtask bench migrate [--quick] [--mem M] [--link MiB/s]`
+/// `cargo xtask bench migrate [--quick] [--mem M] [--rate R] [--link MiB/s]`
 /// (`--quick`: one 64 MiB run at the middle rate; `--link`: skip measuring
 /// the link and cap QEMU at that rate). A run that fails is reported and
 /// the others go on.
