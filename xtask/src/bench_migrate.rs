@@ -232,7 +232,8 @@ struct Plan {
 }
 
 fn parse(args: &[String]) -> Result<Plan> {
-    let usage = "expected [--quick] [--mem <MiB>] [--rate <pages/s>] [--link <MiB/s>]";
+    let usage =
+        "expected [--quick] [--mem <MiB>] [--rate <pages/s>[,<pages/s>...]] [--link <MiB/s>]";
     let mut plan = Plan {
         sizes: vec![64, 256],
         rates: vec![25, 100, 250],
@@ -253,11 +254,13 @@ fn parse(args: &[String]) -> Result<Plan> {
                 plan.sizes = vec![m.ok_or_else(|| format!("bench migrate: bad --mem ({usage})"))?];
             }
             "--rate" => {
-                let r = it
-                    .next()
-                    .and_then(|r| r.parse().ok())
-                    .filter(|r| (1..=100_000).contains(r));
-                plan.rates = vec![r.ok_or_else(|| format!("bench migrate: bad --rate ({usage})"))?];
+                // One rate or a comma-separated list.
+                let r: Option<Vec<u64>> = it.next().and_then(|r| {
+                    r.split(',')
+                        .map(|x| x.parse().ok().filter(|x| (1..=100_000).contains(x)))
+                        .collect()
+                });
+                plan.rates = r.ok_or_else(|| format!("bench migrate: bad --rate ({usage})"))?;
             }
             "--link" => {
                 let l = it
