@@ -426,4 +426,24 @@ mod tests {
         assert!((precopy_stall_ms(&src, 1, hz) - 90.0).abs() < 1e-6);
         assert_eq!(precopy_stall_ms(&src, 2, hz), 0.0);
     }
+
+    #[test]
+    fn options_pick_a_subset() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = parse(&args(&["--mem", "256", "--rate", "25,100"])).unwrap();
+        assert_eq!((p.sizes, p.rates, p.link), (vec![256], vec![25, 100], None));
+        let p = parse(&args(&["--quick", "--link", "0.9"])).unwrap();
+        assert_eq!((p.sizes, p.rates, p.link), (vec![64], vec![100], Some(0.9)));
+        let p = parse(&[]).unwrap();
+        assert_eq!((p.sizes.len(), p.rates.len()), (2, 3));
+        for bad in [
+            &["--rate", "0"][..],
+            &["--rate", "25,x"],
+            &["--mem"],
+            &["--link", "-1"],
+            &["--fast"],
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
 }
