@@ -1064,12 +1064,7 @@ pub fn run_slice() -> bool {
         if vm.paused {
             continue;
         }
-        let runnable = match vm.state {
-            State::Running => true,
-            State::Halted => vm.pic.pending().is_some(),
-            _ => false,
-        };
-        if runnable {
+        if runnable(vm) {
             m.next = (i + 1) % n;
             let vmcs = m.vms[i].vmcs;
             make_current(&mut m, vmcs);
@@ -1098,14 +1093,18 @@ fn run_for_a_slice(host: &Host, vm: &mut Vm, start: u64) {
             return;
         }
         update_timer(vm, now);
-        let again = match vm.state {
-            State::Running => true,
-            State::Halted => vm.pic.pending().is_some(),
-            _ => false,
-        };
-        if !again {
+        if !runnable(vm) {
             return;
         }
+    }
+}
+
+/// Running, or halted with an interrupt to deliver.
+fn runnable(vm: &Vm) -> bool {
+    match vm.state {
+        State::Running => true,
+        State::Halted => vm.pic.pending().is_some(),
+        _ => false,
     }
 }
 

@@ -617,18 +617,7 @@ pub fn main(args: &[String]) -> crate::Result {
         Some(p) => p,
         None => {
             crate::setup::rust_targets()?;
-            let mut c = crate::cargo();
-            c.args([
-                "build",
-                "--release",
-                "-p",
-                "guests",
-                "--target",
-                crate::KERNEL_TARGET,
-                "--bin",
-                "dirty",
-            ]);
-            crate::run_cmd(c)?;
+            crate::build_guests()?;
             crate::guest_path("dirty")
         }
     };

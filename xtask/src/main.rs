@@ -185,6 +185,11 @@ fn build() -> Result {
         KERNEL_TARGET,
     ]);
     run_cmd(c)?;
+    build_guests()
+}
+
+/// Builds the test guests (bare-metal ELFs, see `guest_path`).
+fn build_guests() -> Result {
     let mut c = cargo();
     c.args([
         "build",
