@@ -220,6 +220,30 @@ fn make_image() -> Result {
     Ok(())
 }
 
+/// Clippy on every crate for the target it really builds for, warnings
+/// as errors: the workspace lints (`undocumented_unsafe_blocks` among
+/// them) are only enforced by clippy. Stops at the first failure.
+fn clippy() -> Result {
+    let runs: [(&[&str], Option<&str>); 3] = [
+        (
+            &["--workspace", "--exclude", "guests", "--all-targets"],
+            None,
+        ),
+        (&["-p", "kernel", "-p", "guests"], Some(KERNEL_TARGET)),
+        (&["-p", "boot"], Some(UEFI_TARGET)),
+    ];
+    for (crates, target) in runs {
+        let mut c = cargo();
+        c.arg("clippy").args(crates);
+        if let Some(t) = target {
+            c.args(["--target", t]);
+        }
+        c.args(["--", "-D", "warnings"]);
+        run_cmd(c)?;
+    }
+    Ok(())
+}
+
 fn test(rest: &[String]) -> Result {
     let passthrough: &[String] = match rest.split_first() {
         None => &[],
@@ -231,6 +255,7 @@ fn test(rest: &[String]) -> Result {
         }
     };
     setup::setup()?;
+    clippy()?;
     make_image()?;
     let img = hv_tests::host::default_image_path();
 
