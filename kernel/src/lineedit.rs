@@ -183,16 +183,30 @@ impl LineEditor {
     }
 }
 
-/// Commands whose argument is a secret: what follows the prefix is echoed
-/// as `*`, so a channel key never appears on the console (or in its log).
-const SECRET_PREFIXES: &[&str] = &["net key "];
+/// Commands whose argument is a secret, as words: what follows them is
+/// echoed as `*`, so a channel key never appears on the console (or in its
+/// log). Decided on the words, as the shell parses them: `" net  key x"`
+/// is the same command as `"net key x"` and is masked the same.
+const SECRET_COMMANDS: &[&[&str]] = &[&["net", "key"]];
 
-/// Where the secret part of `line` starts, if the line has one.
+/// Where the secret part of `line` starts, if the line has one: just after
+/// the first blank that follows the command's last word.
 fn secret_start(line: &str) -> Option<usize> {
-    SECRET_PREFIXES
-        .iter()
-        .find(|p| line.starts_with(*p))
-        .map(|p| p.len())
+    SECRET_COMMANDS.iter().find_map(|words| {
+        let mut at = 0;
+        for word in *words {
+            let rest = &line[at..];
+            let trimmed = rest.trim_start();
+            at += rest.len() - trimmed.len();
+            let end = trimmed.find(char::is_whitespace)?;
+            if &trimmed[..end] != *word {
+                return None;
+            }
+            at += end;
+        }
+        // `line[at..]` starts with the blank that ends the last word.
+        Some(at + 1)
+    })
 }
 
 #[cfg(test)]
@@ -367,6 +381,25 @@ mod tests {
                 assert!(line.len() <= 8);
                 assert!(line.bytes().all(|b| (0x20..=0x7e).contains(&b)), "{line:?}");
             }
+        }
+    }
+
+    #[test]
+    fn secrets_are_masked_whatever_the_spacing() {
+        for typed in [" net key 00ff", "net  key 00ff", "net key  00ff", "  net   key 00ff"] {
+            let mut ed = LineEditor::new(80);
+            let (_, echo) = run(&mut ed, typed.as_bytes());
+            let echo = String::from_utf8(echo).unwrap();
+            assert!(!echo.contains("00ff") && !echo.contains('0'), "{typed:?} echoed {echo:?}");
+            assert!(echo.ends_with("****"), "{typed:?} echoed {echo:?}");
+            assert!(!ed.shown().contains('0'), "{typed:?} shown as {:?}", ed.shown());
+            assert_eq!(ed.line(), typed);
+        }
+        // Not the key command: echoed as typed.
+        for typed in ["net keys 00ff", "net show 00ff", "netkey 00ff"] {
+            let mut ed = LineEditor::new(80);
+            let (_, echo) = run(&mut ed, typed.as_bytes());
+            assert_eq!(echo, typed.as_bytes());
         }
     }
 
