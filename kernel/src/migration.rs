@@ -426,7 +426,9 @@ pub struct Outbound {
     source: Source,
     /// Encoded messages the channel could not take yet (backpressure).
     backlog: alloc::collections::VecDeque<(u8, Vec<u8>)>,
-    commit_sent: bool,
+    /// Where Commit ends in the channel's stream, once sealed: Commit may
+    /// have reached the destination once that much was handed to TCP.
+    commit_end: Option<u64>,
     /// Set by `migrate cancel` or Ctrl-C; acted on at the next turn.
     cancel: Option<String>,
     /// The last progress line, for `migrate status`.
@@ -492,7 +494,7 @@ impl Outbound {
             chan,
             source: Source::new(desc, alloc::vec![(0, info.mem_bytes)], policy, now),
             backlog: Default::default(),
-            commit_sent: false,
+            commit_end: None,
             cancel: None,
             last_round: None,
             outcome: None,
@@ -536,17 +538,30 @@ impl Outbound {
         )
     }
 
+    /// Whether Commit may have reached the destination: it was handed to
+    /// TCP (not merely queued behind the backlog or the channel).
+    fn commit_sent(&self) -> bool {
+        self.commit_end
+            .is_some_and(|end| self.chan.handed_to_tcp() >= end)
+    }
+
+    /// Seals one frame; notes where Commit ends in the stream.
+    fn seal(&mut self, ty: u8, payload: &[u8]) -> Result<(), netstack::channel::SendError> {
+        self.chan.send(ty, payload)?;
+        if ty == Message::Commit.frame_type() {
+            self.commit_end = Some(self.chan.sealed_offset());
+        }
+        Ok(())
+    }
+
     /// Queues `msg` behind the backlog; an error ends the migration.
     fn send_msg(&mut self, msg: &Message) {
-        if matches!(msg, Message::Commit) {
-            self.commit_sent = true;
-        }
         let (ty, payload) = encode(msg);
         if !self.backlog.is_empty() {
             self.backlog.push_back((ty, payload));
             return;
         }
-        match self.chan.send(ty, &payload) {
+        match self.seal(ty, &payload) {
             Ok(()) => {}
             Err(netstack::channel::SendError::WouldBlock) => self.backlog.push_back((ty, payload)),
             Err(e) => {
@@ -563,12 +578,13 @@ impl Outbound {
             return self.chan.is_closed() || now >= at;
         }
         self.chan.poll(stack, now);
-        while let Some((ty, payload)) = self.backlog.front() {
-            match self.chan.send(*ty, payload) {
-                Ok(()) => {
-                    self.backlog.pop_front();
+        while let Some((ty, payload)) = self.backlog.pop_front() {
+            match self.seal(ty, &payload) {
+                Ok(()) => {}
+                Err(netstack::channel::SendError::WouldBlock) => {
+                    self.backlog.push_front((ty, payload));
+                    break;
                 }
-                Err(netstack::channel::SendError::WouldBlock) => break,
                 Err(e) => {
                     self.outcome
                         .get_or_insert(Err(alloc::format!("sending: {e}")));
@@ -684,7 +700,7 @@ impl Outbound {
                 crate::vm::migration_end(&vm, true);
                 self.chan.close(stack);
             }
-            Err(why) if self.commit_sent && self.source.is_paused() => {
+            Err(why) if self.commit_sent() && self.source.is_paused() => {
                 // The destination may have started the guest: running it here
                 // too could put one guest on two hosts. Leave it paused.
                 async_line(format_args!(

@@ -119,6 +119,8 @@ pub struct Channel {
     rx_start: usize,
     tx: Vec<u8>,
     tx_start: usize,
+    /// Bytes given to the TCP socket so far (this side's stream offset).
+    tx_handed: u64,
     deadline_us: u64,
     opts: ChannelOptions,
     peer: Option<IpEndpoint>,
@@ -144,6 +146,7 @@ impl Channel {
             rx_start: 0,
             tx: Vec::new(),
             tx_start: 0,
+            tx_handed: 0,
             deadline_us: now_us + opts.timeout_us,
             opts,
             peer: None,
@@ -238,6 +241,18 @@ impl Channel {
 
     fn queued(&self) -> usize {
         self.tx.len() - self.tx_start
+    }
+
+    /// The stream offset just past the last frame sealed: once
+    /// [`Channel::handed_to_tcp`] reaches it, that frame is in TCP's hands.
+    pub fn sealed_offset(&self) -> u64 {
+        self.tx_handed + self.queued() as u64
+    }
+
+    /// Bytes of this side's stream handed to the TCP socket so far (sent or
+    /// still in its buffer): what may have reached the peer.
+    pub fn handed_to_tcp(&self) -> u64 {
+        self.tx_handed
     }
 
     /// Whether a send of `len` payload bytes would be taken now.
@@ -365,7 +380,10 @@ impl Channel {
         while self.tx_start < self.tx.len() && s.can_send() {
             match s.send_slice(&self.tx[self.tx_start..]) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => self.tx_start += n,
+                Ok(n) => {
+                    self.tx_start += n;
+                    self.tx_handed += n as u64;
+                }
             }
         }
         if self.tx_start == self.tx.len() {

@@ -421,6 +421,13 @@ fn a_slow_reader_bounds_the_writers_memory() {
         );
     }
     assert!(blocked > 10_000, "the writer never blocked");
+    // Frames sealed but still queued beyond TCP are not in TCP's hands (a
+    // migration source must not count a Commit queued here as sent).
+    assert_eq!(
+        c.sealed_offset() - c.handed_to_tcp(),
+        c.queued_bytes() as u64
+    );
+    assert!(c.handed_to_tcp() < c.sealed_offset());
     // What the peer has not acknowledged: the channel queue plus a full
     // TCP send buffer.
     let unacked = c.unacked_bytes(&mut n.a);
@@ -448,6 +455,7 @@ fn a_slow_reader_bounds_the_writers_memory() {
         }
     }
     assert_eq!(got, accepted);
+    assert_eq!(c.handed_to_tcp(), c.sealed_offset());
     for _ in 0..100 {
         n.step();
         c.poll(&mut n.a, n.now_us);
