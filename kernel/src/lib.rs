@@ -10,6 +10,7 @@ pub mod addr;
 pub mod config;
 pub mod devices;
 pub mod e1000;
+pub mod entropy;
 pub mod frames;
 pub mod lineedit;
 pub mod mmio;

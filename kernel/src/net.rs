@@ -92,7 +92,6 @@ pub struct Net {
     migrations: Option<crate::migration::MigrationService>,
     /// Guests leaving this host (foreground or background).
     outgoing: Vec<crate::migration::Outbound>,
-    nonces: u64,
     pci: String,
 }
 
@@ -120,19 +119,8 @@ impl Net {
     }
 
     fn nonce(&mut self) -> [u8; 32] {
-        self.nonces += 1;
-        nonce(self.nonces, self.nic.mac())
+        crate::entropy::bytes32()
     }
-}
-
-fn nonce(counter: u64, mac: [u8; 6]) -> [u8; 32] {
-    let mut e = [0u8; 38];
-    e[..8].copy_from_slice(&crate::arch::rdtsc().to_le_bytes());
-    e[8..16].copy_from_slice(&crate::arch::rdrand().unwrap_or(0).to_le_bytes());
-    e[16..24].copy_from_slice(&counter.to_le_bytes());
-    e[24..30].copy_from_slice(&mac);
-    e[30..38].copy_from_slice(&crate::arch::rdtsc().to_le_bytes());
-    netstack::codec::derive_nonce(&e)
 }
 
 static NET: Mutex<Option<Net>> = Mutex::new(None);
@@ -187,7 +175,8 @@ fn bring_up(pci: &[Function], cs: &mut dyn ConfigSpace) -> Result<Net, String> {
     let nic = E1000::new(Bar0 { base }, &mut FrameDma)
         .map_err(|e| alloc::format!("e1000 at {}: {e}", f.addr))?;
     let mut nic = HostNic(nic);
-    let seed = crate::arch::rdtsc() ^ crate::arch::rdrand().unwrap_or(0);
+    // smoltcp draws TCP initial sequence numbers from this seed.
+    let seed = crate::entropy::u64();
     let stack = Stack::new(&mut nic, seed, crate::time::now_us())
         .map_err(|e| alloc::format!("e1000 at {}: {e}", f.addr))?;
     Ok(Net {
@@ -197,7 +186,6 @@ fn bring_up(pci: &[Function], cs: &mut dyn ConfigSpace) -> Result<Net, String> {
         sink: None,
         migrations: None,
         outgoing: Vec::new(),
-        nonces: 0,
         pci: alloc::format!("{}", f.addr),
     })
 }
@@ -246,12 +234,7 @@ impl Net {
         let Some(key) = self.key.as_ref() else {
             return (now, outgoing > 0);
         };
-        let mac = self.nic.mac();
-        let mut counter = self.nonces;
-        let mut next_nonce = || {
-            counter += 1;
-            nonce(counter, mac)
-        };
+        let mut next_nonce = crate::entropy::bytes32;
         let mut busy = outgoing > 0;
         if let Some(sink) = self.sink.as_mut() {
             let events = sink.poll(&mut self.stack, key, &mut next_nonce, now);
@@ -264,7 +247,6 @@ impl Net {
             m.poll(&mut self.stack, key, &mut next_nonce, now, outgoing);
             busy |= m.busy();
         }
-        self.nonces = counter;
         if self.sink.is_some() || self.migrations.is_some() {
             // Send what the services queued without waiting for the next turn.
             self.stack.poll(&mut self.nic, now);

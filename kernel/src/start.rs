@@ -156,6 +156,8 @@ pub fn kmain(boot_info: u64) -> ! {
         }
     );
 
+    crate::entropy::init();
+
     let pci = match crate::pci_port::PortConfigSpace::take() {
         Some(mut cs) => {
             let pci = crate::pci::enumerate(&mut cs);

@@ -107,6 +107,46 @@ pub fn calibrate(start: &mut dyn FnMut(), sample: &mut dyn FnMut() -> u32) -> Op
     })
 }
 
+/// TSC cycles between consecutive edges of PIT channel 2's output, run as
+/// a square wave: the two clocks come from different crystals, so the low
+/// bits of these deltas wander (entropy; see [`crate::entropy`]). Fills as
+/// much of `out` as it can within a bounded time; returns the count (0
+/// without a working PIT).
+pub fn pit_tick_deltas(out: &mut [u64]) -> usize {
+    // 64 PIT clocks a period: an edge every ~27 µs.
+    const COUNT: u16 = 64;
+    let mut n = 0;
+    // SAFETY: ports 0x61 (system control port B) and 0x42/0x43 (PIT)
+    // belong to the kernel; channel 2 only drives the PC speaker, which
+    // stays off (bit 1 of port 0x61 clear), and is gated off again after.
+    unsafe {
+        let ctl = inb(0x61);
+        outb(0x61, ctl & !0x03);
+        outb(0x43, 0b1011_0110); // channel 2, lobyte/hibyte, mode 3, binary
+        outb(0x42, (COUNT & 0xff) as u8);
+        outb(0x42, (COUNT >> 8) as u8);
+        outb(0x61, (inb(0x61) & !0x02) | 0x01);
+        let t0 = rdtsc();
+        let mut last_level = inb(0x61) & 0x20;
+        let mut last_edge = None;
+        while n < out.len() && rdtsc().wrapping_sub(t0) < (1 << 32) {
+            let level = inb(0x61) & 0x20;
+            if level == last_level {
+                continue;
+            }
+            last_level = level;
+            let now = rdtsc();
+            if let Some(prev) = last_edge {
+                out[n] = now.wrapping_sub(prev);
+                n += 1;
+            }
+            last_edge = Some(now);
+        }
+        outb(0x61, inb(0x61) & !0x01);
+    }
+    n
+}
+
 /// Sets the TSC frequency when the PIT is unusable (from CPUID leaf 0x15/0x16).
 pub fn set_tsc_hz(hz: u64) {
     TSC_HZ.store(hz, Ordering::Relaxed);

@@ -90,3 +90,33 @@ fn bochs_boots_with_vmx_and_without_acpi() {
     m.expect(r"rip 0xffffffff8[0-9a-f]{7} ", c);
     m.expect(r"!!! system halted", c);
 }
+
+/// Without RDRAND (QEMU's `qemu64` CPU has neither RDRAND nor RDSEED) the
+/// kernel says so at boot instead of mixing in a silent zero, and names
+/// the source it falls back on.
+#[test]
+fn qemu_without_rdrand_says_where_its_entropy_comes_from() {
+    let mut m = Machine::qemu().qemu_arg("-cpu").qemu_arg("qemu64").start();
+    m.boot_to_prompt();
+    let out = m.output();
+    let line = out
+        .lines()
+        .find(|l| l.contains("entropy: "))
+        .unwrap_or_else(|| m.fail("no entropy line at boot"));
+    m.check(
+        line.contains("WARN")
+            && line.contains("neither RDRAND nor RDSEED")
+            && line.contains("TSC jitter against the PIT (256 samples"),
+        || format!("entropy line {line:?}"),
+    );
+    // With the default CPU (`-cpu max`, RDRAND) it is an info line.
+    drop(m);
+    let mut m = Machine::qemu().start();
+    m.boot_to_prompt();
+    let out = m.output();
+    m.check(
+        out.lines()
+            .any(|l| l.contains("INFO  entropy: RDRAND") && l.contains("TSC jitter")),
+        || "no `INFO  entropy: RDRAND ...` line with -cpu max".into(),
+    );
+}
