@@ -15,6 +15,7 @@
 //! net.ip   = 10.0.0.1/24    static IPv4 address of the host NIC
 //! net.gw   = 10.0.0.254     default gateway (optional; same subnet)
 //! net.key  = 00112233...    channel key, 32 to 128 hex digits
+//! net.max_pending = 4       unauthenticated connections a listener keeps (1-64)
 //! ```
 //!
 //! Lines end in LF or CRLF and are numbered from 1. Keys are case-sensitive.
@@ -42,6 +43,9 @@ const QUOTE_MAX_CHARS: usize = 40;
 
 const HOSTNAME_EXPECTED: &str = "1-32 letters, digits or '-'";
 const LOG_EXPECTED: &str = "off, error, warn, info, debug, trace";
+const MAX_PENDING_EXPECTED: &str = "a whole number from 1 to 64";
+/// Largest `net.max_pending`.
+pub const MAX_PENDING_LIMIT: usize = 64;
 
 /// The settings the kernel takes from the boot configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +58,8 @@ pub struct Config {
     pub net_ip: Option<IpConfig>,
     /// The pre-shared key of host-to-host channels.
     pub net_key: Option<Key>,
+    /// Unauthenticated connections each listener keeps at once.
+    pub net_max_pending: usize,
 }
 
 impl Default for Config {
@@ -63,6 +69,7 @@ impl Default for Config {
             log_level: LevelFilter::Info,
             net_ip: None,
             net_key: None,
+            net_max_pending: netstack::channel::DEFAULT_MAX_PENDING,
         }
     }
 }
@@ -95,6 +102,7 @@ pub fn parse(text: &[u8]) -> (Config, Vec<Diagnostic>) {
     let mut ip_line: Option<usize> = None;
     let mut gw_line: Option<usize> = None;
     let mut key_line: Option<usize> = None;
+    let mut max_pending_line: Option<usize> = None;
     // net.ip and net.gw are checked together once the whole file is read.
     let mut ip_text: Option<(usize, String)> = None;
     let mut gw_text: Option<(usize, String)> = None;
@@ -135,6 +143,7 @@ pub fn parse(text: &[u8]) -> (Config, Vec<Diagnostic>) {
             "net.ip" => &mut ip_line,
             "net.gw" => &mut gw_line,
             "net.key" => &mut key_line,
+            "net.max_pending" => &mut max_pending_line,
             _ => {
                 diag(format!("unknown key '{}' (ignored)", quote(key)));
                 continue;
@@ -154,6 +163,19 @@ pub fn parse(text: &[u8]) -> (Config, Vec<Diagnostic>) {
                     config.hostname = default;
                 }
             }
+            "net.max_pending" => match value.parse::<usize>() {
+                Ok(n) if (1..=MAX_PENDING_LIMIT).contains(&n) => config.net_max_pending = n,
+                _ => {
+                    let default = Config::default().net_max_pending;
+                    diag(bad_value(
+                        value,
+                        key,
+                        MAX_PENDING_EXPECTED,
+                        &format!("{default}"),
+                    ));
+                    config.net_max_pending = default;
+                }
+            },
             "net.ip" => ip_text = Some((line, String::from(value))),
             "net.gw" => gw_text = Some((line, String::from(value))),
             "net.key" => match Key::from_hex(value) {
@@ -603,6 +625,24 @@ mod tests {
                 assert!(d.message.chars().count() < 500, "{d}");
                 assert!(!d.message.chars().any(char::is_control), "{d:?}");
             }
+        }
+    }
+
+    #[test]
+    fn max_pending_connections() {
+        assert_eq!(parse(b"").0.net_max_pending, 4);
+        let (c, d) = parse(b"net.max_pending = 16\n");
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(c.net_max_pending, 16);
+        for bad in ["0", "65", "-1", "four", ""] {
+            let (c, d) = parse(format!("net.max_pending = {bad}\n").as_bytes());
+            assert_eq!(c.net_max_pending, 4, "{bad}");
+            assert_eq!(d.len(), 1, "{bad}: {d:?}");
+            assert!(
+                d[0].message.contains("for 'net.max_pending' (expected a whole number from 1 to 64); using default '4'"),
+                "{}",
+                d[0]
+            );
         }
     }
 

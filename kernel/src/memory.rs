@@ -29,6 +29,16 @@ use crate::frames::{FrameAllocator, bitmap_words};
 /// Kernel heap size.
 pub const HEAP_SIZE: u64 = 8 << 20;
 
+/// Heap bytes the network must leave free when it allocates a connection
+/// (see [`netstack::stack::Stack::set_memory_budget`]): the rest of the
+/// host (console, VM bookkeeping, migration state) lives here too.
+pub const HEAP_RESERVE: usize = 2 << 20;
+
+/// Free heap bytes now.
+pub fn heap_free() -> usize {
+    HEAP.lock().free()
+}
+
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 

@@ -157,9 +157,10 @@ fn peer(chan: &Channel) -> String {
 
 impl MigrationService {
     /// Listens on [`MIGRATE_PORT`].
-    pub fn new(stack: &mut Stack) -> Result<MigrationService, String> {
+    pub fn new(stack: &mut Stack, max_pending: usize) -> Result<MigrationService, String> {
         Ok(MigrationService {
-            listener: Listener::new(stack, MIGRATE_PORT).map_err(|e| alloc::format!("{e}"))?,
+            listener: Listener::new(stack, MIGRATE_PORT, max_pending)
+                .map_err(|e| alloc::format!("{e}"))?,
             incoming: Vec::new(),
         })
     }
@@ -209,7 +210,11 @@ impl MigrationService {
         now: u64,
         outgoing: usize,
     ) {
-        while let Some(h) = self.listener.accept(stack) {
+        loop {
+            let pending = self.incoming.iter().filter(|i| i.chan.is_pending()).count();
+            let Some(h) = self.listener.accept(stack, pending, now) else {
+                break;
+            };
             let chan = Channel::accept(stack, h, key, nonce(), options(), now);
             self.incoming.push(Incoming {
                 chan,

@@ -93,6 +93,8 @@ pub struct Net {
     /// Guests leaving this host (foreground or background).
     outgoing: Vec<crate::migration::Outbound>,
     pci: String,
+    /// Unauthenticated connections each listener keeps (`net.max_pending`).
+    max_pending: usize,
 }
 
 impl Net {
@@ -128,10 +130,19 @@ static NET: Mutex<Option<Net>> = Mutex::new(None);
 static ABSENT: Mutex<Option<String>> = Mutex::new(None);
 
 /// Finds the e1000, brings it up and applies the boot configuration.
-pub fn init(pci: &[Function], cs: &mut dyn ConfigSpace, ip: Option<IpConfig>, key: Option<Key>) {
+pub fn init(
+    pci: &[Function],
+    cs: &mut dyn ConfigSpace,
+    ip: Option<IpConfig>,
+    key: Option<Key>,
+    max_pending: usize,
+) {
     let r = bring_up(pci, cs);
     match r {
         Ok(mut net) => {
+            net.max_pending = max_pending;
+            net.stack
+                .set_memory_budget(crate::memory::heap_free, crate::memory::HEAP_RESERVE);
             if let Some(ip) = ip {
                 net.stack.set_ip(ip);
                 net.stack.announce(&mut net.nic);
@@ -186,6 +197,7 @@ fn bring_up(pci: &[Function], cs: &mut dyn ConfigSpace) -> Result<Net, String> {
         sink: None,
         migrations: None,
         outgoing: Vec::new(),
+        max_pending: netstack::channel::DEFAULT_MAX_PENDING,
         pci: alloc::format!("{}", f.addr),
     })
 }
@@ -400,7 +412,7 @@ pub fn sink(on: bool) {
         if let Some(s) = &net.sink {
             return println!("error: net sink already listening on port {}", s.port());
         }
-        match Sink::new(&mut net.stack, netstack::bench::SINK_PORT) {
+        match Sink::new(&mut net.stack, netstack::bench::SINK_PORT, net.max_pending) {
             Ok(s) => {
                 println!("net sink: listening on port {}", s.port());
                 net.sink = Some(s);
@@ -552,7 +564,7 @@ pub fn migrate_listen(on: bool) {
                 crate::migration::MIGRATE_PORT
             );
         }
-        match crate::migration::MigrationService::new(&mut net.stack) {
+        match crate::migration::MigrationService::new(&mut net.stack, net.max_pending) {
             Ok(m) => {
                 net.migrations = Some(m);
                 println!(

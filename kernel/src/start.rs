@@ -162,7 +162,13 @@ pub fn kmain(boot_info: u64) -> ! {
         Some(mut cs) => {
             let pci = crate::pci::enumerate(&mut cs);
             log::info!("pci: {} functions", pci.len());
-            crate::net::init(&pci, &mut cs, config.net_ip, config.net_key.clone());
+            crate::net::init(
+                &pci,
+                &mut cs,
+                config.net_ip,
+                config.net_key.clone(),
+                config.net_max_pending,
+            );
             pci
         }
         None => alloc::vec::Vec::new(),

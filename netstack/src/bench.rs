@@ -343,9 +343,9 @@ pub struct Sink {
 
 impl Sink {
     /// Listens on `port`.
-    pub fn new(stack: &mut Stack, port: u16) -> Result<Sink, StackError> {
+    pub fn new(stack: &mut Stack, port: u16, max_pending: usize) -> Result<Sink, StackError> {
         Ok(Sink {
-            listener: Listener::new(stack, port)?,
+            listener: Listener::new(stack, port, max_pending)?,
             sessions: Vec::new(),
             max_sessions: 4,
         })
@@ -370,7 +370,11 @@ impl Sink {
         now_us: u64,
     ) -> Vec<SinkEvent> {
         let mut events = Vec::new();
-        while let Some(h) = self.listener.accept(stack) {
+        loop {
+            let pending = self.sessions.iter().filter(|s| s.chan.is_pending()).count();
+            let Some(h) = self.listener.accept(stack, pending, now_us) else {
+                break;
+            };
             let opts = ChannelOptions {
                 max_payload: (CHUNK + 64) as u32,
                 ..ChannelOptions::default()

@@ -36,6 +36,8 @@ pub enum CloseReason {
     HandshakeAborted,
     /// The peer sent bytes the codec refused.
     Protocol(ChannelError),
+    /// The host had no memory left for this connection's next frame.
+    OutOfMemory,
 }
 
 impl fmt::Display for CloseReason {
@@ -51,6 +53,7 @@ impl fmt::Display for CloseReason {
                 "the peer left during the handshake (different keys? compare fingerprints)"
             ),
             CloseReason::Protocol(e) => write!(f, "{e}"),
+            CloseReason::OutOfMemory => write!(f, "out of memory for the next frame"),
         }
     }
 }
@@ -192,6 +195,12 @@ impl Channel {
         self.peer
     }
 
+    /// Still connecting or proving the key: what a [`Listener`] counts
+    /// against its cap on unauthenticated connections.
+    pub fn is_pending(&self) -> bool {
+        matches!(self.phase, Phase::Connecting | Phase::Handshaking)
+    }
+
     /// Authenticated and ready for frames.
     pub fn is_open(&self) -> bool {
         self.phase == Phase::Open
@@ -289,7 +298,12 @@ impl Channel {
             Ok(None) => None,
             Ok(Some((frame, used))) => {
                 let ty = frame.ty;
-                let payload = frame.payload.to_vec();
+                let mut payload = Vec::new();
+                if payload.try_reserve_exact(frame.payload.len()).is_err() {
+                    self.fail(stack, CloseReason::OutOfMemory);
+                    return None;
+                }
+                payload.extend_from_slice(frame.payload);
                 self.rx_start += used;
                 self.compact();
                 if ty == codec::TYPE_CLOSE {
@@ -397,9 +411,18 @@ impl Channel {
 
     /// Reads from the socket while we want bytes: during the handshake
     /// anything; once open, only until one maximal frame is buffered.
-    fn fill(&mut self, stack: &mut Stack) {
-        let Some(h) = self.handle else { return };
-        let limit = codec::HEADER_LEN + self.opts.max_payload as usize + codec::MAC_LEN;
+    ///
+    /// Before the peer is authenticated only a few bytes are read (the
+    /// handshake messages are under 128 bytes): an unauthenticated peer
+    /// cannot make us buffer a frame's worth. Memory for a frame is
+    /// reserved fallibly: false if it could not be had.
+    fn fill(&mut self, stack: &mut Stack) -> bool {
+        let Some(h) = self.handle else { return true };
+        let limit = if self.is_pending() {
+            HANDSHAKE_READ
+        } else {
+            codec::HEADER_LEN + self.opts.max_payload as usize + codec::MAC_LEN
+        };
         let s = stack.tcp(h);
         while s.can_recv() {
             let have = self.rx.len() - self.rx_start;
@@ -408,6 +431,9 @@ impl Channel {
             }
             let want = (limit - have).min(16 * 1024);
             let old = self.rx.len();
+            if self.rx.try_reserve(want).is_err() {
+                return false;
+            }
             self.rx.resize(old + want, 0);
             let n = s.recv_slice(&mut self.rx[old..]).unwrap_or(0);
             self.rx.truncate(old + n);
@@ -415,6 +441,7 @@ impl Channel {
                 break;
             }
         }
+        true
     }
 
     /// Moves bytes between the channel and its socket, drives the
@@ -455,7 +482,9 @@ impl Channel {
                 self.tx.extend_from_slice(&out);
             }
             self.flush(stack);
-            self.fill(stack);
+            if !self.fill(stack) {
+                return self.fail(stack, CloseReason::OutOfMemory);
+            }
             let Some(mut hs) = self.handshake.take() else {
                 return;
             };
@@ -487,7 +516,9 @@ impl Channel {
         }
         if self.phase == Phase::Open {
             self.flush(stack);
-            self.fill(stack);
+            if !self.fill(stack) {
+                return self.fail(stack, CloseReason::OutOfMemory);
+            }
             let s = stack.tcp(h);
             let peer_done = !s.may_recv() && !s.can_recv();
             if peer_done || state == State::Closed {
@@ -519,19 +550,46 @@ fn frame_complete(buf: &[u8]) -> bool {
     buf.len() >= codec::HEADER_LEN + len + codec::MAC_LEN
 }
 
+/// Bytes read at a time before the peer is authenticated.
+const HANDSHAKE_READ: usize = 128;
+
+/// Unauthenticated handshakes a listener keeps at once unless told
+/// otherwise (`net.max_pending` in the kernel's configuration).
+pub const DEFAULT_MAX_PENDING: usize = 4;
+
 /// Accepts connections on a port: keeps one listening socket and hands
-/// out each socket a peer connected to.
+/// out each socket a peer connected to, as long as fewer than
+/// `max_pending` connections are still proving they hold the key.
+///
+/// Each connection costs [`crate::stack::TCP_SOCKET_BYTES`] of heap before
+/// its peer has proved anything, so a burst of half-open or garbage
+/// connections from anyone on the network is refused at once (reset and
+/// logged) rather than allowed to exhaust memory. Sockets are allocated
+/// within the stack's memory budget: when one does not fit, the listener
+/// stops listening until one does, and says so.
 pub struct Listener {
     port: u16,
-    handle: SocketHandle,
+    /// The listening socket; `None` while one cannot be allocated.
+    handle: Option<SocketHandle>,
+    max_pending: usize,
+    /// Refusals since the last one logged, and when that was.
+    refused_quiet: u64,
+    last_refusal_log_us: Option<u64>,
+    /// Why the last attempt to listen failed (logged once per failure run).
+    not_listening: bool,
 }
 
 impl Listener {
-    /// Listens on `port`.
-    pub fn new(stack: &mut Stack, port: u16) -> Result<Listener, StackError> {
+    /// Listens on `port`, keeping at most `max_pending` (at least 1)
+    /// unauthenticated connections at once.
+    pub fn new(stack: &mut Stack, port: u16, max_pending: usize) -> Result<Listener, StackError> {
         Ok(Listener {
             port,
-            handle: stack.tcp_listen(port)?,
+            handle: Some(stack.tcp_listen(port)?),
+            max_pending: max_pending.max(1),
+            refused_quiet: 0,
+            last_refusal_log_us: None,
+            not_listening: false,
         })
     }
 
@@ -540,27 +598,104 @@ impl Listener {
         self.port
     }
 
-    /// A socket a peer has connected to, if any; a fresh socket listens
-    /// in its place.
-    pub fn accept(&mut self, stack: &mut Stack) -> Option<SocketHandle> {
-        let s = stack.tcp(self.handle);
+    /// The cap on unauthenticated connections.
+    pub fn max_pending(&self) -> usize {
+        self.max_pending
+    }
+
+    /// Whether a socket is listening now (false while memory is short).
+    pub fn is_listening(&self) -> bool {
+        self.handle.is_some()
+    }
+
+    /// A socket a peer has connected to, if any; a fresh socket listens in
+    /// its place. `pending` is how many of the caller's connections are
+    /// still unauthenticated ([`Channel::is_pending`]): at the cap, a new
+    /// connection is reset at once and logged, and `None` is returned.
+    pub fn accept(&mut self, stack: &mut Stack, pending: usize, now_us: u64) -> Option<SocketHandle> {
+        self.log_quiet_refusals(now_us);
+        let Some(h) = self.handle else {
+            self.relisten(stack);
+            return None;
+        };
+        let s = stack.tcp(h);
         if s.is_listening() {
             return None;
         }
-        let connected = self.handle;
+        self.handle = None;
+        if pending >= self.max_pending {
+            let peer = s.remote_endpoint();
+            s.abort();
+            stack.retire(h);
+            self.refused(peer, pending, now_us);
+            self.relisten(stack);
+            return None;
+        }
+        self.relisten(stack);
+        Some(h)
+    }
+
+    fn relisten(&mut self, stack: &mut Stack) {
         match stack.tcp_listen(self.port) {
-            Ok(h) => self.handle = h,
+            Ok(h) => {
+                self.handle = Some(h);
+                if core::mem::take(&mut self.not_listening) {
+                    log::info!("net: port {}: listening again", self.port);
+                }
+            }
             Err(e) => {
-                log::warn!("listener {}: {e}", self.port);
-                return None;
+                if !core::mem::replace(&mut self.not_listening, true) {
+                    log::warn!("net: port {}: not listening for now: {e}", self.port);
+                }
             }
         }
-        Some(connected)
+    }
+
+    /// Logs the first refusal of a burst; the rest once a second as a count.
+    fn refused(&mut self, peer: Option<crate::stack::IpEndpoint>, pending: usize, now_us: u64) {
+        let quiet = self
+            .last_refusal_log_us
+            .is_some_and(|t| now_us.saturating_sub(t) < 1_000_000);
+        if quiet {
+            self.refused_quiet += 1;
+            return;
+        }
+        self.last_refusal_log_us = Some(now_us);
+        match peer {
+            Some(p) => log::warn!(
+                "net: port {}: refusing {p}: {pending} handshakes pending (the limit is {})",
+                self.port,
+                self.max_pending
+            ),
+            None => log::warn!(
+                "net: port {}: refusing a connection: {pending} handshakes pending (the limit is {})",
+                self.port,
+                self.max_pending
+            ),
+        }
+    }
+
+    fn log_quiet_refusals(&mut self, now_us: u64) {
+        if self.refused_quiet > 0
+            && self
+                .last_refusal_log_us
+                .is_none_or(|t| now_us.saturating_sub(t) >= 1_000_000)
+        {
+            log::warn!(
+                "net: port {}: refused {} more connections",
+                self.port,
+                self.refused_quiet
+            );
+            self.refused_quiet = 0;
+            self.last_refusal_log_us = Some(now_us);
+        }
     }
 
     /// Stops listening.
     pub fn close(self, stack: &mut Stack) {
-        stack.tcp(self.handle).abort();
-        stack.retire(self.handle);
+        if let Some(h) = self.handle {
+            stack.tcp(h).abort();
+            stack.retire(h);
+        }
     }
 }

@@ -25,6 +25,10 @@ pub use smoltcp::wire::{IpEndpoint, Ipv4Address};
 /// to hold a few connections.
 pub const TCP_BUFFER: usize = 128 * 1024;
 
+/// Heap bytes one TCP socket's buffers take (both directions): what a
+/// listener spends on each connection, authenticated or not.
+pub const TCP_SOCKET_BYTES: usize = 2 * TCP_BUFFER;
+
 /// A static IPv4 configuration: `a.b.c.d/len`, optionally a gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpConfig {
@@ -149,6 +153,8 @@ pub enum StackError {
     Connect(tcp::ConnectError),
     #[error("cannot listen on port {0}: {1}")]
     Listen(u16, tcp::ListenError),
+    #[error("not enough memory for a TCP connection ({need} KiB needed, {free} KiB free beyond the reserve)", need = .need / 1024, free = .free / 1024)]
+    NoMemory { need: usize, free: usize },
 }
 
 /// The TCP/IP stack of one host.
@@ -161,6 +167,9 @@ pub struct Stack {
     /// (µs deadline after which they go regardless).
     retiring: Vec<(SocketHandle, u64)>,
     now_us: u64,
+    /// Free heap bytes, and what must stay free: a socket is only
+    /// allocated when its buffers fit above the reserve.
+    budget: Option<(fn() -> usize, usize)>,
 }
 
 /// Microseconds to a `smoltcp` instant.
@@ -186,6 +195,7 @@ impl Stack {
             next_port: 49152 + (seed % 8192) as u16,
             retiring: Vec::new(),
             now_us,
+            budget: None,
         })
     }
 
@@ -268,11 +278,38 @@ impl Stack {
         }
     }
 
-    fn tcp_socket() -> tcp::Socket<'static> {
-        let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-        );
+    /// Checks free memory before every socket allocation: `free` tells the
+    /// heap's free bytes, `reserve` is what must stay free for the rest of
+    /// the host. A socket that does not fit fails with
+    /// [`StackError::NoMemory`] instead of exhausting the heap.
+    pub fn set_memory_budget(&mut self, free: fn() -> usize, reserve: usize) {
+        self.budget = Some((free, reserve));
+    }
+
+    /// A zeroed buffer, or `NoMemory` (never an allocation failure).
+    fn buffer(len: usize) -> Result<Vec<u8>, StackError> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).map_err(|_| StackError::NoMemory {
+            need: TCP_SOCKET_BYTES,
+            free: 0,
+        })?;
+        v.resize(len, 0);
+        Ok(v)
+    }
+
+    fn tcp_socket(&self) -> Result<tcp::Socket<'static>, StackError> {
+        if let Some((free, reserve)) = self.budget {
+            let above = free().saturating_sub(reserve);
+            if above < TCP_SOCKET_BYTES {
+                return Err(StackError::NoMemory {
+                    need: TCP_SOCKET_BYTES,
+                    free: above,
+                });
+            }
+        }
+        let rx = Self::buffer(TCP_BUFFER)?;
+        let tx = Self::buffer(TCP_BUFFER)?;
+        let mut s = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         // Channel frames are written whole; do not hold back the tail of one.
         s.set_nagle_enabled(false);
         // Without congestion control a sender puts the peer's whole window
@@ -285,7 +322,7 @@ impl Stack {
         s.set_timeout(Some(smoltcp::time::Duration::from_secs(10)));
         s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(2)));
         s.set_ack_delay(None);
-        s
+        Ok(s)
     }
 
     /// Opens a TCP connection to `remote` from a fresh ephemeral port.
@@ -293,7 +330,7 @@ impl Stack {
         self.route_check(remote.0)?;
         let port = self.next_port;
         self.next_port = if port == u16::MAX { 49152 } else { port + 1 };
-        let mut s = Self::tcp_socket();
+        let mut s = self.tcp_socket()?;
         s.connect(
             self.iface.context(),
             IpEndpoint::new(IpAddress::Ipv4(remote.0), remote.1),
@@ -306,7 +343,7 @@ impl Stack {
     /// A socket listening on `port`; it becomes the connection of the first
     /// peer that connects.
     pub fn tcp_listen(&mut self, port: u16) -> Result<SocketHandle, StackError> {
-        let mut s = Self::tcp_socket();
+        let mut s = self.tcp_socket()?;
         s.listen(port).map_err(|e| StackError::Listen(port, e))?;
         Ok(self.sockets.add(s))
     }

@@ -156,7 +156,7 @@ fn bench(
     sender_key: &str,
     sink_key: &str,
 ) -> (BenchStatus, Vec<SinkEvent>) {
-    let mut sink = Sink::new(&mut n.b, SINK_PORT).unwrap();
+    let mut sink = Sink::new(&mut n.b, SINK_PORT, 4).unwrap();
     let nonce = n.nonce();
     let mut s = BenchSender::start(
         &mut n.a,
@@ -288,7 +288,7 @@ fn sink_drop_reason(
     n: &mut Net,
     mut bytes_after_connect: impl FnMut(&mut Net, smoltcp::iface::SocketHandle),
 ) -> CloseReason {
-    let mut sink = Sink::new(&mut n.b, SINK_PORT).unwrap();
+    let mut sink = Sink::new(&mut n.b, SINK_PORT, 4).unwrap();
     let k = key(KEY);
     let mut events = Vec::new();
     let h = raw_connect(n);
@@ -372,7 +372,7 @@ fn oversized_frame_after_a_valid_handshake_closes_that_connection() {
 fn a_slow_reader_bounds_the_writers_memory() {
     let mut n = Net::new();
     let k = key(KEY);
-    let mut listener = netstack::channel::Listener::new(&mut n.b, 7000).unwrap();
+    let mut listener = netstack::channel::Listener::new(&mut n.b, 7000, 4).unwrap();
     let opts = ChannelOptions {
         max_payload: 8192,
         tx_limit: 64 * 1024,
@@ -394,7 +394,7 @@ fn a_slow_reader_bounds_the_writers_memory() {
     for _ in 0..20_000 {
         n.step();
         if server.is_none()
-            && let Some(h) = listener.accept(&mut n.b)
+            && let Some(h) = listener.accept(&mut n.b, 0, n.now_us)
         {
             server = Some(Channel::accept(&mut n.b, h, &k, [2; 32], opts, n.now_us));
         }
@@ -538,7 +538,7 @@ fn connect_to_a_silent_host_times_out() {
 fn a_peer_that_vanishes_is_noticed() {
     let mut n = Net::new();
     let k = key(KEY);
-    let mut listener = netstack::channel::Listener::new(&mut n.b, 7000).unwrap();
+    let mut listener = netstack::channel::Listener::new(&mut n.b, 7000, 4).unwrap();
     let mut c = Channel::connect(
         &mut n.a,
         (ip("10.0.0.2"), 7000),
@@ -552,7 +552,7 @@ fn a_peer_that_vanishes_is_noticed() {
     while !c.is_open() {
         n.step();
         if server.is_none()
-            && let Some(h) = listener.accept(&mut n.b)
+            && let Some(h) = listener.accept(&mut n.b, 0, n.now_us)
         {
             server = Some(Channel::accept(
                 &mut n.b,
@@ -583,4 +583,99 @@ fn a_peer_that_vanishes_is_noticed() {
         );
     }
     assert_eq!(c.close_reason(), Some(&CloseReason::PeerGone));
+}
+
+/// Half-open connections beyond the listener's cap are reset at once; the
+/// ones it keeps time out; an honest peer is served afterwards.
+#[test]
+fn a_burst_of_half_open_connections_is_capped() {
+    let mut n = Net::new();
+    let k = key(KEY);
+    let mut sink = Sink::new(&mut n.b, SINK_PORT, 2).unwrap();
+    let sockets_before = n.b.socket_count();
+    // Twenty peers connect and never say a word.
+    let raw: Vec<_> = (0..20)
+        .map(|_| n.a.tcp_connect((ip("10.0.0.2"), SINK_PORT)).unwrap())
+        .collect();
+    let mut most_sockets = 0;
+    for _ in 0..2000 {
+        n.step();
+        let _ = sink.poll(&mut n.b, &k, &mut || [9; 32], n.now_us);
+        most_sockets = most_sockets.max(n.b.socket_count());
+    }
+    let established = raw
+        .iter()
+        .filter(|&&h| n.a.tcp(h).state() == smoltcp::socket::tcp::State::Established)
+        .count();
+    // The listening socket plus two pending ones: never more sockets on B
+    // (and so never more than 3 x TCP_SOCKET_BYTES of heap) however many
+    // peers knock. Refused peers were reset.
+    assert!(
+        most_sockets <= sockets_before + 2 + 1,
+        "B held {most_sockets} sockets (had {sockets_before})"
+    );
+    assert!(established <= 2, "{established} connections kept");
+    let reset = raw
+        .iter()
+        .filter(|&&h| n.a.tcp(h).state() == smoltcp::socket::tcp::State::Closed)
+        .count();
+    assert!(reset >= 10, "only {reset} of 20 refused at once");
+    // The two kept ones time out (5 s handshake limit); then an honest
+    // bench gets through.
+    for _ in 0..60_000 {
+        n.step();
+        let _ = sink.poll(&mut n.b, &k, &mut || [9; 32], n.now_us);
+    }
+    assert!(!sink.busy(), "the silent peers were not timed out");
+    for &h in &raw {
+        n.a.tcp(h).abort();
+    }
+    n.step();
+    for h in raw {
+        n.a.remove(h);
+    }
+    sink.close(&mut n.b);
+    let (st, _) = bench(&mut n, 64 << 10, KEY, KEY);
+    assert!(matches!(st, BenchStatus::Done(r) if r.ok), "{st:?}");
+}
+
+/// A socket that does not fit above the memory reserve is not allocated:
+/// the listener stops listening instead of exhausting the heap, and comes
+/// back once memory is free.
+#[test]
+fn sockets_are_allocated_within_the_memory_budget() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static FREE: AtomicUsize = AtomicUsize::new(usize::MAX);
+    fn free() -> usize {
+        FREE.load(Ordering::Relaxed)
+    }
+    let mut n = Net::new();
+    n.b.set_memory_budget(free, 1 << 20);
+    FREE.store((1 << 20) + netstack::stack::TCP_SOCKET_BYTES - 1, Ordering::Relaxed);
+    assert!(matches!(
+        n.b.tcp_listen(7000),
+        Err(netstack::stack::StackError::NoMemory { .. })
+    ));
+    FREE.store(usize::MAX, Ordering::Relaxed);
+    let mut listener = netstack::channel::Listener::new(&mut n.b, 7000, 4).unwrap();
+    // The next listening socket cannot be had: the connection is handed
+    // out, the listener stops listening.
+    FREE.store(1 << 20, Ordering::Relaxed);
+    let h = n.a.tcp_connect((ip("10.0.0.2"), 7000)).unwrap();
+    let mut got = None;
+    for _ in 0..1000 {
+        n.step();
+        if let Some(c) = listener.accept(&mut n.b, 0, n.now_us) {
+            got = Some(c);
+            break;
+        }
+    }
+    assert!(got.is_some(), "no connection");
+    assert!(!listener.is_listening());
+    // Memory comes back: so does the listener.
+    FREE.store(usize::MAX, Ordering::Relaxed);
+    assert!(listener.accept(&mut n.b, 0, n.now_us).is_none());
+    assert!(listener.is_listening());
+    n.a.tcp(h).abort();
+    listener.close(&mut n.b);
 }
