@@ -109,6 +109,9 @@ pub struct Vm {
     state: State,
     /// Host-physical start of each 2 MiB run of guest RAM, in guest order.
     chunks: Vec<u64>,
+    /// RAM is all zeros and nothing has written to it since: the next
+    /// `vm start` need not zero it again.
+    ram_zeroed: bool,
     ept: ept::Ept,
     vmcs: u64,
     launched: bool,
@@ -311,6 +314,16 @@ fn enable_vmx() -> Result<Host, String> {
     })
 }
 
+/// Zeroes 2 MiB chunks of guest RAM.
+fn zero_chunks(chunks: &[u64]) {
+    for &c in chunks {
+        // SAFETY: each chunk is 2 MiB of guest RAM this module allocated,
+        // identity-mapped, and no guest runs on it while it is zeroed (a
+        // VM being created or started is not scheduled).
+        unsafe { core::ptr::write_bytes(c as *mut u8, 0, MIB2 as usize) };
+    }
+}
+
 fn alloc_page() -> Option<u64> {
     let pa = crate::memory::FRAMES.lock().as_mut()?.alloc()?.as_u64();
     // SAFETY: a fresh frame from the allocator, identity-mapped, ours.
@@ -420,10 +433,11 @@ impl Vm {
         Ok(())
     }
 
+    /// Zeroes the RAM unless it is still as [`new_vm`] left it (zeroed,
+    /// never run): a second pass over gigabytes costs seconds in Bochs.
     fn zero_ram(&mut self) {
-        for &c in &self.chunks {
-            // SAFETY: each chunk is 2 MiB of this VM's RAM.
-            unsafe { core::ptr::write_bytes(c as *mut u8, 0, MIB2 as usize) };
+        if !core::mem::replace(&mut self.ram_zeroed, false) {
+            zero_chunks(&self.chunks);
         }
     }
 
@@ -504,6 +518,10 @@ fn new_vm(
             }
         }
     }
+    // No frame reaches a guest with what it held before (another guest's
+    // RAM, a freed kernel buffer): `vm create` and an incoming migration
+    // both come through here.
+    zero_chunks(&chunks);
     let revision = m.host.as_ref().map_or(0, |h| h.caps.basic.revision_id);
     let (ept, vmcs) = match build_ept_and_vmcs(&chunks, revision) {
         Ok(v) => v,
@@ -520,6 +538,7 @@ fn new_vm(
         arg,
         state,
         chunks,
+        ram_zeroed: true,
         ept,
         vmcs,
         launched: false,
@@ -1830,13 +1849,15 @@ pub fn reserve_incoming(name: &str, mem_bytes: u64) -> Result<(), String> {
     if m.host.is_none() {
         m.host = Some(enable_vmx()?);
     }
-    let vm = new_vm(&m, name, mem_bytes, "(migrated)", 0, State::Incoming).map_err(|free| {
+    let mut vm = new_vm(&m, name, mem_bytes, "(migrated)", 0, State::Incoming).map_err(|free| {
         format!(
             "not enough memory: the guest needs {} MiB, {} MiB free",
             mem_bytes >> 20,
             free >> 20
         )
     })??;
+    // Pages from the source land here: a later `vm start` must zero again.
+    vm.ram_zeroed = false;
     m.vms.push(vm);
     Ok(())
 }
