@@ -39,7 +39,7 @@ pub const MAX_HOSTNAME_LEN: usize = 32;
 /// How many characters of an operator-supplied key or value a diagnostic
 /// quotes before cutting it with `...`, so one garbage line cannot flood the
 /// serial console.
-const QUOTE_MAX_CHARS: usize = 40;
+const QUOTE_MAX_CHARS: usize = crate::text::OPERATOR_CHARS;
 
 const HOSTNAME_EXPECTED: &str = "1-32 letters, digits or '-'";
 const LOG_EXPECTED: &str = "off, error, warn, info, debug, trace";
@@ -279,23 +279,9 @@ fn bad_value(value: &str, key: &str, expected: &str, default: &str) -> String {
     )
 }
 
-/// Makes operator text safe to print in a diagnostic: at most
-/// [`QUOTE_MAX_CHARS`] characters followed by `...` when cut, and control
-/// characters escaped so a stray ESC in the file cannot drive the terminal.
+/// Operator text for a diagnostic: cut and escaped (see [`crate::text`]).
 fn quote(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    for c in chars.by_ref().take(QUOTE_MAX_CHARS) {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    if chars.next().is_some() {
-        out.push_str("...");
-    }
-    out
+    crate::text::quote(s, QUOTE_MAX_CHARS)
 }
 
 #[cfg(test)]

@@ -399,6 +399,15 @@ impl Uart {
             .get(12..)
             .filter(|l| l.len() == len)
             .ok_or_else(|| bad_state("uart", "bad line length"))?;
+        // What `write` keeps: under MAX_LINE bytes of printable ASCII and
+        // tabs. Anything else came from a peer that lies, and would reach
+        // the operator's terminal raw.
+        if line.len() >= MAX_LINE {
+            return Err(bad_state("uart", "line longer than a guest line can be"));
+        }
+        if !line.iter().all(|&b| matches!(b, 0x20..=0x7e | b'\t')) {
+            return Err(bad_state("uart", "line with control or non-ASCII bytes"));
+        }
         self.bytes = bytes;
         self.line = line.to_vec();
         Ok(())
@@ -511,6 +520,21 @@ mod saved_state_tests {
         assert_eq!(u2.save(), u.save());
         assert!(u2.restore(&[2]).is_err());
         assert!(u2.restore(&u.save()[..5]).is_err());
+        // A peer's state whose pending line holds what a guest write can
+        // never leave there (ESC, an over-long line) is refused, not
+        // printed later on the operator's terminal.
+        let forged = |line: &[u8]| {
+            let mut v = alloc::vec![1u8];
+            v.extend_from_slice(&0u64.to_le_bytes());
+            v.extend_from_slice(&(line.len() as u32).to_le_bytes());
+            v.extend_from_slice(line);
+            v
+        };
+        assert!(u2.restore(&forged(b"ok\tline")).is_ok());
+        let e = u2.restore(&forged(b"\x1b[2Jgone")).unwrap_err();
+        assert!(e.contains("control"), "{e}");
+        assert!(u2.restore(&forged(&[b'a'; MAX_LINE])).is_err());
+        assert!(u2.restore(&forged("caf\u{e9}".as_bytes())).is_err());
 
         let mut p = Pic::default();
         for (port, v) in [(0, 0x11), (1, 0x20), (1, 0x04), (1, 0x01), (1, 0xfe)] {

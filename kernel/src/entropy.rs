@@ -306,13 +306,19 @@ mod tests {
     #[test]
     fn the_report_says_what_is_missing() {
         let (_, r) = Pool::seed(&mut fake(Some(1), Some(1), &[1, 2, 2, 3]));
-        assert_eq!((r.rdrand, r.rdseed, r.jitter_samples, r.jitter_distinct), (true, true, 4, 3));
+        assert_eq!(
+            (r.rdrand, r.rdseed, r.jitter_samples, r.jitter_distinct),
+            (true, true, 4, 3)
+        );
         assert!(!r.describe().0);
 
         let (_, r) = Pool::seed(&mut fake(None, Some(1), &[1, 2]));
         let (warn, line) = r.describe();
         assert!(warn);
-        assert!(line.contains("no RDRAND") && line.contains("RDSEED"), "{line}");
+        assert!(
+            line.contains("no RDRAND") && line.contains("RDSEED"),
+            "{line}"
+        );
 
         let (_, r) = Pool::seed(&mut fake(None, None, &[4; 256]));
         let (warn, line) = r.describe();

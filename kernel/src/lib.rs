@@ -16,6 +16,7 @@ pub mod lineedit;
 pub mod mmio;
 pub mod pci;
 pub mod shell;
+pub mod text;
 pub mod vmxcaps;
 
 #[cfg(target_os = "none")]

@@ -386,13 +386,25 @@ mod tests {
 
     #[test]
     fn secrets_are_masked_whatever_the_spacing() {
-        for typed in [" net key 00ff", "net  key 00ff", "net key  00ff", "  net   key 00ff"] {
+        for typed in [
+            " net key 00ff",
+            "net  key 00ff",
+            "net key  00ff",
+            "  net   key 00ff",
+        ] {
             let mut ed = LineEditor::new(80);
             let (_, echo) = run(&mut ed, typed.as_bytes());
             let echo = String::from_utf8(echo).unwrap();
-            assert!(!echo.contains("00ff") && !echo.contains('0'), "{typed:?} echoed {echo:?}");
+            assert!(
+                !echo.contains("00ff") && !echo.contains('0'),
+                "{typed:?} echoed {echo:?}"
+            );
             assert!(echo.ends_with("****"), "{typed:?} echoed {echo:?}");
-            assert!(!ed.shown().contains('0'), "{typed:?} shown as {:?}", ed.shown());
+            assert!(
+                !ed.shown().contains('0'),
+                "{typed:?} shown as {:?}",
+                ed.shown()
+            );
             assert_eq!(ed.line(), typed);
         }
         // Not the key command: echoed as typed.

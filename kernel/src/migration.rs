@@ -178,9 +178,9 @@ impl MigrationService {
                 alloc::format!(
                     "incoming {} from {}: {}",
                     if i.dest.vm().is_empty() {
-                        "?"
+                        String::from("?")
                     } else {
-                        i.dest.vm()
+                        crate::text::peer(i.dest.vm())
                     },
                     peer(&i.chan),
                     if i.dest.is_running() {
@@ -267,7 +267,7 @@ impl MigrationService {
                             async_line(format_args!(
                                 "migrate: refusing a guest from {}: {}",
                                 peer(&inc.chan),
-                                reasons.join("; ")
+                                crate::text::peer(&reasons.join("; "))
                             ));
                         }
                         // Released once the answer and the close have left.
@@ -361,8 +361,10 @@ fn run_dest_actions(
             DestAction::Reserve { vm, mem_bytes } => {
                 if let Err(e) = crate::vm::reserve_incoming(&vm, mem_bytes) {
                     async_line(format_args!(
-                        "migrate: refusing {vm} from {}: {e}",
-                        peer(&inc.chan)
+                        "migrate: refusing {} from {}: {}",
+                        crate::text::peer(&vm),
+                        peer(&inc.chan),
+                        crate::text::peer(&e)
                     ));
                     queue = inc.dest.refuse(&e);
                     ok = false;
@@ -384,7 +386,11 @@ fn run_dest_actions(
                         ));
                     }
                     Err(e) => {
-                        async_line(format_args!("migrate: cannot start {vm}: {e}"));
+                        async_line(format_args!(
+                            "migrate: cannot start {}: {}",
+                            crate::text::peer(&vm),
+                            crate::text::peer(&e)
+                        ));
                         crate::vm::discard_incoming(&vm);
                         queue = inc.dest.start_failed(&e);
                         ok = false;
@@ -395,9 +401,14 @@ fn run_dest_actions(
                 let vm = String::from(inc.dest.vm());
                 crate::vm::discard_incoming(&vm);
                 async_line(format_args!(
-                    "migrate: incoming {} from {} discarded: {reason}",
-                    if vm.is_empty() { "guest" } else { vm.as_str() },
-                    peer(&inc.chan)
+                    "migrate: incoming {} from {} discarded: {}",
+                    if vm.is_empty() {
+                        String::from("guest")
+                    } else {
+                        crate::text::peer(&vm)
+                    },
+                    peer(&inc.chan),
+                    crate::text::peer(&reason)
                 ));
                 inc.chan.close(stack);
             }
@@ -709,14 +720,16 @@ impl Outbound {
                 // The destination may have started the guest: running it here
                 // too could put one guest on two hosts. Leave it paused.
                 async_line(format_args!(
-                    "error: migrate: {why} after the commit: {vm} stays paused here and may be running on {}; check there first",
+                    "error: migrate: {} after the commit: {vm} stays paused here and may be running on {}; check there first",
+                    crate::text::peer(&why),
                     self.target
                 ));
             }
             Err(why) => {
                 crate::vm::migration_end(&vm, false);
                 async_line(format_args!(
-                    "error: migrate: {vm}: {why}; {vm} keeps running here"
+                    "error: migrate: {vm}: {}; {vm} keeps running here",
+                    crate::text::peer(&why)
                 ));
             }
         }
@@ -785,11 +798,11 @@ pub fn check_out(
         Ok(Message::Refuse { reasons }) => {
             println!("migrate check: {vm} cannot move to {target}:");
             for r in reasons {
-                println!("  blocker: {r}");
+                println!("  blocker: {}", crate::text::peer(&r));
             }
         }
         Ok(other) => println!("error: migrate check: unexpected answer {}", other.name()),
-        Err(e) => println!("error: migrate check: {e}"),
+        Err(e) => println!("error: migrate check: {}", crate::text::peer(&e)),
     }
     chan.close(&mut net.stack);
     chan.poll(&mut net.stack, crate::time::now_us());

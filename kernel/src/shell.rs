@@ -483,13 +483,7 @@ fn parse_u64(s: &str) -> Option<u64> {
 
 /// Echoing back a pasted megabyte helps nobody.
 fn shorten(s: &str) -> String {
-    if s.chars().count() <= 40 {
-        String::from(s)
-    } else {
-        let mut t: String = s.chars().take(40).collect();
-        t.push_str("...");
-        t
-    }
+    crate::text::quote(s, crate::text::OPERATOR_CHARS)
 }
 
 #[cfg(test)]

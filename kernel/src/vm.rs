@@ -1849,13 +1849,14 @@ pub fn reserve_incoming(name: &str, mem_bytes: u64) -> Result<(), String> {
     if m.host.is_none() {
         m.host = Some(enable_vmx()?);
     }
-    let mut vm = new_vm(&m, name, mem_bytes, "(migrated)", 0, State::Incoming).map_err(|free| {
-        format!(
-            "not enough memory: the guest needs {} MiB, {} MiB free",
-            mem_bytes >> 20,
-            free >> 20
-        )
-    })??;
+    let mut vm =
+        new_vm(&m, name, mem_bytes, "(migrated)", 0, State::Incoming).map_err(|free| {
+            format!(
+                "not enough memory: the guest needs {} MiB, {} MiB free",
+                mem_bytes >> 20,
+                free >> 20
+            )
+        })??;
     // Pages from the source land here: a later `vm start` must zero again.
     vm.ram_zeroed = false;
     m.vms.push(vm);
