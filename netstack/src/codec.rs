@@ -50,6 +50,7 @@ use core::fmt;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -125,7 +126,9 @@ pub enum KeyError {
 /// A pre-shared key of 16 to 64 bytes.
 ///
 /// Its [`Debug`](fmt::Debug) output never shows the key material; use
-/// [`Key::fingerprint`] to compare keys between hosts.
+/// [`Key::fingerprint`] to compare keys between hosts. Its bytes are wiped
+/// when it is dropped; that holds for every clone too (the kernel keeps the
+/// configured key and hands a clone to each channel it opens).
 #[derive(Clone)]
 pub struct Key {
     bytes: [u8; MAX_KEY],
@@ -146,6 +149,14 @@ impl PartialEq for Key {
 }
 
 impl Eq for Key {}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Key {}
 
 /// A handshake nonce from whatever entropy the caller has (RDRAND output,
 /// TSC readings, a counter): SHA-256 of it, so that any input difference
@@ -168,19 +179,22 @@ impl Key {
         if !digits.len().is_multiple_of(2) {
             return Err(KeyError::OddLength(digits.len()));
         }
-        let mut bytes = [0u8; MAX_KEY];
+        // Parsed straight into the key, so that its Drop wipes what was
+        // parsed on every path, errors included.
+        let mut key = Key {
+            bytes: [0u8; MAX_KEY],
+            len: 0,
+        };
         for (i, pair) in digits.chunks_exact(2).enumerate() {
             let hi = hex_val(pair[0]).ok_or(KeyError::NotHex { pos: 2 * i })?;
             let lo = hex_val(pair[1]).ok_or(KeyError::NotHex { pos: 2 * i + 1 })?;
-            if let Some(b) = bytes.get_mut(i) {
+            if let Some(b) = key.bytes.get_mut(i) {
                 *b = (hi << 4) | lo;
             }
         }
         Self::check_len(digits.len() / 2)?;
-        Ok(Key {
-            bytes,
-            len: digits.len() / 2,
-        })
+        key.len = digits.len() / 2;
+        Ok(key)
     }
 
     /// Builds a key from raw bytes (16 to 64 of them).
@@ -189,12 +203,12 @@ impl Key {
             return Err(KeyError::Empty);
         }
         Self::check_len(raw.len())?;
-        let mut bytes = [0u8; MAX_KEY];
-        bytes[..raw.len()].copy_from_slice(raw);
-        Ok(Key {
-            bytes,
+        let mut key = Key {
+            bytes: [0u8; MAX_KEY],
             len: raw.len(),
-        })
+        };
+        key.bytes[..raw.len()].copy_from_slice(raw);
+        Ok(key)
     }
 
     fn check_len(bytes: usize) -> Result<(), KeyError> {
@@ -908,6 +922,12 @@ mod tests {
         let b = Key::from_bytes(&[2; 16]).unwrap();
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint(), a.clone().fingerprint());
+    }
+
+    #[test]
+    fn key_is_zeroize_on_drop() {
+        fn wiped<T: ZeroizeOnDrop>() {}
+        wiped::<Key>();
     }
 
     #[test]
