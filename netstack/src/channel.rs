@@ -381,7 +381,7 @@ impl Channel {
     /// anything; once open, only until one maximal frame is buffered.
     fn fill(&mut self, stack: &mut Stack) {
         let Some(h) = self.handle else { return };
-        let limit = codec::HEADER_LEN + self.opts.max_payload as usize + codec::MAC_LEN;
+        let limit = self.opts.max_payload as usize + Sealer::overhead();
         let s = stack.tcp(h);
         while s.can_recv() {
             let have = self.rx.len() - self.rx_start;
@@ -494,11 +494,7 @@ impl Channel {
 
 /// Whether `buf` starts with at least one whole frame.
 fn frame_complete(buf: &[u8]) -> bool {
-    if buf.len() < codec::HEADER_LEN {
-        return false;
-    }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    buf.len() >= codec::HEADER_LEN + len + codec::MAC_LEN
+    codec::frame_len(buf).is_some_and(|n| buf.len() >= n)
 }
 
 /// Accepts connections on a port: keeps one listening socket and hands

@@ -1,4 +1,4 @@
-//! Integration tests for the authenticated channel codec.
+//! Integration tests for the encrypted, authenticated channel codec.
 
 use netstack::codec::*;
 use proptest::prelude::*;
@@ -224,44 +224,111 @@ fn hello_bytes(version: u16) -> Vec<u8> {
 }
 
 #[test]
-fn version_mismatch_on_both_sides() {
-    // Server receives a Hello from a version-2 client.
+fn protocol_version_is_2() {
+    assert_eq!(PROTOCOL_VERSION, 2);
+    let mut c = Handshake::client(&key(1), [1; 32], 100);
+    let hello = c.take_output();
+    assert_eq!(u16::from_le_bytes([hello[4], hello[5]]), 2);
+}
+
+const V1_REFUSED: &str = "protocol version mismatch: we speak version 2, the peer speaks version 1 \
+     (version 1 sends frames in clear; upgrade the peer)";
+
+#[test]
+fn v1_client_is_refused_by_v2_server() {
+    // The Hello of a version-1 client (same layout in both versions).
     let mut s = Handshake::server(&key(1), [2; 32], 100);
-    assert_eq!(
-        s.feed(&hello_bytes(2)),
-        Err(ChannelError::Version { ours: 1, theirs: 2 })
-    );
+    let err = s.feed(&hello_bytes(1)).unwrap_err();
+    assert_eq!(err, ChannelError::Version { ours: 2, theirs: 1 });
+    assert_eq!(err.to_string(), V1_REFUSED);
+    // The server still answers, so that the old client learns why: a
+    // Challenge with our version and status 1 ("version not supported"),
+    // which a version-1 client reports as "we speak version 1, the peer
+    // speaks version 2".
     let ch = s.take_output();
-    assert_eq!(ch.len(), 76);
+    assert_eq!(ch.len(), CHALLENGE_LEN);
     assert_eq!(&ch[..4], b"HVCS");
+    assert_eq!(u16::from_le_bytes([ch[4], ch[5]]), 2, "our version");
     assert_eq!(
         u16::from_le_bytes([ch[6], ch[7]]),
         1,
         "status: version not supported"
     );
-    assert_eq!(
-        s.feed(&[]),
-        Err(ChannelError::Version { ours: 1, theirs: 2 })
-    );
+    // Poisoned, and nothing more to send.
+    assert_eq!(s.feed(&[]), Err(err.clone()));
+    assert_eq!(s.at_eof(), Err(err));
+    assert!(s.take_output().is_empty());
+    assert!(!s.is_done());
+}
 
-    // The real (version-1) client hears "status 1" from the server.
+/// The Challenge a version-1 server sends to a client it cannot serve.
+fn v1_refusal(hello: &[u8]) -> Vec<u8> {
+    let mut ch = b"HVCS".to_vec();
+    ch.extend_from_slice(&1u16.to_le_bytes()); // version 1
+    ch.extend_from_slice(&1u16.to_le_bytes()); // status: version not supported
+    ch.extend_from_slice(&[0x33; 32]);
+    ch.extend_from_slice(&1000u32.to_le_bytes());
+    // mac_s: a v1 server computes it over `hello`, but a v2 client refuses
+    // on the version before it looks at the MAC, so any bytes will do.
+    ch.extend_from_slice(&hello[8..40]);
+    assert_eq!(ch.len(), CHALLENGE_LEN);
+    ch
+}
+
+#[test]
+fn v2_client_is_refused_by_v1_server() {
     let mut c = Handshake::client(&key(1), [1; 32], 100);
-    let _ = c.take_output();
+    let hello = c.take_output();
+    let err = c.feed(&v1_refusal(&hello)).unwrap_err();
+    assert_eq!(err, ChannelError::Version { ours: 2, theirs: 1 });
+    assert_eq!(err.to_string(), V1_REFUSED);
+    assert!(c.take_output().is_empty(), "no Auth to a refused server");
+    assert_eq!(c.at_eof(), Err(err));
+    assert!(c.into_session().is_none());
+
+    // Even a version-1 Challenge that claims success is refused: a v2 client
+    // never falls back to clear frames.
+    let mut c = Handshake::client(&key(1), [1; 32], 100);
+    let hello = c.take_output();
+    let mut ch = v1_refusal(&hello);
+    ch[6..8].copy_from_slice(&0u16.to_le_bytes());
     assert_eq!(
         c.feed(&ch),
-        Err(ChannelError::Version { ours: 1, theirs: 1 })
+        Err(ChannelError::Version { ours: 2, theirs: 1 })
     );
+}
 
+#[test]
+fn other_version_mismatches() {
     // A client receiving a Challenge from a version-3 server.
     let mut c = Handshake::client(&key(1), [1; 32], 100);
-    let _ = c.take_output();
-    let mut ch3 = ch.clone();
+    let mut s = Handshake::server(&key(1), [2; 32], 100);
+    s.feed(&c.take_output()).unwrap();
+    let mut ch3 = s.take_output();
     ch3[4..6].copy_from_slice(&3u16.to_le_bytes());
-    ch3[6..8].copy_from_slice(&0u16.to_le_bytes());
-    assert_eq!(
-        c.feed(&ch3),
-        Err(ChannelError::Version { ours: 1, theirs: 3 })
+    let err = c.feed(&ch3).unwrap_err();
+    assert_eq!(err, ChannelError::Version { ours: 2, theirs: 3 });
+    assert!(
+        err.to_string().ends_with("version 3 (upgrade this host)"),
+        "{err}"
     );
+
+    // A server receiving the Hello of a version-3 client.
+    let mut s = Handshake::server(&key(1), [2; 32], 100);
+    assert_eq!(
+        s.feed(&hello_bytes(3)),
+        Err(ChannelError::Version { ours: 2, theirs: 3 })
+    );
+
+    // A same-version server that answers "version not supported" (only a
+    // forger would): still a clean refusal.
+    let mut c = Handshake::client(&key(1), [1; 32], 100);
+    let mut s = Handshake::server(&key(1), [2; 32], 100);
+    s.feed(&c.take_output()).unwrap();
+    let mut ch = s.take_output();
+    ch[6..8].copy_from_slice(&1u16.to_le_bytes());
+    let err = c.feed(&ch).unwrap_err();
+    assert_eq!(err, ChannelError::Version { ours: 2, theirs: 2 });
 }
 
 #[test]
@@ -384,7 +451,7 @@ fn reserved_types() {
 fn truncated_prefixes() {
     let ((mut cs, _), (_, so)) = handshake();
     let frame = seal(&mut cs, &[0xee; 100]);
-    assert_eq!(frame.len(), 100 + 45);
+    assert_eq!(frame.len(), 100 + 29);
     for cut in 1..frame.len() {
         let mut o = so.clone();
         assert_eq!(o.decode(&frame[..cut]), Ok(None), "prefix {cut}");
@@ -419,8 +486,8 @@ fn oversized_header_reported_immediately() {
     // A header announcing 65 bytes, with no body at all.
     let mut o = co.clone();
     let mut hdr = 65u32.to_le_bytes().to_vec();
-    hdr.push(TY);
     hdr.extend_from_slice(&0u64.to_le_bytes());
+    assert_eq!(hdr.len(), HEADER_LEN);
     assert_eq!(
         o.decode(&hdr),
         Err(ChannelError::Oversized { len: 65, max: 64 })
@@ -432,7 +499,7 @@ fn oversized_header_reported_immediately() {
     );
 
     let mut o = co.clone();
-    let huge = [0xff, 0xff, 0xff, 0xff, TY, 0, 0, 0, 0, 0, 0, 0, 0];
+    let huge = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
     assert_eq!(
         o.decode(&huge),
         Err(ChannelError::Oversized {
@@ -564,6 +631,11 @@ proptest! {
         }
     }
 
+    /// Any single flipped bit, in the header, the ciphertext or the tag, is
+    /// refused and never yields a payload: a changed length is oversized or
+    /// mis-frames the frame (then it fails authentication, or waits for bytes
+    /// that never come and is truncated at EOF); anything else fails
+    /// authentication, a changed sequence number included.
     #[test]
     fn any_single_bit_flip_is_rejected(
         len in 0usize..300,
@@ -579,23 +651,29 @@ proptest! {
         }
         let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
         let mut frame = seal(&mut cs, &payload);
+        prop_assert_eq!(frame.len(), len + Sealer::overhead());
         let bit = bit.index(frame.len() * 8);
         let byte = bit / 8;
         frame[byte] ^= 1 << (bit % 8);
-        let seq = u64::from_le_bytes(frame[5..13].try_into().unwrap());
         let announced = u32::from_le_bytes(frame[0..4].try_into().unwrap());
-        let r = so.decode(&frame);
-        match byte {
-            0..=3 => {
-                if announced > 100_000 {
-                    prop_assert_eq!(r, Err(ChannelError::Oversized { len: u64::from(announced), max: 100_000 }));
-                } else if announced as usize > len {
-                    prop_assert_eq!(r, Ok(None));
-                } else {
-                    prop_assert_eq!(r, Err(ChannelError::BadMac { seq }));
-                }
-            }
-            _ => prop_assert_eq!(r, Err(ChannelError::BadMac { seq })),
+        let seq = u64::from_le_bytes(frame[4..12].try_into().unwrap());
+        if (4..12).contains(&byte) {
+            prop_assert_ne!(seq, prior as u64);
+        }
+        let r = so.decode(&frame).map(|o| o.map(|(f, n)| (f.payload.to_vec(), n)));
+        if announced > 100_000 {
+            prop_assert_eq!(r, Err(ChannelError::Oversized { len: u64::from(announced), max: 100_000 }));
+        } else if announced as usize > len {
+            prop_assert_eq!(r, Ok(None));
+            prop_assert_eq!(
+                so.at_eof(&frame),
+                Err(ChannelError::Truncated {
+                    have: frame.len(),
+                    need: announced as usize + Sealer::overhead()
+                })
+            );
+        } else {
+            prop_assert_eq!(r, Err(ChannelError::BadMac { seq }));
         }
     }
 }
@@ -685,12 +763,12 @@ fn error_messages() {
         "frame of 10 bytes exceeds the 5-byte limit"
     );
     assert_eq!(
-        ChannelError::Truncated { have: 3, need: 13 }.to_string(),
-        "stream ended inside a frame (3 of 13 bytes)"
+        ChannelError::Truncated { have: 3, need: 12 }.to_string(),
+        "stream ended inside a frame (3 of 12 bytes)"
     );
     assert_eq!(
         ChannelError::BadMac { seq: 7 }.to_string(),
-        "frame 7: authentication code mismatch (corrupted or forged)"
+        "frame 7: authentication failed (corrupted or forged)"
     );
     assert_eq!(
         ChannelError::BadMagic.to_string(),
