@@ -421,7 +421,7 @@ impl Channel {
         let limit = if self.is_pending() {
             HANDSHAKE_READ
         } else {
-            codec::HEADER_LEN + self.opts.max_payload as usize + codec::MAC_LEN
+            self.opts.max_payload as usize + Sealer::overhead()
         };
         let s = stack.tcp(h);
         while s.can_recv() {
@@ -543,11 +543,7 @@ impl Channel {
 
 /// Whether `buf` starts with at least one whole frame.
 fn frame_complete(buf: &[u8]) -> bool {
-    if buf.len() < codec::HEADER_LEN {
-        return false;
-    }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    buf.len() >= codec::HEADER_LEN + len + codec::MAC_LEN
+    codec::frame_len(buf).is_some_and(|n| buf.len() >= n)
 }
 
 /// Bytes read at a time before the peer is authenticated.
