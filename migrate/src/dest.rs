@@ -12,6 +12,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::GuestMemoryMut;
+use crate::names;
 use crate::proto::{self, Message, PAGE_SIZE, Page, ProtoError, missing_features};
 
 /// What the destination host offers.
@@ -66,8 +67,8 @@ pub fn check(hello: &Message, host: &dyn DestHost) -> Vec<String> {
     if let Err(e) = proto::check_version(*version) {
         reasons.push(e.to_string());
     }
-    if vm.is_empty() {
-        reasons.push("the VM has no name".to_string());
+    if let Err(e) = names::check_vm_name(vm) {
+        reasons.push(e.to_string());
     }
     if *mem_bytes == 0 || *mem_bytes % PAGE_SIZE as u64 != 0 {
         reasons.push(format!(
@@ -95,10 +96,11 @@ pub fn check(hello: &Message, host: &dyn DestHost) -> Vec<String> {
     }
     let host_devices = host.devices();
     for (i, d) in devices.iter().enumerate() {
+        let shown = names::printable(d, names::SHOWN_CHARS);
         if devices[..i].contains(d) {
-            reasons.push(format!("device {d} listed twice"));
+            reasons.push(format!("device {shown} listed twice"));
         } else if !host_devices.contains(d) {
-            reasons.push(format!("device model {d} not available on this host"));
+            reasons.push(format!("device model {shown} not available on this host"));
         }
     }
     reasons

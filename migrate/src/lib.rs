@@ -38,6 +38,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 pub mod dest;
+pub mod names;
 pub mod proto;
 pub mod source;
 
