@@ -184,9 +184,7 @@ impl Dest {
         log::warn!("incoming migration of {:?} aborted: {reason}", self.vm);
         self.phase = Phase::Closed;
         vec![
-            DestAction::Send(Message::Abort {
-                reason: reason.clone(),
-            }),
+            DestAction::Send(Message::abort(reason.clone())),
             DestAction::Discard(reason),
         ]
     }
@@ -214,7 +212,7 @@ impl Dest {
             let why = format!("refused: {}", reasons.join("; "));
             log::warn!("incoming migration of {vm:?} {why}");
             return vec![
-                DestAction::Send(Message::Refuse { reasons }),
+                DestAction::Send(Message::refuse(reasons)),
                 DestAction::Discard(why),
             ];
         }
@@ -391,9 +389,11 @@ impl Dest {
             }
             (Final, Message::DeviceState { name, data }) => {
                 if !self.devices.contains(&name) {
+                    let name = names::printable(&name, names::SHOWN_CHARS);
                     return self.abort(format!("state for device {name}, not listed in Hello"));
                 }
                 if self.states.iter().any(|(n, _)| *n == name) {
+                    let name = names::printable(&name, names::SHOWN_CHARS);
                     return self.abort(format!("second state for device {name}"));
                 }
                 self.states.push((name, data));
@@ -468,9 +468,7 @@ impl Dest {
         }
         self.phase = Phase::Closed;
         vec![
-            DestAction::Send(Message::Refuse {
-                reasons: vec![reason.to_string()],
-            }),
+            DestAction::Send(Message::refuse(vec![reason.to_string()])),
             DestAction::Discard(format!("refused: {reason}")),
         ]
     }

@@ -21,6 +21,13 @@
 //!
 //! `str` is `u32 len` + UTF-8 bytes. A page is `u8 0` (zero page, 1 byte on the
 //! wire) or `u8 1, u32 4096, 4096 bytes` (raw page).
+//!
+//! Limits, enforced by [`decode`] with a typed error (a field is never cut):
+//! VM name [`MAX_VM_NAME`] bytes; [`MAX_DEVICES`] devices of
+//! [`MAX_DEVICE_NAME`] bytes (also the `DeviceState` name); [`MAX_REASONS`]
+//! reasons of [`MAX_REASON`] bytes (also the `Abort` reason);
+//! [`MAX_REGIONS`] regions. [`Message::refuse`] and [`Message::abort`] build
+//! messages within them.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -33,6 +40,20 @@ pub const PAGE_SIZE: usize = 4096;
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// First frame type used by migration (lower types belong to other protocols).
 pub const FIRST_TYPE: u8 = 32;
+
+/// Longest VM name in `Hello`, in bytes (the name rule itself is
+/// [`crate::names::check_vm_name`]).
+pub const MAX_VM_NAME: usize = crate::names::MAX_VM_NAME;
+/// Most devices a `Hello` lists.
+pub const MAX_DEVICES: usize = 16;
+/// Longest device name (in `Hello` and `DeviceState`), in bytes.
+pub const MAX_DEVICE_NAME: usize = 32;
+/// Most reasons a `Refuse` carries.
+pub const MAX_REASONS: usize = 16;
+/// Longest reason in `Refuse` or `Abort`, in bytes.
+pub const MAX_REASON: usize = 256;
+/// Most regions a `MemoryLayout` holds.
+pub const MAX_REGIONS: usize = 64;
 
 /// Bytes a zero page takes inside a `Pages` payload.
 pub const ZERO_PAGE_WIRE: usize = 1;
@@ -83,6 +104,26 @@ pub enum ProtoError {
     BadUtf8 {
         /// The field being read.
         what: &'static str,
+    },
+    /// A string field is longer than the protocol allows.
+    #[error("{what} is {len} bytes, longer than the {max}-byte limit")]
+    TooLong {
+        /// The field being read.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A list holds more elements than the protocol allows.
+    #[error("{what}: {count} exceed the limit of {max}")]
+    TooMany {
+        /// The list being read.
+        what: &'static str,
+        /// How many were announced (or counted so far).
+        count: u64,
+        /// The limit.
+        max: u64,
     },
     /// A page run extends past the largest representable frame number.
     #[error("page run at gfn {first_gfn:#x} with {pages} pages overflows")]
@@ -220,7 +261,43 @@ pub enum Message {
     },
 }
 
+/// `s` cut to at most `max` bytes (at a character boundary, ending in `...`
+/// when cut).
+fn clamp(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max.saturating_sub(3);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
+
 impl Message {
+    /// An `Abort` whose reason fits [`MAX_REASON`] (cut if longer), so the
+    /// peer can decode it.
+    pub fn abort(reason: impl Into<String>) -> Message {
+        Message::Abort {
+            reason: clamp(reason.into(), MAX_REASON),
+        }
+    }
+
+    /// A `Refuse` within the protocol limits: each reason cut to
+    /// [`MAX_REASON`] bytes; past [`MAX_REASONS`], the last one says how
+    /// many more there were.
+    pub fn refuse(mut reasons: Vec<String>) -> Message {
+        if reasons.len() > MAX_REASONS {
+            let more = reasons.len() - (MAX_REASONS - 1);
+            reasons.truncate(MAX_REASONS - 1);
+            reasons.push(alloc::format!("and {more} more"));
+        }
+        Message::Refuse {
+            reasons: reasons.into_iter().map(|r| clamp(r, MAX_REASON)).collect(),
+        }
+    }
+
     /// The channel frame type of this message.
     pub fn frame_type(&self) -> u8 {
         FIRST_TYPE
@@ -417,7 +494,7 @@ impl<'a> Reader<'a> {
     /// rejecting counts the remaining payload cannot hold (no huge allocations).
     fn count(&mut self, min_size: usize, what: &'static str) -> Result<usize, ProtoError> {
         let n = self.u32(what)? as usize;
-        if n.saturating_mul(min_size) > self.buf.len() {
+        if n.saturating_mul(min_size.max(1)) > self.buf.len() {
             return Err(ProtoError::Truncated { what });
         }
         Ok(n)
@@ -426,15 +503,43 @@ impl<'a> Reader<'a> {
         let n = self.u32(what)? as usize;
         self.take(n, what)
     }
-    fn string(&mut self, what: &'static str) -> Result<String, ProtoError> {
-        let b = self.bytes(what)?;
+    /// A string of at most `max` bytes; longer is an error, never cut.
+    fn string(&mut self, max: usize, what: &'static str) -> Result<String, ProtoError> {
+        let len = self.u32(what)? as usize;
+        if len > max {
+            return Err(ProtoError::TooLong { what, len, max });
+        }
+        let b = self.take(len, what)?;
         core::str::from_utf8(b)
             .map(String::from)
             .map_err(|_| ProtoError::BadUtf8 { what })
     }
-    fn strings(&mut self, what: &'static str) -> Result<Vec<String>, ProtoError> {
-        let n = self.count(4, what)?;
-        (0..n).map(|_| self.string(what)).collect()
+    /// At most `max_count` strings of at most `max_len` bytes each.
+    fn strings(
+        &mut self,
+        max_count: usize,
+        max_len: usize,
+        what: &'static str,
+    ) -> Result<Vec<String>, ProtoError> {
+        let n = self.limited_count(4, max_count, what)?;
+        (0..n).map(|_| self.string(max_len, what)).collect()
+    }
+    /// [`Reader::count`] with a protocol limit on top.
+    fn limited_count(
+        &mut self,
+        min_size: usize,
+        max: usize,
+        what: &'static str,
+    ) -> Result<usize, ProtoError> {
+        let n = self.count(min_size, what)?;
+        if n > max {
+            return Err(ProtoError::TooMany {
+                what,
+                count: n as u64,
+                max: max as u64,
+            });
+        }
+        Ok(n)
     }
 }
 
@@ -447,17 +552,17 @@ pub fn decode(ty: u8, payload: &[u8]) -> Result<Message, ProtoError> {
     let msg = match ty.checked_sub(FIRST_TYPE) {
         Some(0) => Message::Hello {
             version: r.u16("Hello version")?,
-            vm: r.string("Hello vm name")?,
+            vm: r.string(MAX_VM_NAME, "Hello vm name")?,
             mem_bytes: r.u64("Hello mem_bytes")?,
             cpu_features: r.u64("Hello cpu_features")?,
-            devices: r.strings("Hello devices")?,
+            devices: r.strings(MAX_DEVICES, MAX_DEVICE_NAME, "Hello devices")?,
         },
         Some(1) => Message::Ready,
         Some(2) => Message::Refuse {
-            reasons: r.strings("Refuse reasons")?,
+            reasons: r.strings(MAX_REASONS, MAX_REASON, "Refuse reasons")?,
         },
         Some(3) => {
-            let n = r.count(16, "MemoryLayout regions")?;
+            let n = r.limited_count(16, MAX_REGIONS, "MemoryLayout regions")?;
             let mut regions = Vec::with_capacity(n);
             for _ in 0..n {
                 regions.push((r.u64("region gpa")?, r.u64("region length")?));
@@ -503,13 +608,13 @@ pub fn decode(ty: u8, payload: &[u8]) -> Result<Message, ProtoError> {
         Some(6) => Message::Pause,
         Some(7) => Message::VcpuState(r.bytes("VcpuState data")?.to_vec()),
         Some(8) => Message::DeviceState {
-            name: r.string("DeviceState name")?,
+            name: r.string(MAX_DEVICE_NAME, "DeviceState name")?,
             data: r.bytes("DeviceState data")?.to_vec(),
         },
         Some(9) => Message::Commit,
         Some(10) => Message::Committed,
         Some(11) => Message::Abort {
-            reason: r.string("Abort reason")?,
+            reason: r.string(MAX_REASON, "Abort reason")?,
         },
         _ => return Err(ProtoError::UnknownType(ty)),
     };

@@ -11,6 +11,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::GuestMemory;
+use crate::names;
 use crate::proto::{
     self, MAX_MESSAGE, Message, PAGE_SIZE, PROTOCOL_VERSION, Page, PagesBuilder, ProtoError,
 };
@@ -106,6 +107,32 @@ pub struct VmDescription {
 }
 
 impl VmDescription {
+    /// Whether the description fits the protocol: a valid VM name, at most
+    /// [`proto::MAX_DEVICES`] devices of at most [`proto::MAX_DEVICE_NAME`]
+    /// bytes each (a destination cannot decode a `Hello` beyond these).
+    pub fn check(&self) -> Result<(), String> {
+        names::check_vm_name(&self.vm).map_err(|e| e.to_string())?;
+        if self.devices.len() > proto::MAX_DEVICES {
+            return Err(format!(
+                "{} devices, more than the {} a migration can describe",
+                self.devices.len(),
+                proto::MAX_DEVICES
+            ));
+        }
+        if let Some(d) = self
+            .devices
+            .iter()
+            .find(|d| d.len() > proto::MAX_DEVICE_NAME)
+        {
+            return Err(format!(
+                "device name '{}' is longer than {} bytes",
+                names::printable(d, names::SHOWN_CHARS),
+                proto::MAX_DEVICE_NAME
+            ));
+        }
+        Ok(())
+    }
+
     /// The `Hello` message announcing this VM with [`PROTOCOL_VERSION`].
     pub fn hello(&self) -> Message {
         Message::Hello {
@@ -300,6 +327,13 @@ pub struct Source {
 }
 
 fn validate_layout(regions: &[(u64, u64)]) -> Result<Vec<(u64, u64)>, String> {
+    if regions.len() > proto::MAX_REGIONS {
+        return Err(format!(
+            "{} regions, more than the {} a MemoryLayout holds",
+            regions.len(),
+            proto::MAX_REGIONS
+        ));
+    }
     let page = PAGE_SIZE as u64;
     let mut out = Vec::with_capacity(regions.len());
     let mut end = 0u64;
@@ -434,9 +468,7 @@ impl Source {
         self.phase = Phase::Failed;
         let mut acts = Vec::new();
         if send_abort {
-            acts.push(Action::Send(Message::Abort {
-                reason: reason.clone(),
-            }));
+            acts.push(Action::Send(Message::abort(reason.clone())));
         }
         acts.push(Action::Failed(reason));
         acts
@@ -736,6 +768,10 @@ impl Source {
             }
             match self.phase {
                 Phase::Hello => {
+                    if let Err(e) = self.desc.check() {
+                        acts.extend(self.fail(format!("cannot migrate: {e}"), false));
+                        return acts;
+                    }
                     if let Some(e) = self.layout_error.take() {
                         acts.extend(self.fail(format!("invalid memory layout: {e}"), false));
                         return acts;

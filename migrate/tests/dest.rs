@@ -53,3 +53,29 @@ fn long_names_are_cut_in_reasons() {
     assert!(reasons[0].len() < 400, "{}", reasons[0]);
     assert!(reasons[0].contains("\\u{7}...'"), "{}", reasons[0]);
 }
+
+#[test]
+fn a_refusal_with_many_blockers_still_decodes() {
+    // Every CPU feature missing, 16 unknown devices, a bad name and no RAM.
+    let mut d = desc(1 << 20);
+    d.vm = "bad name".into();
+    d.cpu_features = u64::MAX;
+    d.devices = (0..16).map(|i| format!("dev{i}")).collect();
+    let host = SimHost {
+        free: 0,
+        features: 0,
+        devices: vec![],
+    };
+    let mut dst = Dest::new();
+    let out = dst.on_message(d.hello(), None, &host);
+    let Some(DestAction::Send(refuse)) = out.first() else {
+        panic!("{out:?}")
+    };
+    let (ty, payload) = migrate::proto::encode(refuse);
+    let Ok(Message::Refuse { reasons }) = migrate::proto::decode(ty, &payload) else {
+        panic!("undecodable {refuse:?}")
+    };
+    assert_eq!(reasons.len(), migrate::proto::MAX_REASONS);
+    assert!(reasons[0].starts_with("bad VM name"), "{reasons:?}");
+    assert!(reasons.last().unwrap().ends_with("more"), "{reasons:?}");
+}

@@ -433,6 +433,29 @@ fn source_rejects_unexpected_messages_and_cancels() {
 }
 
 #[test]
+fn source_refuses_a_description_the_protocol_cannot_carry() {
+    let bad = |f: fn(&mut migrate::VmDescription)| {
+        let mut d = desc(16);
+        f(&mut d);
+        let mut src = Source::new(d, vec![(0, 16 * 4096)], Policy::default(), 0);
+        let acts = src.poll(&mut common::SimMemory::new(16), 1 << 20, 0);
+        let [Action::Failed(why)] = &acts[..] else {
+            panic!("{acts:?}")
+        };
+        why.clone()
+    };
+    assert!(bad(|d| d.vm = "web 1".into()).contains("bad VM name 'web 1'"));
+    assert!(bad(|d| d.devices = vec!["x".into(); 17]).contains("17 devices"));
+    assert!(bad(|d| d.devices = vec!["x".repeat(33)]).contains("longer than 32 bytes"));
+    let mut src = Source::new(desc(16), vec![(0, 4096); 65], Policy::default(), 0);
+    let acts = src.poll(&mut common::SimMemory::new(16), 1 << 20, 0);
+    assert!(
+        matches!(&acts[..], [Action::Failed(w)] if w.contains("65 regions")),
+        "{acts:?}"
+    );
+}
+
+#[test]
 fn room_smaller_than_a_page_waits() {
     let d = desc(16);
     let mut src = Source::new(d, vec![(0, 16 * 4096)], Policy::default(), 0);

@@ -18,14 +18,17 @@ fn page() -> impl Strategy<Value = Page> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
+    // Within the decoder's limits: a char is at most 4 bytes.
     let s = || ".{0,12}";
+    let name = || ".{0,4}";
+    let device = || ".{0,8}";
     prop_oneof![
         (
             any::<u16>(),
-            s(),
+            name(),
             any::<u64>(),
             any::<u64>(),
-            prop::collection::vec(s(), 0..4)
+            prop::collection::vec(device(), 0..4)
         )
             .prop_map(
                 |(version, vm, mem_bytes, cpu_features, devices)| Message::Hello {
@@ -60,7 +63,7 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         Just(Message::Pause),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(Message::VcpuState),
-        (s(), prop::collection::vec(any::<u8>(), 0..64))
+        (device(), prop::collection::vec(any::<u8>(), 0..64))
             .prop_map(|(name, data)| Message::DeviceState { name, data }),
         Just(Message::Commit),
         Just(Message::Committed),
@@ -274,4 +277,122 @@ fn a_single_nonzero_byte_anywhere_makes_a_page_nonzero() {
         page[at] = 0;
     }
     assert_eq!(Page::from_bytes(&page), Page::Zero);
+}
+
+fn hello(vm: &str, devices: Vec<String>) -> Message {
+    Message::Hello {
+        version: proto::PROTOCOL_VERSION,
+        vm: vm.into(),
+        mem_bytes: 1 << 20,
+        cpu_features: 0,
+        devices,
+    }
+}
+
+#[test]
+fn peer_strings_are_bounded() {
+    use proto::{MAX_DEVICE_NAME, MAX_DEVICES, MAX_REASON, MAX_REASONS, MAX_REGIONS, MAX_VM_NAME};
+    let too_long = |what, len, max| Err(ProtoError::TooLong { what, len, max });
+    let too_many = |what, count: usize, max: usize| {
+        Err(ProtoError::TooMany {
+            what,
+            count: count as u64,
+            max: max as u64,
+        })
+    };
+    // At the limit: accepted.
+    let at = hello(
+        &"v".repeat(MAX_VM_NAME),
+        vec!["d".repeat(MAX_DEVICE_NAME); MAX_DEVICES],
+    );
+    let (ty, p) = encode(&at);
+    assert_eq!(decode(ty, &p), Ok(at));
+    // One past: a typed error, never a silently cut string.
+    let (ty, p) = encode(&hello(&"v".repeat(MAX_VM_NAME + 1), vec![]));
+    assert_eq!(decode(ty, &p), too_long("Hello vm name", 17, MAX_VM_NAME));
+    let (ty, p) = encode(&hello("v", vec!["d".repeat(MAX_DEVICE_NAME + 1)]));
+    assert_eq!(
+        decode(ty, &p),
+        too_long("Hello devices", 33, MAX_DEVICE_NAME)
+    );
+    let (ty, p) = encode(&hello("v", vec![String::new(); MAX_DEVICES + 1]));
+    assert_eq!(decode(ty, &p), too_many("Hello devices", 17, MAX_DEVICES));
+
+    let reasons = |n, len| Message::Refuse {
+        reasons: vec!["r".repeat(len); n],
+    };
+    let (ty, p) = encode(&reasons(MAX_REASONS, MAX_REASON));
+    assert_eq!(decode(ty, &p), Ok(reasons(MAX_REASONS, MAX_REASON)));
+    let (ty, p) = encode(&reasons(MAX_REASONS + 1, 1));
+    assert_eq!(decode(ty, &p), too_many("Refuse reasons", 17, MAX_REASONS));
+    let (ty, p) = encode(&reasons(1, MAX_REASON + 1));
+    assert_eq!(decode(ty, &p), too_long("Refuse reasons", 257, MAX_REASON));
+    // A huge announced count with few bytes behind it: refused before any allocation.
+    let mut p = u32::MAX.to_le_bytes().to_vec();
+    p.extend_from_slice(&[0; 64]);
+    assert!(decode(34, &p).is_err());
+
+    let abort = |len| Message::Abort {
+        reason: "a".repeat(len),
+    };
+    let (ty, p) = encode(&abort(MAX_REASON));
+    assert_eq!(decode(ty, &p), Ok(abort(MAX_REASON)));
+    let (ty, p) = encode(&abort(MAX_REASON + 1));
+    assert_eq!(decode(ty, &p), too_long("Abort reason", 257, MAX_REASON));
+    // The length is checked before the bytes are even there.
+    assert_eq!(
+        decode(43, &u32::MAX.to_le_bytes()),
+        too_long("Abort reason", u32::MAX as usize, MAX_REASON)
+    );
+
+    let (ty, p) = encode(&Message::DeviceState {
+        name: "d".repeat(MAX_DEVICE_NAME + 1),
+        data: vec![],
+    });
+    assert_eq!(
+        decode(ty, &p),
+        too_long("DeviceState name", 33, MAX_DEVICE_NAME)
+    );
+
+    let (ty, p) = encode(&Message::MemoryLayout {
+        regions: vec![(0, 4096); MAX_REGIONS + 1],
+    });
+    assert_eq!(
+        decode(ty, &p),
+        too_many("MemoryLayout regions", 65, MAX_REGIONS)
+    );
+}
+
+#[test]
+fn our_own_reasons_always_fit_the_limits() {
+    use proto::{MAX_REASON, MAX_REASONS};
+    let m = Message::refuse(
+        (0..40)
+            .map(|i| format!("{i}{}", "\u{e9}".repeat(300)))
+            .collect(),
+    );
+    let (ty, p) = encode(&m);
+    let Ok(Message::Refuse { reasons }) = decode(ty, &p) else {
+        panic!("our Refuse does not decode")
+    };
+    assert_eq!(reasons.len(), MAX_REASONS);
+    assert!(reasons.iter().all(|r| r.len() <= MAX_REASON));
+    assert!(reasons[0].starts_with("0\u{e9}") && reasons[0].ends_with("..."));
+    assert_eq!(reasons[15], "and 25 more");
+    assert_eq!(
+        Message::refuse(vec!["short".into()]),
+        Message::Refuse {
+            reasons: vec!["short".into()]
+        }
+    );
+    let Message::Abort { reason } = Message::abort("x".repeat(1000)) else {
+        panic!()
+    };
+    assert_eq!(reason.len(), MAX_REASON);
+    assert_eq!(
+        Message::abort("why"),
+        Message::Abort {
+            reason: "why".into()
+        }
+    );
 }
