@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 
 use crate::GuestMemoryMut;
 use crate::names;
-use crate::proto::{self, Message, PAGE_SIZE, Page, ProtoError, missing_features};
+use crate::proto::{self, Message, PAGE_SIZE, PageRuns, ProtoError, missing_features};
 
 /// What the destination host offers.
 pub trait DestHost {
@@ -272,7 +272,7 @@ impl Dest {
     fn on_pages(
         &mut self,
         round: u32,
-        runs: Vec<proto::PageRun>,
+        runs: &PageRuns,
         mem: Option<&mut dyn GuestMemoryMut>,
     ) -> Vec<DestAction> {
         if round != self.round {
@@ -285,36 +285,25 @@ impl Dest {
             return self.abort("no reserved memory to write pages into".to_string());
         };
         let limit = mem.page_count();
-        for run in runs {
-            for (i, page) in run.pages.into_iter().enumerate() {
-                let gfn = run.first_gfn.saturating_add(i as u64);
-                let Some(region) = self.region_of(gfn) else {
-                    return self.abort(format!("page gfn {gfn:#x} is outside the memory layout"));
-                };
-                if gfn >= limit {
-                    return self.abort(format!(
-                        "page gfn {gfn:#x} is beyond the {limit} reserved pages"
-                    ));
-                }
-                match &page {
-                    Page::Zero => mem.write_page(gfn, None),
-                    Page::Raw(d) => match <&[u8; PAGE_SIZE]>::try_from(d.as_slice()) {
-                        Ok(data) => mem.write_page(gfn, Some(data)),
-                        Err(_) => {
-                            return self.abort(ProtoError::BadPageLength(d.len()).to_string());
-                        }
-                    },
-                }
-                let bit = region.offset + (gfn - region.first);
-                let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
-                if let Some(w) = self.received.get_mut(word)
-                    && *w & mask == 0
-                {
-                    *w |= mask;
-                    self.missing -= 1;
-                }
-                self.round_pages += 1;
+        for (gfn, page) in runs.pages() {
+            let Some(region) = self.region_of(gfn) else {
+                return self.abort(format!("page gfn {gfn:#x} is outside the memory layout"));
+            };
+            if gfn >= limit {
+                return self.abort(format!(
+                    "page gfn {gfn:#x} is beyond the {limit} reserved pages"
+                ));
             }
+            mem.write_page(gfn, page.data());
+            let bit = region.offset + (gfn - region.first);
+            let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
+            if let Some(w) = self.received.get_mut(word)
+                && *w & mask == 0
+            {
+                *w |= mask;
+                self.missing -= 1;
+            }
+            self.round_pages += 1;
         }
         Vec::new()
     }
@@ -346,7 +335,7 @@ impl Dest {
             (_, Message::MemoryLayout { .. }) => {
                 self.abort(format!("MemoryLayout in phase {:?}", self.phase))
             }
-            (Receiving | Final, Message::Pages { round, runs }) => self.on_pages(round, runs, mem),
+            (Receiving | Final, Message::Pages { round, runs }) => self.on_pages(round, &runs, mem),
             (AwaitHello, Message::Pages { .. }) => self.abort("Pages before Hello".to_string()),
             (AwaitLayout, Message::Pages { .. }) => {
                 self.abort("Pages before MemoryLayout".to_string())

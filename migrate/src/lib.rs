@@ -10,7 +10,7 @@
 //!    |--- Hello{version,vm,mem,cpu,devs} ----->|  check version/RAM/CPU/devices
 //!    |<-- Ready  (RAM reserved) ---------------|  or Refuse{every blocker} -> Failed
 //!    |--- MemoryLayout{regions} -------------->|
-//!    |--- Pages{round 0, all pages} ---------->|  zero pages = 1-byte marker
+//!    |--- Pages{round 0, all pages} ---------->|  runs of zero pages / raw pages
 //!    |--- RoundEnd{0, sent, dirty_left} ------>|
 //!    |--- Pages{round 1, dirty pages} -------->|  repeated while the estimated
 //!    |--- RoundEnd{1, ...} ------------------->|  downtime exceeds the budget
@@ -43,7 +43,7 @@ pub mod proto;
 pub mod source;
 
 pub use dest::{Dest, DestAction, DestHost};
-pub use proto::{Message, Page, PageRun, ProtoError, decode, encode};
+pub use proto::{Message, Page, PageRun, PageRuns, ProtoError, decode, encode};
 pub use source::{Action, NoConvergence, Policy, RoundReport, Source, Summary, VmDescription};
 
 /// Guest RAM as the source engine sees it (pages numbered 0..page_count, i.e. gfn).

@@ -48,7 +48,7 @@ fn transfer_us(bytes: u128, bw: Option<u64>) -> u64 {
 /// ```
 ///
 /// - `dirty_pages * PAGE_SIZE`: the final round resends every dirty page
-///   (counted as full pages, although zero pages go out as markers).
+///   (counted as full pages, although zero pages go out without data).
 /// - `in_flight_bytes`: bytes already handed out but not on the wire yet
 ///   (channel queue, the caller's backlog); they leave before the final pages.
 /// - [`STATE_ESTIMATE_BYTES`]: vCPU and device state plus `Commit`.
@@ -191,7 +191,7 @@ pub struct RoundReport {
     pub round: u32,
     /// Pages sent in the round, zero pages included.
     pub pages_sent: u64,
-    /// Of which zero pages (sent as a 1-byte marker).
+    /// Of which zero pages (sent in zero runs, without data).
     pub zero_pages: u64,
     /// Pages dirtied during the round, to send next.
     pub dirty_left: u64,
@@ -218,7 +218,7 @@ pub struct Summary {
     pub rounds: u32,
     /// Message bytes handed out.
     pub bytes: u64,
-    /// Zero pages sent (as markers).
+    /// Zero pages sent (in zero runs, without data).
     pub zero_pages: u64,
     /// Pages sent, zero pages included.
     pub pages_sent: u64,
@@ -597,7 +597,7 @@ impl Source {
             };
             mem.read_page(gfn, buf);
             let page = Page::from_bytes(buf);
-            let zero = page == Page::Zero;
+            let zero = page.is_zero();
             match self.builder.try_push(gfn, page) {
                 Ok(()) => {
                     self.advance();
