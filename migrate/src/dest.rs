@@ -247,6 +247,15 @@ impl Dest {
                     "memory region {i} at {gpa:#x} overlaps or precedes the previous one (ends at {end:#x})"
                 ));
             }
+            // Pages land by frame number in RAM of `mem_bytes`: a region
+            // past its end could never be written, so Commit would wait
+            // for pages that cannot arrive.
+            if region_end > self.mem_bytes {
+                return self.abort(format!(
+                    "memory region {i} ends at {region_end:#x}, beyond the {} bytes of guest RAM announced in Hello",
+                    self.mem_bytes
+                ));
+            }
             end = region_end;
             layout.push(Region {
                 first: gpa / page,
@@ -255,9 +264,12 @@ impl Dest {
             });
             total = total.saturating_add(len);
         }
-        if total > self.mem_bytes {
+        // Every byte of the guest's RAM must be covered: Commit waits for
+        // each page of the layout, so a short layout would start the
+        // guest on whatever the reserved frames held.
+        if total != self.mem_bytes {
             return self.abort(format!(
-                "memory layout covers {total} bytes, more than the {} announced in Hello",
+                "memory layout covers {total} bytes, but Hello announced {} bytes of guest RAM",
                 self.mem_bytes
             ));
         }
