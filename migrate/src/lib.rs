@@ -28,6 +28,10 @@
 //!
 //!  Either side may send Abort{reason} before Commit: the source then resumes
 //!  the guest (Failed), the destination frees everything (Discard).
+//!
+//!  migrate check: a Probe instead of the Hello
+//!    |--- Probe{version,vm,mem,cpu,devs} ----->|  the same checks, nothing reserved
+//!    |<-- Ready or Refuse{every blocker} ------|  then the destination closes
 //! ```
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]

@@ -1,7 +1,7 @@
 //! The migration wire protocol: messages, their binary encoding, CPU feature names.
 //!
 //! Every message travels as one channel frame `(type, payload)`. Types 0..32 are
-//! reserved for other users of the channel; migration uses 32..=43. Payloads are
+//! reserved for other users of the channel; migration uses 32..=44. Payloads are
 //! little-endian; strings and vectors carry a `u32` length/count prefix.
 //!
 //! | type | message        | payload                                                                 |
@@ -18,6 +18,7 @@
 //! | 41   | `Commit`       | empty                                                                   |
 //! | 42   | `Committed`    | empty                                                                   |
 //! | 43   | `Abort`        | `str reason`                                                            |
+//! | 44   | `Probe`        | as `Hello`                                                              |
 //!
 //! `str` is `u32 len` + UTF-8 bytes. A page run is one of
 //!
@@ -53,6 +54,8 @@ pub const PAGE_SIZE: usize = 4096;
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// First frame type used by migration (lower types belong to other protocols).
 pub const FIRST_TYPE: u8 = 32;
+/// Last frame type used by migration.
+pub const LAST_TYPE: u8 = 44;
 
 /// Longest VM name in `Hello`, in bytes (the name rule itself is
 /// [`crate::names::check_vm_name`]).
@@ -589,6 +592,21 @@ pub enum Message {
         /// Why.
         reason: String,
     },
+    /// Source → destination, instead of `Hello`: could this guest move
+    /// here? Answered `Ready` or `Refuse` (every blocker), reserving
+    /// nothing; the destination then closes. Same fields as `Hello`.
+    Probe {
+        /// Protocol version of the source.
+        version: u16,
+        /// VM name.
+        vm: String,
+        /// Guest RAM in bytes.
+        mem_bytes: u64,
+        /// CPU features the guest sees ([`CpuFeature`] bits).
+        cpu_features: u64,
+        /// Device models the guest uses, by name.
+        devices: Vec<String>,
+    },
 }
 
 /// `s` cut to at most `max` bytes (at a character boundary, ending in `...`
@@ -644,6 +662,7 @@ impl Message {
                 Message::Commit => 9,
                 Message::Committed => 10,
                 Message::Abort { .. } => 11,
+                Message::Probe { .. } => 12,
             }
     }
 
@@ -662,6 +681,7 @@ impl Message {
             Message::Commit => "Commit",
             Message::Committed => "Committed",
             Message::Abort { .. } => "Abort",
+            Message::Probe { .. } => "Probe",
         }
     }
 }
@@ -673,7 +693,7 @@ fn str_len(s: &str) -> usize {
 /// Size in bytes of the payload [`encode`] produces for `msg`, without encoding it.
 pub fn encoded_len(msg: &Message) -> usize {
     match msg {
-        Message::Hello { vm, devices, .. } => {
+        Message::Hello { vm, devices, .. } | Message::Probe { vm, devices, .. } => {
             2 + str_len(vm) + 8 + 8 + 4 + devices.iter().map(|d| str_len(d)).sum::<usize>()
         }
         Message::Ready | Message::Pause | Message::Commit | Message::Committed => 0,
@@ -724,6 +744,13 @@ pub fn encode(msg: &Message) -> (u8, Vec<u8>) {
     let mut w = Writer(Vec::with_capacity(encoded_len(msg)));
     match msg {
         Message::Hello {
+            version,
+            vm,
+            mem_bytes,
+            cpu_features,
+            devices,
+        }
+        | Message::Probe {
             version,
             vm,
             mem_bytes,
@@ -865,6 +892,13 @@ pub fn decode(ty: u8, payload: &[u8]) -> Result<Message, ProtoError> {
             mem_bytes: r.u64("Hello mem_bytes")?,
             cpu_features: r.u64("Hello cpu_features")?,
             devices: r.strings(MAX_DEVICES, MAX_DEVICE_NAME, "Hello devices")?,
+        },
+        Some(12) => Message::Probe {
+            version: r.u16("Probe version")?,
+            vm: r.string(MAX_VM_NAME, "Probe vm name")?,
+            mem_bytes: r.u64("Probe mem_bytes")?,
+            cpu_features: r.u64("Probe cpu_features")?,
+            devices: r.strings(MAX_DEVICES, MAX_DEVICE_NAME, "Probe devices")?,
         },
         Some(1) => Message::Ready,
         Some(2) => Message::Refuse {

@@ -143,6 +143,17 @@ impl VmDescription {
             devices: self.devices.clone(),
         }
     }
+
+    /// The `Probe` message asking whether this VM could move (same fields as [`VmDescription::hello`]).
+    pub fn probe(&self) -> Message {
+        Message::Probe {
+            version: PROTOCOL_VERSION,
+            vm: self.vm.clone(),
+            mem_bytes: self.mem_bytes,
+            cpu_features: self.cpu_features,
+            devices: self.devices.clone(),
+        }
+    }
 }
 
 /// What to do when pre-copy does not converge within `max_rounds`.

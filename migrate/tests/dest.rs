@@ -3,8 +3,8 @@
 mod common;
 
 use common::{SimHost, desc};
-use migrate::dest::{self, Dest, DestAction};
-use migrate::proto::{Message, PageRuns};
+use migrate::dest::{self, Dest, DestAction, DestHost};
+use migrate::proto::{Message, PageRuns, ProtoError};
 
 fn host() -> SimHost {
     common::host_for(&desc(16))
@@ -25,10 +25,21 @@ const BAD_NAMES: [(&str, &str); 5] = [
     ("caf\u{e9}", "'caf\\u{e9}'"),
 ];
 
+fn probe_named(vm: &str) -> Message {
+    let mut d = desc(16);
+    d.vm = vm.into();
+    d.probe()
+}
+
 #[test]
-fn bad_names_in_hello_are_refused_escaped() {
-    for (name, shown) in BAD_NAMES {
-        let hello = hello_named(name);
+fn bad_names_in_hello_and_probe_are_refused_escaped() {
+    let each = BAD_NAMES.into_iter().flat_map(|(name, shown)| {
+        [
+            (hello_named(name), name, shown),
+            (probe_named(name), name, shown),
+        ]
+    });
+    for (hello, name, shown) in each {
         let reasons = dest::check(&hello, &host());
         let expected = format!("bad VM name {shown} (1-16 letters, digits, '-' or '_')");
         assert_eq!(reasons, std::slice::from_ref(&expected), "{name:?}");
@@ -61,11 +72,7 @@ fn a_refusal_with_many_blockers_still_decodes() {
     d.vm = "bad name".into();
     d.cpu_features = u64::MAX;
     d.devices = (0..16).map(|i| format!("dev{i}")).collect();
-    let host = SimHost {
-        free: 0,
-        features: 0,
-        devices: vec![],
-    };
+    let host = SimHost::new(0, 0, vec![]);
     let mut dst = Dest::new();
     let out = dst.on_message(d.hello(), None, &host);
     let Some(DestAction::Send(refuse)) = out.first() else {
@@ -235,4 +242,306 @@ fn pages_outside_the_layout_or_the_reservation_abort() {
     dst.on_message(layout(&[(0, 16 * PAGE)]), None, &host);
     let out = commit_after(&mut dst, &host, &mut small, vec![zeros(0, 8)], 8);
     expect_abort(&out, "Commit with 8 pages never received");
+}
+
+#[test]
+fn a_probe_before_hello_is_answered_and_reserves_nothing() {
+    let mut dst = Dest::new();
+    let out = dst.on_message(desc(16).probe(), None, &host());
+    assert!(
+        matches!(
+            &out[..],
+            [DestAction::Send(Message::Ready), DestAction::Close(_)]
+        ),
+        "{out:?}"
+    );
+    assert!(dst.is_closed() && !dst.has_reservation() && dst.vm().is_empty());
+    // The channel served its purpose: a Hello on it now is ignored.
+    assert!(dst.on_message(desc(16).hello(), None, &host()).is_empty());
+
+    let mut dst = Dest::new();
+    let poor = SimHost::new(4096, u64::MAX, desc(16).devices);
+    let out = dst.on_message(desc(16).probe(), None, &poor);
+    let [
+        DestAction::Send(Message::Refuse { reasons }),
+        DestAction::Close(_),
+    ] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        reasons,
+        &["not enough memory: the guest needs 1 MiB, 0 MiB free"]
+    );
+    assert!(dst.is_closed() && !dst.has_reservation());
+}
+
+#[test]
+fn a_probe_after_hello_aborts_and_frees_the_reservation() {
+    let (mut dst, host) = after_hello(16);
+    assert!(dst.has_reservation());
+    expect_abort(
+        &dst.on_message(desc(16).probe(), None, &host),
+        "probe after Hello",
+    );
+    assert!(!dst.has_reservation());
+
+    let (mut dst, host) = after_hello(16);
+    dst.on_message(layout(&[(0, 16 * PAGE)]), None, &host);
+    let mut mem = common::DestMemory::new(16);
+    dst.on_message(zeros(0, 4), Some(&mut mem), &host);
+    expect_abort(
+        &dst.on_message(desc(16).probe(), None, &host),
+        "probe after Hello",
+    );
+}
+
+#[test]
+fn host_blockers_refuse_hello_and_probe() {
+    let mut host = host();
+    host.vms = vec!["web1".into()];
+    host.migrations = 2;
+    let expected = [
+        "a VM named 'web1' already exists here",
+        "this host already runs 2 migrations (the limit is 2)",
+    ];
+    for msg in [desc(16).hello(), desc(16).probe()] {
+        assert_eq!(dest::check(&msg, &host), expected);
+        let mut dst = Dest::new();
+        let out = dst.on_message(msg, None, &host);
+        let [
+            DestAction::Send(Message::Refuse { reasons }),
+            DestAction::Close(_),
+        ] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(reasons, &expected);
+    }
+    // A bad name is not handed to the host.
+    struct Strict;
+    impl DestHost for Strict {
+        fn free_bytes(&self) -> u64 {
+            u64::MAX
+        }
+        fn cpu_features(&self) -> u64 {
+            u64::MAX
+        }
+        fn devices(&self) -> Vec<String> {
+            desc(16).devices
+        }
+        fn blockers(&self, vm: &str) -> Vec<String> {
+            assert!(migrate::names::is_valid_vm_name(vm), "asked about {vm:?}");
+            vec![]
+        }
+    }
+    assert_eq!(dest::check(&hello_named("a\x1b"), &Strict).len(), 1);
+    assert!(dest::check(&desc(16).hello(), &Strict).is_empty());
+}
+
+#[test]
+fn a_silent_source_times_out() {
+    let mut dst = Dest::new();
+    let out = dst.on_timeout("no Hello within 10 s");
+    assert!(
+        matches!(&out[..], [DestAction::Send(Message::Abort { reason }), DestAction::Close(_)] if reason == "timed out: no Hello within 10 s"),
+        "{out:?}"
+    );
+    let (mut dst, _) = after_hello(16);
+    expect_abort(
+        &dst.on_timeout("silent for 10 s"),
+        "timed out: silent for 10 s",
+    );
+    assert!(dst.on_timeout("again").is_empty());
+}
+
+/// Counts of the actions that matter for the kernel's bookkeeping.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    reserve: usize,
+    discard: usize,
+    close: usize,
+    start: usize,
+}
+
+impl Tally {
+    fn add(&mut self, out: &[DestAction]) {
+        for a in out {
+            match a {
+                DestAction::Reserve { .. } => self.reserve += 1,
+                DestAction::Discard(_) => self.discard += 1,
+                DestAction::Close(_) => self.close += 1,
+                DestAction::Start { .. } => self.start += 1,
+                DestAction::Send(_) => {}
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    AwaitHello,
+    AwaitLayout,
+    Receiving,
+    Final,
+    Running,
+}
+
+/// A destination driven to `stage`, with the tally of what it asked so far.
+fn dest_at(stage: Stage) -> (Dest, SimHost, common::DestMemory, Tally) {
+    let host = host();
+    let mut mem = common::DestMemory::new(16);
+    let mut dst = Dest::new();
+    let mut t = Tally::default();
+    let mut script = vec![];
+    let n = match stage {
+        Stage::AwaitHello => 0,
+        Stage::AwaitLayout => 1,
+        Stage::Receiving => 2,
+        Stage::Final => 5,
+        Stage::Running => 9,
+    };
+    script.extend([
+        desc(16).hello(),
+        layout(&[(0, 16 * PAGE)]),
+        zeros(0, 16),
+        Message::RoundEnd {
+            round: 0,
+            pages_sent: 16,
+            dirty_left: 0,
+        },
+        Message::Pause,
+        Message::VcpuState(vec![1]),
+        Message::DeviceState {
+            name: "serial".into(),
+            data: vec![],
+        },
+        Message::DeviceState {
+            name: "virtio-net".into(),
+            data: vec![],
+        },
+        Message::Commit,
+    ]);
+    for m in script.into_iter().take(n) {
+        t.add(&dst.on_message(m, Some(&mut mem), &host));
+    }
+    assert_eq!(t.discard + t.close, 0, "{stage:?}: {t:?}");
+    (dst, host, mem, t)
+}
+
+type Event = (
+    &'static str,
+    fn(&mut Dest, &SimHost, &mut common::DestMemory) -> Vec<DestAction>,
+);
+
+/// Everything that may happen to a destination, ending it or not.
+const EVENTS: [Event; 13] = [
+    ("reservation failed", |d, _, _| d.refuse("out of memory")),
+    ("source aborted", |d, h, m| {
+        d.on_message(Message::abort("bye"), Some(m), h)
+    }),
+    ("link lost", |d, _, _| d.on_link_lost("cable")),
+    ("timeout", |d, _, _| d.on_timeout("silent")),
+    ("probe", |d, h, m| {
+        d.on_message(desc(16).probe(), Some(m), h)
+    }),
+    ("second Hello", |d, h, m| {
+        d.on_message(desc(16).hello(), Some(m), h)
+    }),
+    ("bad frame", |d, _, _| {
+        d.on_bad_frame(&ProtoError::UnknownType(99))
+    }),
+    ("bad layout", |d, h, m| {
+        d.on_message(layout(&[(0, PAGE)]), Some(m), h)
+    }),
+    ("page outside", |d, h, m| {
+        d.on_message(zeros(99, 1), Some(m), h)
+    }),
+    ("early Commit", |d, h, m| {
+        d.on_message(Message::Commit, Some(m), h)
+    }),
+    ("start failed", |d, _, _| d.start_failed("no vCPU")),
+    ("Committed from the source", |d, h, m| {
+        d.on_message(Message::Committed, Some(m), h)
+    }),
+    ("Refuse from the source", |d, h, m| {
+        d.on_message(Message::refuse(vec![]), Some(m), h)
+    }),
+];
+
+#[test]
+fn every_end_before_running_discards_exactly_once() {
+    // Every event, then every event again, at every stage: once reserved,
+    // exactly one Discard and no Close; before, at most one Close and no
+    // Discard; once running, nothing but a failed start ends it.
+    for stage in [
+        Stage::AwaitHello,
+        Stage::AwaitLayout,
+        Stage::Receiving,
+        Stage::Final,
+        Stage::Running,
+    ] {
+        for (first, event) in EVENTS {
+            let (mut dst, host, mut mem, mut t) = dest_at(stage);
+            t.add(&event(&mut dst, &host, &mut mem));
+            let ended = t.discard + t.close == 1;
+            for (_, event) in EVENTS {
+                t.add(&event(&mut dst, &host, &mut mem));
+            }
+            let ctx = format!("{stage:?}, {first} first: {t:?}");
+            assert!(t.reserve <= 1 && t.start <= 1, "{ctx}");
+            if t.reserve == 1 {
+                assert_eq!(t.close, 0, "{ctx}");
+            } else {
+                assert_eq!(t.discard, 0, "{ctx}");
+            }
+            match stage {
+                Stage::Running => {
+                    // Only a failed start undoes a started guest.
+                    assert_eq!(t.discard, 1, "{ctx}");
+                    assert!(!dst.has_reservation());
+                }
+                _ => {
+                    assert_eq!(t.discard + t.close, 1, "{ctx}");
+                    assert!(dst.is_closed(), "{ctx}");
+                    assert!(!dst.has_reservation(), "{ctx}");
+                }
+            }
+            // Whether the first event ended it: an early `refuse` or
+            // `start_failed` is ignored; in AwaitHello, "second Hello" is
+            // the first one, accepted.
+            let ends = match (stage, first) {
+                (Stage::Running, f) => f == "start failed",
+                (_, "start failed") => false,
+                (Stage::AwaitLayout, "reservation failed") => true,
+                (_, "reservation failed") => false,
+                (Stage::AwaitHello, "second Hello") => false,
+                _ => true,
+            };
+            assert_eq!(ended, ends, "{ctx}");
+        }
+    }
+}
+
+#[test]
+fn an_over_long_name_on_the_wire_is_refused_with_the_decoders_reason() {
+    for msg in [hello_named(&"x".repeat(17)), probe_named(&"x".repeat(17))] {
+        let (ty, payload) = migrate::proto::encode(&msg);
+        let mut dst = Dest::new();
+        let out = dst.on_frame(ty, &payload, None, &host());
+        let [
+            DestAction::Send(Message::Refuse { reasons }),
+            DestAction::Close(_),
+        ] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            reasons[0],
+            format!(
+                "malformed message from the source: {} vm name is 17 bytes, longer than the 16-byte limit",
+                msg.name()
+            )
+        );
+    }
 }

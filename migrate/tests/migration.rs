@@ -157,6 +157,7 @@ fn hot_guest_without_auto_converge_aborts_by_policy() {
     let why = sim.failed.as_ref().expect("failed");
     assert!(why.contains("no convergence after 5 rounds"), "{why}");
     assert!(sim.discarded.as_ref().unwrap().contains("source aborted"));
+    assert!(sim.closed.is_none());
     assert!(sim.running, "the guest resumes on the source");
     assert!(sim.started.is_none());
     assert!(sim.slow_seen.is_empty());
@@ -211,11 +212,7 @@ fn bandwidth_limit_is_respected() {
 #[test]
 fn refuse_lists_every_blocker() {
     let d = desc(1024);
-    let host = SimHost {
-        free: 1024 * 1024,
-        features: CpuFeature::SSE4_2,
-        devices: vec!["serial".into()],
-    };
+    let host = SimHost::new(1024 * 1024, CpuFeature::SSE4_2, vec!["serial".into()]);
     let mut hello = d.hello();
     if let Message::Hello { version, .. } = &mut hello {
         *version = PROTOCOL_VERSION + 1;
@@ -242,7 +239,7 @@ fn refuse_lists_every_blocker() {
         panic!("no Hello")
     };
     let out = dst.on_message(hello, None, &host);
-    let [DestAction::Send(refuse), DestAction::Discard(_)] = &out[..] else {
+    let [DestAction::Send(refuse), DestAction::Close(_)] = &out[..] else {
         panic!("{out:?}")
     };
     let acts = src.on_message(refuse.clone(), 1);
@@ -316,7 +313,11 @@ fn dest_rejects_out_of_order_and_bad_pages() {
     let page = |gfn| zero_pages(gfn, 1);
 
     let mut dst = Dest::new();
-    expect_abort(&dst.on_message(page(0), None, &host), "Pages before Hello");
+    let out = dst.on_message(page(0), None, &host);
+    assert!(
+        matches!(&out[..], [DestAction::Send(Message::Abort { reason }), DestAction::Close(_)] if reason == "Pages before Hello"),
+        "{out:?}"
+    );
 
     let mut dst = Dest::new();
     dst.on_message(d.hello(), None, &host);
@@ -723,7 +724,10 @@ proptest! {
         if sim.link_cut {
             prop_assert!(sim.done.is_none());
             prop_assert!(sim.failed.as_deref().unwrap().contains("link lost"));
-            prop_assert!(sim.discarded.as_deref().unwrap().contains("link lost"));
+            prop_assert!(sim.dest_end().unwrap().contains("link lost"));
+            // Discard exactly when something was reserved (checked by the sim), so
+            // once the Hello arrived.
+            prop_assert_eq!(sim.discarded.is_some(), at > 0);
             prop_assert!(sim.started.is_none());
             prop_assert!(sim.running, "the guest resumes on the source");
         } else {
@@ -737,9 +741,17 @@ proptest! {
         sim.run(20_000);
         prop_assert!(sim.finished());
         if sim.delivered > at {
-            prop_assert!(sim.dest_sent_abort);
-            prop_assert!(sim.discarded.as_deref().unwrap().contains("malformed message"));
-            prop_assert!(sim.failed.as_deref().unwrap().contains("destination aborted"));
+            prop_assert!(sim.dest_end().unwrap().contains("malformed message"));
+            let failed = sim.failed.as_deref().unwrap();
+            if at == 0 {
+                // A broken Hello is refused, with the decoder's reason.
+                prop_assert!(sim.closed.is_some());
+                prop_assert!(failed.contains("destination refused: malformed message"), "{}", failed);
+            } else {
+                prop_assert!(sim.dest_sent_abort);
+                prop_assert!(sim.discarded.is_some());
+                prop_assert!(failed.contains("destination aborted"), "{}", failed);
+            }
             prop_assert!(sim.started.is_none());
             prop_assert!(sim.running);
         } else {

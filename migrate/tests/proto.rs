@@ -87,6 +87,22 @@ fn message() -> impl Strategy<Value = Message> {
                     devices
                 }
             ),
+        (
+            any::<u16>(),
+            name(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(device(), 0..4)
+        )
+            .prop_map(
+                |(version, vm, mem_bytes, cpu_features, devices)| Message::Probe {
+                    version,
+                    vm,
+                    mem_bytes,
+                    cpu_features,
+                    devices
+                }
+            ),
         Just(Message::Ready),
         prop::collection::vec(s(), 0..4).prop_map(|reasons| Message::Refuse { reasons }),
         prop::collection::vec((any::<u64>(), any::<u64>()), 0..5)
@@ -239,15 +255,25 @@ fn frame_types_are_distinct_and_above_reserved() {
         Message::Abort {
             reason: String::new(),
         },
+        Message::Probe {
+            version: 1,
+            vm: String::new(),
+            mem_bytes: 0,
+            cpu_features: 0,
+            devices: vec![],
+        },
     ];
     let types: Vec<u8> = all.iter().map(Message::frame_type).collect();
-    assert_eq!(types, (32..44).collect::<Vec<u8>>());
+    assert_eq!(types, (32..=proto::LAST_TYPE).collect::<Vec<u8>>());
+    let names: std::collections::BTreeSet<_> = all.iter().map(Message::name).collect();
+    assert_eq!(names.len(), all.len());
 }
 
 #[test]
 fn precise_errors() {
     assert_eq!(decode(5, &[]), Err(ProtoError::UnknownType(5)));
-    assert_eq!(decode(44, &[]), Err(ProtoError::UnknownType(44)));
+    assert_eq!(decode(45, &[]), Err(ProtoError::UnknownType(45)));
+    assert_eq!(decode(60, &[]), Err(ProtoError::UnknownType(60)));
     assert_eq!(decode(33, &[0]), Err(ProtoError::TrailingBytes(1)));
     assert_eq!(
         decode(37, &[0; 19]),
