@@ -545,3 +545,25 @@ fn an_over_long_name_on_the_wire_is_refused_with_the_decoders_reason() {
         );
     }
 }
+
+#[test]
+fn an_older_protocol_is_refused_by_its_version() {
+    for mut msg in [desc(16).hello(), desc(16).probe()] {
+        if let Message::Hello { version, .. } | Message::Probe { version, .. } = &mut msg {
+            *version = 1;
+        }
+        let mut dst = Dest::new();
+        let out = dst.on_message(msg, None, &host());
+        let [
+            DestAction::Send(Message::Refuse { reasons }),
+            DestAction::Close(_),
+        ] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            reasons,
+            &["protocol version mismatch: we speak 2, the peer speaks 1"]
+        );
+    }
+}

@@ -131,6 +131,17 @@ fn message() -> impl Strategy<Value = Message> {
     ]
 }
 
+/// A decoded `Pages` reads back every page it claims, within the limits.
+fn check_decoded(r: Result<Message, ProtoError>) -> Result<(), TestCaseError> {
+    if let Ok(Message::Pages { runs, .. }) = r {
+        prop_assert!(runs.page_count() <= MAX_PAGES_PER_MESSAGE);
+        prop_assert_eq!(runs.pages().count(), runs.page_count() as usize);
+        prop_assert_eq!(runs.runs().count(), runs.run_count() as usize);
+        prop_assert!(runs.runs().all(|r| !r.is_empty()));
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
 
@@ -144,7 +155,18 @@ proptest! {
 
     #[test]
     fn random_bytes_never_panic(ty in 0u8..64, payload in prop::collection::vec(any::<u8>(), 0..256)) {
-        let _ = decode(ty, &payload);
+        check_decoded(decode(ty, &payload))?;
+    }
+
+    #[test]
+    fn random_page_runs_never_panic(runs in prop::collection::vec((0u8..3, any::<u64>(), 0u32..4, any::<u8>()), 0..6)) {
+        // Plausible run headers followed by some bytes: whatever decodes reads back whole.
+        let headers: Vec<_> = runs.iter().map(|&(k, g, n, _)| (k, g, n)).collect();
+        let mut p = pages_frame(&headers);
+        for &(_, _, n, fill) in &runs {
+            p.extend(std::iter::repeat_n(fill, (n as usize * PAGE_SIZE) % (3 * PAGE_SIZE)));
+        }
+        check_decoded(decode(36, &p))?;
     }
 
     #[test]
@@ -153,7 +175,7 @@ proptest! {
         if !payload.is_empty() {
             let i = pos % payload.len();
             payload[i] = byte;
-            let _ = decode(ty, &payload);
+            check_decoded(decode(ty, &payload))?;
             payload.truncate(cut % payload.len());
             // A strictly shorter payload never decodes to the same message.
             prop_assert_ne!(decode(ty, &payload), Ok(msg));
