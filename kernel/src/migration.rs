@@ -22,13 +22,11 @@ use crate::println;
 
 pub use crate::shell::MIGRATE_PORT;
 
-/// Frame type of a check-only Hello (`migrate check`): the same payload as
-/// Hello; the destination answers Ready or Refuse and reserves nothing.
-/// (A kernel-level extension: the migrate crate's types are 32..=43.)
-const PROBE_TYPE: u8 = 60;
-
-/// Frame type of Hello (the first of the migrate crate's types).
-const HELLO_TYPE: u8 = migrate::proto::FIRST_TYPE;
+/// How long an incoming migration may go without a frame before the guest
+/// runs here. A source always has something to send (pages, a round's
+/// end, the state) or is waiting for our answer, which we give at once;
+/// TCP keep-alive notices a dead peer, this one a live but silent one.
+pub const IDLE_TIMEOUT_US: u64 = 30_000_000;
 
 /// Migrations (incoming and outgoing together) a host runs at once.
 pub const MAX_MIGRATIONS: usize = 2;
@@ -74,7 +72,11 @@ pub fn cpu_features() -> u64 {
         | bit(c1, 17, CpuFeature::PCID)
 }
 
-struct ThisHost;
+/// This host as an incoming migration sees it; `active`: migrations running
+/// here (incoming past Hello and outgoing).
+struct ThisHost {
+    active: usize,
+}
 
 impl DestHost for ThisHost {
     fn free_bytes(&self) -> u64 {
@@ -88,6 +90,19 @@ impl DestHost for ThisHost {
             .iter()
             .map(|d| String::from(*d))
             .collect()
+    }
+    fn blockers(&self, vm: &str) -> Vec<String> {
+        let mut r = Vec::new();
+        if crate::vm::exists(vm) {
+            r.push(alloc::format!("a VM named '{vm}' already exists here"));
+        }
+        if self.active >= MAX_MIGRATIONS {
+            r.push(alloc::format!(
+                "this host already runs {} migrations (the limit is {MAX_MIGRATIONS})",
+                self.active
+            ));
+        }
+        r
     }
 }
 
@@ -133,6 +148,10 @@ struct Incoming {
     /// left the source (the pause up to then included); the time from here
     /// to the start is added to it.
     paused_at_us: Option<u64>,
+    /// When the last frame arrived (or the connection was accepted): a
+    /// peer silent for [`IDLE_TIMEOUT_US`] before the guest runs here is
+    /// given up on and its reservation freed.
+    heard_at_us: u64,
     /// Answered and closing (a refusal or a check): no more frames taken.
     answered: bool,
     done: bool,
@@ -220,6 +239,7 @@ impl MigrationService {
                 chan,
                 dest: Dest::new(),
                 paused_at_us: None,
+                heard_at_us: now,
                 answered: false,
                 done: false,
             });
@@ -234,69 +254,48 @@ impl MigrationService {
             }
             let mut actions = Vec::new();
             while let Some((ty, payload)) = inc.chan.recv(stack) {
-                let hello_type = HELLO_TYPE;
-                let first = inc.dest.vm().is_empty();
-                if ty == PROBE_TYPE || (ty == hello_type && first) {
-                    let mut reasons = match decode(hello_type, &payload) {
-                        Ok(hello) => {
-                            let mut r = migrate::dest::check(&hello, &ThisHost);
-                            if let Message::Hello { vm, .. } = &hello
-                                && crate::vm::exists(vm)
-                            {
-                                r.push(alloc::format!("a VM named '{vm}' already exists here"));
-                            }
-                            r
-                        }
-                        Err(e) => alloc::vec![alloc::format!("{e}")],
-                    };
-                    if active >= MAX_MIGRATIONS {
-                        reasons.push(alloc::format!(
-                            "this host already runs {active} migrations (the limit is {MAX_MIGRATIONS})"
-                        ));
-                    }
-                    if ty == PROBE_TYPE || !reasons.is_empty() {
-                        let reply = if reasons.is_empty() {
-                            Message::Ready
-                        } else {
-                            Message::Refuse {
-                                reasons: reasons.clone(),
-                            }
-                        };
-                        let _ = send(&mut inc.chan, &reply);
-                        if ty == hello_type {
-                            async_line(format_args!(
-                                "migrate: refusing a guest from {}: {}",
-                                peer(&inc.chan),
-                                crate::text::peer(&reasons.join("; "))
-                            ));
-                        }
-                        // Released once the answer and the close have left.
-                        inc.chan.close(stack);
-                        inc.answered = true;
-                        inc.done |= inc.chan.is_closed();
-                        break;
-                    }
-                    active += 1;
-                }
-                if ty == Message::VcpuState(Vec::new()).frame_type() {
+                inc.heard_at_us = now;
+                // Decoded once; Hello, Probe and their refusals are the
+                // Dest's (with this host's blockers).
+                let msg = decode(ty, &payload);
+                if let Ok(Message::VcpuState(_)) = &msg {
                     inc.paused_at_us = Some(now);
                 }
-                if matches!(decode(ty, &payload), Ok(Message::Hello { .. })) {
+                let host = ThisHost { active };
+                let vm = String::from(inc.dest.vm());
+                let mut mem = IncomingMem { vm };
+                let acts = match msg {
+                    Ok(m) => inc.dest.on_message(m, Some(&mut mem), &host),
+                    Err(e) => inc.dest.on_bad_frame(&e),
+                };
+                if acts.iter().any(|a| matches!(a, DestAction::Reserve { .. })) {
+                    active += 1;
                     async_line(format_args!(
                         "migrate: incoming guest from {}",
                         peer(&inc.chan)
                     ));
                 }
-                let vm = String::from(inc.dest.vm());
-                let mut mem = IncomingMem { vm };
-                let acts = inc.dest.on_frame(ty, &payload, Some(&mut mem), &ThisHost);
                 actions.extend(acts);
-                if !run_dest_actions(inc, stack, &mut actions, now) {
+                if !run_dest_actions(inc, stack, &mut actions, now) || inc.answered {
                     break;
                 }
             }
             if inc.answered {
                 continue;
+            }
+            if !inc.chan.is_closed()
+                && !inc.dest.is_closed()
+                && !inc.dest.is_running()
+                && now.saturating_sub(inc.heard_at_us) >= IDLE_TIMEOUT_US
+            {
+                let why = alloc::format!(
+                    "the source sent nothing for {} s",
+                    IDLE_TIMEOUT_US / 1_000_000
+                );
+                let mut acts = inc.dest.on_timeout(&why);
+                run_dest_actions(inc, stack, &mut acts, now);
+                // Whatever the peer does now, the channel goes.
+                inc.chan.close(stack);
             }
             if inc.chan.is_closed() && !inc.dest.is_closed() && !inc.dest.is_running() {
                 let why = inc
@@ -325,7 +324,7 @@ impl MigrationService {
     /// Stops listening; incoming guests not yet committed are discarded.
     pub fn close(self, stack: &mut Stack) {
         for mut inc in self.incoming {
-            if !inc.dest.is_running() {
+            if inc.dest.has_reservation() {
                 let vm = String::from(inc.dest.vm());
                 crate::vm::discard_incoming(&vm);
             }
@@ -396,6 +395,21 @@ fn run_dest_actions(
                         ok = false;
                     }
                 }
+            }
+            DestAction::Close(reason) => {
+                // Nothing was reserved: a refused Hello, an answered probe
+                // (`migrate check`, routine: logged only), a peer gone or
+                // silent before its Hello.
+                let reason = crate::text::peer(&reason);
+                if inc.dest.answered_probe() {
+                    log::info!("migrate: {}: {reason}", peer(&inc.chan));
+                } else {
+                    async_line(format_args!("migrate: {}: {reason}", peer(&inc.chan)));
+                }
+                // Released once the answer and the close have left.
+                inc.chan.close(stack);
+                inc.answered = true;
+                inc.done |= inc.chan.is_closed();
             }
             DestAction::Discard(reason) => {
                 let vm = String::from(inc.dest.vm());
@@ -761,7 +775,7 @@ pub fn check_out(
             Ok(c) => c,
             Err(e) => return println!("error: migrate check: {e}"),
         };
-    let hello = VmDescription {
+    let probe = VmDescription {
         vm: String::from(vm),
         mem_bytes,
         cpu_features: cpu_features(),
@@ -770,15 +784,15 @@ pub fn check_out(
             .map(|d| String::from(*d))
             .collect(),
     }
-    .hello();
-    let (_, payload) = encode(&hello);
+    .probe();
+    let (ty, payload) = encode(&probe);
     let deadline = now + 15_000_000;
     let mut sent = false;
     let answer = loop {
         let now = net.wait_turn();
         chan.poll(&mut net.stack, now);
         if chan.is_open() && !sent {
-            sent = chan.send(PROBE_TYPE, &payload).is_ok();
+            sent = chan.send(ty, &payload).is_ok();
         }
         if let Some((ty, p)) = chan.recv(&mut net.stack) {
             break decode(ty, &p).map_err(|e| alloc::format!("{e}"));

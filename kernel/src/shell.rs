@@ -59,7 +59,7 @@ pub const MIN_VM_MIB: u64 = 4;
 /// Largest guest RAM: guest-physical memory stays below the 3 GiB MMIO hole.
 pub const MAX_VM_MIB: u64 = 3072;
 /// Longest VM name.
-pub const MAX_VM_NAME: usize = 16;
+pub const MAX_VM_NAME: usize = migrate::names::MAX_VM_NAME;
 
 /// The `vm` sub-commands.
 pub const VM_USAGE: &[&str] = &[
@@ -458,19 +458,10 @@ fn parse_vm(args: &[&str]) -> Result<VmCommand, String> {
 }
 
 fn check_vm_name(name: &str) -> Result<String, String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_VM_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(String::from(name))
-    } else {
-        Err(format!(
-            "bad VM name '{}' (1-{MAX_VM_NAME} letters, digits, '-' or '_')",
-            shorten(name)
-        ))
-    }
+    // One rule for the console and for names arriving from a peer.
+    migrate::names::check_vm_name(name)
+        .map(|()| String::from(name))
+        .map_err(|e| format!("{e}"))
 }
 
 /// Decimal, or hexadecimal with `0x`.

@@ -14,7 +14,7 @@ pub const OPERATOR_CHARS: usize = 40;
 
 /// Characters of a peer's text (a refusal or abort reason, a VM name from
 /// another host) printed on the console.
-pub const PEER_CHARS: usize = 200;
+pub const PEER_CHARS: usize = 400;
 
 /// At most `max_chars` characters of `s` (then `...` when cut), with
 /// control characters escaped (`\u{1b}`, `\n`, ...).

@@ -1833,9 +1833,7 @@ pub fn free_ram_bytes() -> u64 {
 
 /// Reserves RAM and a VMCS for a guest migrating here.
 pub fn reserve_incoming(name: &str, mem_bytes: u64) -> Result<(), String> {
-    if name.is_empty() || name.len() > crate::shell::MAX_VM_NAME {
-        return Err(format!("bad VM name '{name}'"));
-    }
+    migrate::names::check_vm_name(name).map_err(|e| format!("{e}"))?;
     if mem_bytes == 0
         || !mem_bytes.is_multiple_of(MIB2)
         || mem_bytes > crate::shell::MAX_VM_MIB << 20

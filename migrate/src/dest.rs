@@ -1,10 +1,25 @@
 //! The destination side of a migration: a sans-IO state machine.
 //!
-//! The kernel hands every incoming message to [`Dest::on_message`] and carries
-//! out the returned [`DestAction`]s in order. Two actions may fail in the
-//! kernel; it then drops the rest of that batch and reports the failure:
-//! [`DestAction::Reserve`] → [`Dest::refuse`], [`DestAction::Start`] →
-//! [`Dest::start_failed`]. The destination owns nothing until `Commit`.
+//! The kernel decodes each incoming frame once ([`proto::decode`]), hands
+//! the message to [`Dest::on_message`] (or the error to
+//! [`Dest::on_bad_frame`]) and carries out the returned [`DestAction`]s in
+//! order. It also reports a lost link ([`Dest::on_link_lost`]) and a peer
+//! silent for too long ([`Dest::on_timeout`]); the clock is the kernel's.
+//! Two actions may fail in the kernel; it then drops the rest of that batch
+//! and reports the failure: [`DestAction::Reserve`] → [`Dest::refuse`],
+//! [`DestAction::Start`] → [`Dest::start_failed`].
+//!
+//! The first message decides what the channel is for: `Hello` starts a
+//! migration, `Probe` only asks whether one could (answered `Ready` or
+//! `Refuse`, nothing reserved). Both are checked by [`check`], which includes
+//! the host's own [`DestHost::blockers`].
+//!
+//! Every path that ends an incoming migration before its guest runs ends
+//! with exactly one terminal action: [`DestAction::Discard`] if a
+//! [`DestAction::Reserve`] was issued (so the kernel frees the RAM exactly
+//! once), [`DestAction::Close`] otherwise (nothing to free: a refused Hello,
+//! an answered Probe, a peer gone before Hello). After it, every call
+//! returns no action.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -12,7 +27,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::GuestMemoryMut;
-use crate::proto::{self, Message, PAGE_SIZE, Page, ProtoError, missing_features};
+use crate::names;
+use crate::proto::{self, Message, PAGE_SIZE, PageRuns, ProtoError, missing_features};
 
 /// What the destination host offers.
 pub trait DestHost {
@@ -22,6 +38,12 @@ pub trait DestHost {
     fn cpu_features(&self) -> u64;
     /// Device models this host implements, by name.
     fn devices(&self) -> Vec<String>;
+    /// Reasons specific to this host that it cannot take a guest named `vm`
+    /// right now (a VM of that name exists here, the host already runs as
+    /// many migrations as it allows...), one per blocker; empty if none.
+    /// [`check`] asks for every `Hello` and `Probe` whose name is valid
+    /// (so `vm` is always 1-16 letters, digits, `-` or `_`).
+    fn blockers(&self, vm: &str) -> Vec<String>;
 }
 
 /// What the kernel must do, in order.
@@ -44,31 +66,54 @@ pub enum DestAction {
         /// Device states, in `Hello` order.
         devices: Vec<(String, Vec<u8>)>,
     },
-    /// Free everything reserved for this migration; the reason is for the log.
+    /// The migration ended before the guest ran: free what the
+    /// [`DestAction::Reserve`] reserved (if the reservation failed, whatever
+    /// part of it exists) and close the channel once the messages before
+    /// this one left. Issued exactly once after a `Reserve`, never without
+    /// one. The reason is for the log.
     Discard(String),
+    /// The migration ended before anything was reserved (a refused `Hello`,
+    /// an answered `Probe`, a peer that failed or left before `Hello`):
+    /// close the channel once the messages before this one left; nothing to
+    /// free. The reason is for the log.
+    Close(String),
 }
 
 const MIB: u64 = 1024 * 1024;
 
-/// Every reason this host cannot take the guest announced by `hello` (empty: it can).
+/// Every reason this host cannot take the guest announced by `hello`, a
+/// `Hello` or a `Probe` (empty: it can), the host's
+/// [`DestHost::blockers`] included. Peer strings in the reasons are
+/// escaped and shortened ([`names::printable`]).
 pub fn check(hello: &Message, host: &dyn DestHost) -> Vec<String> {
-    let Message::Hello {
+    let (Message::Hello {
         version,
         vm,
         mem_bytes,
         cpu_features,
         devices,
-    } = hello
+    }
+    | Message::Probe {
+        version,
+        vm,
+        mem_bytes,
+        cpu_features,
+        devices,
+    }) = hello
     else {
-        return vec![format!("expected Hello, got {}", hello.name())];
+        return vec![format!("expected Hello or Probe, got {}", hello.name())];
     };
     let mut reasons = Vec::new();
     if let Err(e) = proto::check_version(*version) {
         reasons.push(e.to_string());
     }
-    if vm.is_empty() {
-        reasons.push("the VM has no name".to_string());
-    }
+    let name_ok = match names::check_vm_name(vm) {
+        Ok(()) => true,
+        Err(e) => {
+            reasons.push(e.to_string());
+            false
+        }
+    };
     if *mem_bytes == 0 || *mem_bytes % PAGE_SIZE as u64 != 0 {
         reasons.push(format!(
             "guest memory size {mem_bytes} bytes is not a positive multiple of 4096"
@@ -95,11 +140,15 @@ pub fn check(hello: &Message, host: &dyn DestHost) -> Vec<String> {
     }
     let host_devices = host.devices();
     for (i, d) in devices.iter().enumerate() {
+        let shown = names::printable(d, names::SHOWN_CHARS);
         if devices[..i].contains(d) {
-            reasons.push(format!("device {d} listed twice"));
+            reasons.push(format!("device {shown} listed twice"));
         } else if !host_devices.contains(d) {
-            reasons.push(format!("device model {d} not available on this host"));
+            reasons.push(format!("device model {shown} not available on this host"));
         }
+    }
+    if name_ok {
+        reasons.extend(host.blockers(vm));
     }
     reasons
 }
@@ -126,6 +175,10 @@ struct Region {
 #[derive(Debug)]
 pub struct Dest {
     phase: Phase,
+    /// A `Reserve` was issued and no `Discard` yet.
+    reserved: bool,
+    /// The channel carried a `Probe` (see [`Dest::answered_probe`]).
+    probe: bool,
     vm: String,
     mem_bytes: u64,
     devices: Vec<String>,
@@ -150,6 +203,8 @@ impl Dest {
     pub fn new() -> Dest {
         Dest {
             phase: Phase::AwaitHello,
+            reserved: false,
+            probe: false,
             vm: String::new(),
             mem_bytes: 0,
             devices: Vec::new(),
@@ -173,20 +228,41 @@ impl Dest {
         self.phase == Phase::Closed
     }
 
-    /// The VM name from `Hello` (empty before).
+    /// The VM name from an accepted `Hello` (empty before, and if it was
+    /// refused or the channel carried a `Probe`): always a valid name.
     pub fn vm(&self) -> &str {
         &self.vm
     }
 
+    /// Whether this channel carried a `Probe` (a `migrate check`), answered
+    /// and closed: routine, not an incident.
+    pub fn answered_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Whether RAM is reserved for a guest that does not run yet: a
+    /// `Reserve` was issued and neither `Discard` nor a successful start
+    /// followed.
+    pub fn has_reservation(&self) -> bool {
+        self.reserved && self.phase != Phase::Running
+    }
+
+    /// Ends the migration here: `msg` to the source if any, then the one
+    /// terminal action (`Discard` if RAM was reserved, else `Close`).
+    fn end(&mut self, msg: Option<Message>, why: String) -> Vec<DestAction> {
+        self.phase = Phase::Closed;
+        let mut out: Vec<DestAction> = msg.into_iter().map(DestAction::Send).collect();
+        out.push(if core::mem::take(&mut self.reserved) {
+            DestAction::Discard(why)
+        } else {
+            DestAction::Close(why)
+        });
+        out
+    }
+
     fn abort(&mut self, reason: String) -> Vec<DestAction> {
         log::warn!("incoming migration of {:?} aborted: {reason}", self.vm);
-        self.phase = Phase::Closed;
-        vec![
-            DestAction::Send(Message::Abort {
-                reason: reason.clone(),
-            }),
-            DestAction::Discard(reason),
-        ]
+        self.end(Some(Message::abort(reason.clone())), reason)
     }
 
     fn region_of(&self, gfn: u64) -> Option<Region> {
@@ -204,21 +280,18 @@ impl Dest {
             ..
         } = msg
         else {
-            return self.abort("expected Hello".to_string());
+            return self.abort(format!("expected Hello, got {}", msg.name()));
         };
-        self.vm = vm.clone();
         if !reasons.is_empty() {
-            self.phase = Phase::Closed;
             let why = format!("refused: {}", reasons.join("; "));
-            log::warn!("incoming migration of {vm:?} {why}");
-            return vec![
-                DestAction::Send(Message::Refuse { reasons }),
-                DestAction::Discard(why),
-            ];
+            log::warn!("incoming migration {why}");
+            return self.end(Some(Message::refuse(reasons)), why);
         }
+        self.vm = vm.clone();
         self.mem_bytes = *mem_bytes;
         self.devices = devices.clone();
         self.phase = Phase::AwaitLayout;
+        self.reserved = true;
         vec![
             DestAction::Reserve {
                 vm: vm.clone(),
@@ -226,6 +299,17 @@ impl Dest {
             },
             DestAction::Send(Message::Ready),
         ]
+    }
+
+    fn on_probe(&mut self, msg: &Message, host: &dyn DestHost) -> Vec<DestAction> {
+        self.probe = true;
+        let reasons = check(msg, host);
+        if reasons.is_empty() {
+            self.end(Some(Message::Ready), "probe answered: ready".to_string())
+        } else {
+            let why = format!("probe answered: refused: {}", reasons.join("; "));
+            self.end(Some(Message::refuse(reasons)), why)
+        }
     }
 
     fn on_layout(&mut self, regions: &[(u64, u64)]) -> Vec<DestAction> {
@@ -247,6 +331,15 @@ impl Dest {
                     "memory region {i} at {gpa:#x} overlaps or precedes the previous one (ends at {end:#x})"
                 ));
             }
+            // Pages land by frame number in RAM of `mem_bytes`: a region
+            // past its end could never be written, so Commit would wait
+            // for pages that cannot arrive.
+            if region_end > self.mem_bytes {
+                return self.abort(format!(
+                    "memory region {i} ends at {region_end:#x}, beyond the {} bytes of guest RAM announced in Hello",
+                    self.mem_bytes
+                ));
+            }
             end = region_end;
             layout.push(Region {
                 first: gpa / page,
@@ -255,9 +348,12 @@ impl Dest {
             });
             total = total.saturating_add(len);
         }
-        if total > self.mem_bytes {
+        // Every byte of the guest's RAM must be covered: Commit waits for
+        // each page of the layout, so a short layout would start the
+        // guest on whatever the reserved frames held.
+        if total != self.mem_bytes {
             return self.abort(format!(
-                "memory layout covers {total} bytes, more than the {} announced in Hello",
+                "memory layout covers {total} bytes, but Hello announced {} bytes of guest RAM",
                 self.mem_bytes
             ));
         }
@@ -272,7 +368,7 @@ impl Dest {
     fn on_pages(
         &mut self,
         round: u32,
-        runs: Vec<proto::PageRun>,
+        runs: &PageRuns,
         mem: Option<&mut dyn GuestMemoryMut>,
     ) -> Vec<DestAction> {
         if round != self.round {
@@ -285,36 +381,25 @@ impl Dest {
             return self.abort("no reserved memory to write pages into".to_string());
         };
         let limit = mem.page_count();
-        for run in runs {
-            for (i, page) in run.pages.into_iter().enumerate() {
-                let gfn = run.first_gfn.saturating_add(i as u64);
-                let Some(region) = self.region_of(gfn) else {
-                    return self.abort(format!("page gfn {gfn:#x} is outside the memory layout"));
-                };
-                if gfn >= limit {
-                    return self.abort(format!(
-                        "page gfn {gfn:#x} is beyond the {limit} reserved pages"
-                    ));
-                }
-                match &page {
-                    Page::Zero => mem.write_page(gfn, None),
-                    Page::Raw(d) => match <&[u8; PAGE_SIZE]>::try_from(d.as_slice()) {
-                        Ok(data) => mem.write_page(gfn, Some(data)),
-                        Err(_) => {
-                            return self.abort(ProtoError::BadPageLength(d.len()).to_string());
-                        }
-                    },
-                }
-                let bit = region.offset + (gfn - region.first);
-                let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
-                if let Some(w) = self.received.get_mut(word)
-                    && *w & mask == 0
-                {
-                    *w |= mask;
-                    self.missing -= 1;
-                }
-                self.round_pages += 1;
+        for (gfn, page) in runs.pages() {
+            let Some(region) = self.region_of(gfn) else {
+                return self.abort(format!("page gfn {gfn:#x} is outside the memory layout"));
+            };
+            if gfn >= limit {
+                return self.abort(format!(
+                    "page gfn {gfn:#x} is beyond the {limit} reserved pages"
+                ));
             }
+            mem.write_page(gfn, page.data());
+            let bit = region.offset + (gfn - region.first);
+            let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
+            if let Some(w) = self.received.get_mut(word)
+                && *w & mask == 0
+            {
+                *w |= mask;
+                self.missing -= 1;
+            }
+            self.round_pages += 1;
         }
         Vec::new()
     }
@@ -336,18 +421,17 @@ impl Dest {
                 log::warn!("migration message {} after Commit, ignored", m.name());
                 Vec::new()
             }
-            (_, Message::Abort { reason }) => {
-                self.phase = Closed;
-                vec![DestAction::Discard(format!("source aborted: {reason}"))]
-            }
+            (_, Message::Abort { reason }) => self.end(None, format!("source aborted: {reason}")),
             (AwaitHello, m @ Message::Hello { .. }) => self.on_hello(&m, host),
+            (AwaitHello, m @ Message::Probe { .. }) => self.on_probe(&m, host),
+            (AwaitHello, m) => self.abort(format!("{} before Hello", m.name())),
             (_, Message::Hello { .. }) => self.abort("second Hello during a migration".to_string()),
+            (_, Message::Probe { .. }) => self.abort("probe after Hello".to_string()),
             (AwaitLayout, Message::MemoryLayout { regions }) => self.on_layout(&regions),
             (_, Message::MemoryLayout { .. }) => {
                 self.abort(format!("MemoryLayout in phase {:?}", self.phase))
             }
-            (Receiving | Final, Message::Pages { round, runs }) => self.on_pages(round, runs, mem),
-            (AwaitHello, Message::Pages { .. }) => self.abort("Pages before Hello".to_string()),
+            (Receiving | Final, Message::Pages { round, runs }) => self.on_pages(round, &runs, mem),
             (AwaitLayout, Message::Pages { .. }) => {
                 self.abort("Pages before MemoryLayout".to_string())
             }
@@ -389,9 +473,11 @@ impl Dest {
             }
             (Final, Message::DeviceState { name, data }) => {
                 if !self.devices.contains(&name) {
+                    let name = names::printable(&name, names::SHOWN_CHARS);
                     return self.abort(format!("state for device {name}, not listed in Hello"));
                 }
                 if self.states.iter().any(|(n, _)| *n == name) {
+                    let name = names::printable(&name, names::SHOWN_CHARS);
                     return self.abort(format!("second state for device {name}"));
                 }
                 self.states.push((name, data));
@@ -451,26 +537,40 @@ impl Dest {
         }
     }
 
-    /// A frame from the source failed to decode: abort (unless the guest already runs here).
+    /// A frame from the source failed to decode: refuse it if it came
+    /// instead of `Hello` or `Probe`, abort otherwise (unless the guest
+    /// already runs here).
     pub fn on_bad_frame(&mut self, err: &ProtoError) -> Vec<DestAction> {
+        let why = format!("malformed message from the source: {err}");
         match self.phase {
             Phase::Running | Phase::Closed => Vec::new(),
-            _ => self.abort(format!("malformed message from the source: {err}")),
+            Phase::AwaitHello => {
+                log::warn!("incoming migration refused: {why}");
+                self.end(Some(Message::refuse(vec![why.clone()])), why)
+            }
+            _ => self.abort(why),
         }
     }
 
-    /// The kernel could not reserve the RAM after [`DestAction::Reserve`]: refuse.
+    /// The kernel could not reserve the RAM after [`DestAction::Reserve`]:
+    /// refuse (and `Discard`, for whatever part of the reservation exists).
     pub fn refuse(&mut self, reason: &str) -> Vec<DestAction> {
         if self.phase != Phase::AwaitLayout {
             return Vec::new();
         }
-        self.phase = Phase::Closed;
-        vec![
-            DestAction::Send(Message::Refuse {
-                reasons: vec![reason.to_string()],
-            }),
-            DestAction::Discard(format!("refused: {reason}")),
-        ]
+        self.end(
+            Some(Message::refuse(vec![reason.to_string()])),
+            format!("refused: {reason}"),
+        )
+    }
+
+    /// The source has been silent longer than the kernel allows: abort
+    /// (unless the guest already runs here or the migration ended).
+    pub fn on_timeout(&mut self, why: &str) -> Vec<DestAction> {
+        match self.phase {
+            Phase::Running | Phase::Closed => Vec::new(),
+            _ => self.abort(format!("timed out: {why}")),
+        }
     }
 
     /// Restoring or starting the guest failed after [`DestAction::Start`]: abort.
@@ -485,10 +585,7 @@ impl Dest {
     pub fn on_link_lost(&mut self, why: &str) -> Vec<DestAction> {
         match self.phase {
             Phase::Running | Phase::Closed => Vec::new(),
-            _ => {
-                self.phase = Phase::Closed;
-                vec![DestAction::Discard(format!("link lost: {why}"))]
-            }
+            _ => self.end(None, format!("link lost: {why}")),
         }
     }
 }

@@ -10,7 +10,7 @@
 //!    |--- Hello{version,vm,mem,cpu,devs} ----->|  check version/RAM/CPU/devices
 //!    |<-- Ready  (RAM reserved) ---------------|  or Refuse{every blocker} -> Failed
 //!    |--- MemoryLayout{regions} -------------->|
-//!    |--- Pages{round 0, all pages} ---------->|  zero pages = 1-byte marker
+//!    |--- Pages{round 0, all pages} ---------->|  runs of zero pages / raw pages
 //!    |--- RoundEnd{0, sent, dirty_left} ------>|
 //!    |--- Pages{round 1, dirty pages} -------->|  repeated while the estimated
 //!    |--- RoundEnd{1, ...} ------------------->|  downtime exceeds the budget
@@ -28,6 +28,10 @@
 //!
 //!  Either side may send Abort{reason} before Commit: the source then resumes
 //!  the guest (Failed), the destination frees everything (Discard).
+//!
+//!  migrate check: a Probe instead of the Hello
+//!    |--- Probe{version,vm,mem,cpu,devs} ----->|  the same checks, nothing reserved
+//!    |<-- Ready or Refuse{every blocker} ------|  then the destination closes
 //! ```
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
@@ -38,11 +42,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 pub mod dest;
+pub mod names;
 pub mod proto;
 pub mod source;
 
 pub use dest::{Dest, DestAction, DestHost};
-pub use proto::{Message, Page, PageRun, ProtoError, decode, encode};
+pub use proto::{Message, Page, PageRun, PageRuns, ProtoError, decode, encode};
 pub use source::{Action, NoConvergence, Policy, RoundReport, Source, Summary, VmDescription};
 
 /// Guest RAM as the source engine sees it (pages numbered 0..page_count, i.e. gfn).

@@ -1,7 +1,7 @@
 //! The migration wire protocol: messages, their binary encoding, CPU feature names.
 //!
 //! Every message travels as one channel frame `(type, payload)`. Types 0..32 are
-//! reserved for other users of the channel; migration uses 32..=43. Payloads are
+//! reserved for other users of the channel; migration uses 32..=44. Payloads are
 //! little-endian; strings and vectors carry a `u32` length/count prefix.
 //!
 //! | type | message        | payload                                                                 |
@@ -10,7 +10,7 @@
 //! | 33   | `Ready`        | empty                                                                   |
 //! | 34   | `Refuse`       | `u32 n, n × str`                                                        |
 //! | 35   | `MemoryLayout` | `u32 n, n × (u64 gpa, u64 len)`                                         |
-//! | 36   | `Pages`        | `u32 round, u32 runs, runs × (u64 first_gfn, u32 n, n × page)`          |
+//! | 36   | `Pages`        | `u32 round, u32 runs, runs × run` (see below)                           |
 //! | 37   | `RoundEnd`     | `u32 round, u64 pages_sent, u64 dirty_left`                             |
 //! | 38   | `Pause`        | empty                                                                   |
 //! | 39   | `VcpuState`    | `u32 len, bytes`                                                        |
@@ -18,33 +18,73 @@
 //! | 41   | `Commit`       | empty                                                                   |
 //! | 42   | `Committed`    | empty                                                                   |
 //! | 43   | `Abort`        | `str reason`                                                            |
+//! | 44   | `Probe`        | as `Hello`                                                              |
 //!
-//! `str` is `u32 len` + UTF-8 bytes. A page is `u8 0` (zero page, 1 byte on the
-//! wire) or `u8 1, u32 4096, 4096 bytes` (raw page).
+//! `str` is `u32 len` + UTF-8 bytes. A page run is one of
+//!
+//! | kind | run              | layout                                            | pages              |
+//! |------|------------------|---------------------------------------------------|--------------------|
+//! | 0    | zero pages       | `u8 0, u64 first_gfn, u32 n` (13 bytes)           | `first_gfn..+n`    |
+//! | 1    | raw pages        | `u8 1, u64 first_gfn, u32 n, n × 4096 bytes`      | `first_gfn..+n`    |
+//!
+//! with `n >= 1` and `first_gfn + n` representable. A message covers at
+//! most [`MAX_PAGES_PER_MESSAGE`] pages in all; decoded, its runs stay one
+//! buffer of their wire bytes ([`PageRuns`]), so a frame never takes more
+//! memory decoded than it did on the wire.
+//!
+//! Limits, enforced by [`decode`] with a typed error (a field is never cut):
+//! VM name [`MAX_VM_NAME`] bytes; [`MAX_DEVICES`] devices of
+//! [`MAX_DEVICE_NAME`] bytes (also the `DeviceState` name); [`MAX_REASONS`]
+//! reasons of [`MAX_REASON`] bytes (also the `Abort` reason);
+//! [`MAX_REGIONS`] regions. [`Message::refuse`] and [`Message::abort`] build
+//! messages within them.
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt;
 
 /// Version of this protocol; both ends must speak the same one.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: pages travel in runs of zero pages or of raw pages (1 had a marker
+/// per page); peer strings and lists are bounded.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Size of a guest page in bytes.
 pub const PAGE_SIZE: usize = 4096;
 /// Largest payload of one channel frame.
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// First frame type used by migration (lower types belong to other protocols).
 pub const FIRST_TYPE: u8 = 32;
+/// Last frame type used by migration.
+pub const LAST_TYPE: u8 = 44;
 
-/// Bytes a zero page takes inside a `Pages` payload.
-pub const ZERO_PAGE_WIRE: usize = 1;
-/// Bytes a raw page takes inside a `Pages` payload.
-pub const RAW_PAGE_WIRE: usize = 1 + 4 + PAGE_SIZE;
+/// Longest VM name in `Hello`, in bytes (the name rule itself is
+/// [`crate::names::check_vm_name`]).
+pub const MAX_VM_NAME: usize = crate::names::MAX_VM_NAME;
+/// Most devices a `Hello` lists.
+pub const MAX_DEVICES: usize = 16;
+/// Longest device name (in `Hello` and `DeviceState`), in bytes.
+pub const MAX_DEVICE_NAME: usize = 32;
+/// Most reasons a `Refuse` carries.
+pub const MAX_REASONS: usize = 16;
+/// Longest reason in `Refuse` or `Abort`, in bytes.
+pub const MAX_REASON: usize = 256;
+/// Most regions a `MemoryLayout` holds.
+pub const MAX_REGIONS: usize = 64;
+
+/// Most pages one `Pages` message covers, zero and raw pages together:
+/// what one message makes the destination write is bounded, whatever its
+/// encoding.
+pub const MAX_PAGES_PER_MESSAGE: u32 = 65_536;
 /// Fixed bytes of a `Pages` payload (round + run count).
 pub const PAGES_HEADER_WIRE: usize = 4 + 4;
-/// Bytes of a run header inside a `Pages` payload (first gfn + page count).
-pub const RUN_HEADER_WIRE: usize = 8 + 4;
+/// Bytes of a run's header inside a `Pages` payload (kind, first gfn, page
+/// count); a zero run is only this.
+pub const RUN_HEADER_WIRE: usize = 1 + 8 + 4;
+/// Bytes a raw page adds to its run.
+pub const RAW_PAGE_WIRE: usize = PAGE_SIZE;
 
-const PAGE_ZERO: u8 = 0;
-const PAGE_RAW: u8 = 1;
+const RUN_ZERO: u8 = 0;
+const RUN_RAW: u8 = 1;
 
 /// Errors found while decoding a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,12 +101,12 @@ pub enum ProtoError {
     /// The payload has bytes after the last field.
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),
-    /// A page marker is neither zero (0) nor raw (1).
-    #[error("bad page kind {0} (expected 0 = zero or 1 = raw)")]
-    BadPageKind(u8),
-    /// A raw page does not hold exactly 4096 bytes.
-    #[error("raw page of {0} bytes (a page is 4096 bytes)")]
-    BadPageLength(usize),
+    /// A page run's kind is neither zero pages (0) nor raw pages (1).
+    #[error("bad page run kind {0} (expected 0 = zero pages or 1 = raw pages)")]
+    BadRunKind(u8),
+    /// A page run covers no page.
+    #[error("page run at gfn {0:#x} covers no page")]
+    EmptyRun(u64),
     /// The peer speaks another protocol version.
     #[error("protocol version mismatch: we speak {ours}, the peer speaks {theirs}")]
     Version {
@@ -83,6 +123,26 @@ pub enum ProtoError {
     BadUtf8 {
         /// The field being read.
         what: &'static str,
+    },
+    /// A string field is longer than the protocol allows.
+    #[error("{what} is {len} bytes, longer than the {max}-byte limit")]
+    TooLong {
+        /// The field being read.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A list holds more elements than the protocol allows.
+    #[error("{what}: {count} exceed the limit of {max}")]
+    TooMany {
+        /// The list being read.
+        what: &'static str,
+        /// How many were announced (or counted so far).
+        count: u64,
+        /// The limit.
+        max: u64,
     },
     /// A page run extends past the largest representable frame number.
     #[error("page run at gfn {first_gfn:#x} with {pages} pages overflows")]
@@ -106,30 +166,44 @@ pub fn check_version(theirs: u16) -> Result<(), ProtoError> {
     }
 }
 
-/// One guest page on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Page {
-    /// A page of zeros (1-byte marker on the wire).
+/// One guest page.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Page<'a> {
+    /// A page of zeros (sent in a zero run, no data on the wire).
     Zero,
-    /// The page contents, exactly [`PAGE_SIZE`] bytes.
-    Raw(Vec<u8>),
+    /// The page contents.
+    Raw(&'a [u8; PAGE_SIZE]),
 }
 
-impl Page {
-    /// Builds the wire form of a page: `Zero` if every byte is zero.
-    pub fn from_bytes(data: &[u8; PAGE_SIZE]) -> Page {
+impl<'a> Page<'a> {
+    /// The wire form of a page: `Zero` if every byte is zero.
+    pub fn from_bytes(data: &'a [u8; PAGE_SIZE]) -> Page<'a> {
         if is_zero(data) {
             Page::Zero
         } else {
-            Page::Raw(data.to_vec())
+            Page::Raw(data)
         }
     }
 
-    /// Bytes this page takes inside a `Pages` payload.
-    pub fn wire_len(&self) -> usize {
+    /// Whether this is a zero page.
+    pub fn is_zero(&self) -> bool {
+        matches!(self, Page::Zero)
+    }
+
+    /// The contents; `None` for a zero page.
+    pub fn data(&self) -> Option<&'a [u8; PAGE_SIZE]> {
         match self {
-            Page::Zero => ZERO_PAGE_WIRE,
-            Page::Raw(d) => 1 + 4 + d.len(),
+            Page::Zero => None,
+            Page::Raw(d) => Some(d),
+        }
+    }
+}
+
+impl fmt::Debug for Page<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Page::Zero => f.write_str("Zero"),
+            Page::Raw(d) => write!(f, "Raw({:02x?}..)", &d[..8]),
         }
     }
 }
@@ -145,13 +219,313 @@ pub fn is_zero(data: &[u8; PAGE_SIZE]) -> bool {
     })
 }
 
-/// Consecutive pages starting at `first_gfn`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageRun {
+/// Consecutive pages of one kind, as they travel in a `Pages` message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PageRun<'a> {
+    /// `count` pages of zeros, frames `first_gfn..first_gfn + count`.
+    Zero {
+        /// Guest frame number of the first page.
+        first_gfn: u64,
+        /// Pages in the run (at least 1).
+        count: u32,
+    },
+    /// Raw pages from `first_gfn` on: `data` holds 4096 bytes a page.
+    Raw {
+        /// Guest frame number of the first page.
+        first_gfn: u64,
+        /// The pages' contents, back to back.
+        data: &'a [u8],
+    },
+}
+
+impl<'a> PageRun<'a> {
     /// Guest frame number of the first page.
-    pub first_gfn: u64,
-    /// The pages, for frames `first_gfn`, `first_gfn + 1`, ...
-    pub pages: Vec<Page>,
+    pub fn first_gfn(&self) -> u64 {
+        match *self {
+            PageRun::Zero { first_gfn, .. } | PageRun::Raw { first_gfn, .. } => first_gfn,
+        }
+    }
+
+    /// Pages in the run.
+    pub fn len(&self) -> u64 {
+        match *self {
+            PageRun::Zero { count, .. } => u64::from(count),
+            PageRun::Raw { data, .. } => (data.len() / PAGE_SIZE) as u64,
+        }
+    }
+
+    /// Whether the run covers no page (never, for a run of a [`PageRuns`]).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The run's pages with their frame numbers.
+    pub fn pages(&self) -> RunPages<'a> {
+        RunPages { run: *self, i: 0 }
+    }
+}
+
+impl fmt::Debug for PageRun<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if matches!(self, PageRun::Zero { .. }) {
+            "Zero"
+        } else {
+            "Raw"
+        };
+        write!(f, "{kind}({:#x} +{})", self.first_gfn(), self.len())
+    }
+}
+
+/// Iterator over a run's `(gfn, page)`, see [`PageRun::pages`].
+#[derive(Debug, Clone)]
+pub struct RunPages<'a> {
+    run: PageRun<'a>,
+    i: u64,
+}
+
+impl<'a> Iterator for RunPages<'a> {
+    type Item = (u64, Page<'a>);
+
+    fn next(&mut self) -> Option<(u64, Page<'a>)> {
+        if self.i >= self.run.len() {
+            return None;
+        }
+        let gfn = self.run.first_gfn().checked_add(self.i)?;
+        let page = match self.run {
+            PageRun::Zero { .. } => Page::Zero,
+            PageRun::Raw { data, .. } => {
+                let at = usize::try_from(self.i).ok()?.checked_mul(PAGE_SIZE)?;
+                Page::Raw(data.get(at..at.checked_add(PAGE_SIZE)?)?.try_into().ok()?)
+            }
+        };
+        self.i += 1;
+        Some((gfn, page))
+    }
+}
+
+/// The runs of a `Pages` message, held as they travel: one buffer no larger
+/// than the payload, whatever the runs cover (a 13-byte zero run may stand
+/// for 65,536 pages; nothing is expanded per page). Built with
+/// [`PageRuns::push`], which merges a page into the previous run when it
+/// follows it and has the same kind; checked once by [`decode`], then read
+/// through [`PageRuns::runs`] and [`PageRuns::pages`] as slices of the
+/// buffer.
+///
+/// Invariants (whether built or decoded): every run has a kind, at least
+/// one page, a last frame number that does not overflow, and for raw runs
+/// all its bytes; at most [`MAX_PAGES_PER_MESSAGE`] pages in all.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PageRuns {
+    /// The runs, encoded as on the wire.
+    bytes: Vec<u8>,
+    runs: u32,
+    pages: u32,
+    /// Offset of the last run in `bytes` (when `runs > 0`).
+    last: usize,
+}
+
+impl PageRuns {
+    /// No pages.
+    pub fn new() -> PageRuns {
+        PageRuns::default()
+    }
+
+    /// Number of runs.
+    pub fn run_count(&self) -> u32 {
+        self.runs
+    }
+
+    /// Number of pages, zero and raw.
+    pub fn page_count(&self) -> u32 {
+        self.pages
+    }
+
+    /// Whether no page is held.
+    pub fn is_empty(&self) -> bool {
+        self.pages == 0
+    }
+
+    /// Bytes the runs take on the wire, which is also every byte this value
+    /// holds on the heap besides its own size.
+    pub fn wire_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The runs, in order.
+    pub fn runs(&self) -> Runs<'_> {
+        Runs {
+            rest: &self.bytes,
+            left: self.runs,
+        }
+    }
+
+    /// Every `(gfn, page)`, in order.
+    pub fn pages(&self) -> impl Iterator<Item = (u64, Page<'_>)> + '_ {
+        self.runs().flat_map(|r| r.pages())
+    }
+
+    /// Kind, first gfn and count of the run at `at` in `bytes`.
+    fn header(&self, at: usize) -> Option<(u8, u64, u32)> {
+        let h = self.bytes.get(at..at.checked_add(RUN_HEADER_WIRE)?)?;
+        let first = u64::from_le_bytes(h[1..9].try_into().ok()?);
+        let count = u32::from_le_bytes(h[9..13].try_into().ok()?);
+        Some((h[0], first, count))
+    }
+
+    /// Whether a page of `kind` at `gfn` extends the last run.
+    fn extends_last(&self, kind: u8, gfn: u64) -> bool {
+        self.runs > 0
+            && self.header(self.last).is_some_and(|(k, first, count)| {
+                k == kind && first.checked_add(u64::from(count)) == Some(gfn)
+            })
+    }
+
+    fn check_add(&self, first_gfn: u64, count: u32) -> Result<(), ProtoError> {
+        if count == 0 {
+            return Err(ProtoError::EmptyRun(first_gfn));
+        }
+        let total = u64::from(self.pages) + u64::from(count);
+        if total > u64::from(MAX_PAGES_PER_MESSAGE) {
+            return Err(ProtoError::TooMany {
+                what: "Pages pages",
+                count: total,
+                max: MAX_PAGES_PER_MESSAGE.into(),
+            });
+        }
+        if first_gfn.checked_add(u64::from(count)).is_none() {
+            return Err(ProtoError::GfnOverflow {
+                first_gfn,
+                pages: count.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Wire bytes [`PageRuns::push`] would add for `page` at `gfn`: 0 when
+    /// it extends a zero run. `None` if it cannot be added (the message
+    /// already covers [`MAX_PAGES_PER_MESSAGE`] pages, or `gfn` is the last
+    /// representable frame).
+    pub fn cost(&self, gfn: u64, page: &Page<'_>) -> Option<usize> {
+        self.check_add(gfn, 1).ok()?;
+        let (kind, data) = match page {
+            Page::Zero => (RUN_ZERO, 0),
+            Page::Raw(_) => (RUN_RAW, RAW_PAGE_WIRE),
+        };
+        let header = if self.extends_last(kind, gfn) {
+            0
+        } else {
+            RUN_HEADER_WIRE
+        };
+        Some(header + data)
+    }
+
+    /// Appends `page` at `gfn`, in the last run if it follows it with the
+    /// same kind. Fails as [`decode`] would on the result.
+    pub fn push(&mut self, gfn: u64, page: Page<'_>) -> Result<(), ProtoError> {
+        self.append(gfn, 1, page)
+    }
+
+    /// Appends `count` zero pages from `first_gfn`, in the last run if it is
+    /// a zero run they follow.
+    pub fn push_zeros(&mut self, first_gfn: u64, count: u32) -> Result<(), ProtoError> {
+        self.append(first_gfn, count, Page::Zero)
+    }
+
+    fn append(&mut self, gfn: u64, count: u32, page: Page<'_>) -> Result<(), ProtoError> {
+        self.check_add(gfn, count)?;
+        let kind = if page.is_zero() { RUN_ZERO } else { RUN_RAW };
+        if self.extends_last(kind, gfn) {
+            let at = self.last + 9;
+            if let Some((_, _, n)) = self.header(self.last)
+                && let Some(c) = self.bytes.get_mut(at..at + 4)
+            {
+                c.copy_from_slice(&(n + count).to_le_bytes());
+            }
+        } else {
+            self.last = self.bytes.len();
+            self.bytes.push(kind);
+            self.bytes.extend_from_slice(&gfn.to_le_bytes());
+            self.bytes.extend_from_slice(&count.to_le_bytes());
+            self.runs += 1;
+        }
+        if let Page::Raw(d) = page {
+            self.bytes.extend_from_slice(d);
+        }
+        self.pages += count;
+        Ok(())
+    }
+
+    /// Reads the runs of a `Pages` payload, checking every invariant, into
+    /// one copy of their bytes.
+    fn read(r: &mut Reader<'_>) -> Result<PageRuns, ProtoError> {
+        let n = r.count(RUN_HEADER_WIRE, "Pages runs")?;
+        let start = r.buf;
+        let mut runs = PageRuns::new();
+        for _ in 0..n {
+            let at = start.len() - r.buf.len();
+            let kind = r.u8("run kind")?;
+            let first_gfn = r.u64("run first gfn")?;
+            let count = r.u32("run page count")?;
+            runs.check_add(first_gfn, count)?;
+            match kind {
+                RUN_ZERO => {}
+                // count <= MAX_PAGES_PER_MESSAGE: no overflow.
+                RUN_RAW => {
+                    r.take(count as usize * PAGE_SIZE, "raw page data")?;
+                }
+                k => return Err(ProtoError::BadRunKind(k)),
+            }
+            runs.pages += count;
+            runs.runs += 1;
+            runs.last = at;
+        }
+        let used = start.len() - r.buf.len();
+        runs.bytes = start[..used].to_vec();
+        Ok(runs)
+    }
+}
+
+impl fmt::Debug for PageRuns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 8;
+        write!(f, "PageRuns({} pages in {} runs: ", self.pages, self.runs)?;
+        f.debug_list().entries(self.runs().take(SHOWN)).finish()?;
+        if self.runs as usize > SHOWN {
+            f.write_str("..")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Iterator over the runs of a [`PageRuns`].
+#[derive(Debug, Clone)]
+pub struct Runs<'a> {
+    rest: &'a [u8],
+    left: u32,
+}
+
+impl<'a> Iterator for Runs<'a> {
+    type Item = PageRun<'a>;
+
+    fn next(&mut self) -> Option<PageRun<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        let mut r = Reader { buf: self.rest };
+        let kind = r.u8("").ok()?;
+        let first_gfn = r.u64("").ok()?;
+        let count = r.u32("").ok()?;
+        let run = match kind {
+            RUN_ZERO => PageRun::Zero { first_gfn, count },
+            _ => PageRun::Raw {
+                first_gfn,
+                data: r.take((count as usize).checked_mul(PAGE_SIZE)?, "").ok()?,
+            },
+        };
+        self.rest = r.buf;
+        self.left -= 1;
+        Some(run)
+    }
 }
 
 /// A migration protocol message.
@@ -186,8 +560,8 @@ pub enum Message {
     Pages {
         /// Pre-copy round (the final round follows `Pause`).
         round: u32,
-        /// Runs of consecutive pages.
-        runs: Vec<PageRun>,
+        /// Runs of zero pages and of raw pages.
+        runs: PageRuns,
     },
     /// Source → destination: a round is complete.
     RoundEnd {
@@ -218,9 +592,60 @@ pub enum Message {
         /// Why.
         reason: String,
     },
+    /// Source → destination, instead of `Hello`: could this guest move
+    /// here? Answered `Ready` or `Refuse` (every blocker), reserving
+    /// nothing; the destination then closes. Same fields as `Hello`.
+    Probe {
+        /// Protocol version of the source.
+        version: u16,
+        /// VM name.
+        vm: String,
+        /// Guest RAM in bytes.
+        mem_bytes: u64,
+        /// CPU features the guest sees ([`CpuFeature`] bits).
+        cpu_features: u64,
+        /// Device models the guest uses, by name.
+        devices: Vec<String>,
+    },
+}
+
+/// `s` cut to at most `max` bytes (at a character boundary, ending in `...`
+/// when cut).
+fn clamp(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max.saturating_sub(3);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
 }
 
 impl Message {
+    /// An `Abort` whose reason fits [`MAX_REASON`] (cut if longer), so the
+    /// peer can decode it.
+    pub fn abort(reason: impl Into<String>) -> Message {
+        Message::Abort {
+            reason: clamp(reason.into(), MAX_REASON),
+        }
+    }
+
+    /// A `Refuse` within the protocol limits: each reason cut to
+    /// [`MAX_REASON`] bytes; past [`MAX_REASONS`], the last one says how
+    /// many more there were.
+    pub fn refuse(mut reasons: Vec<String>) -> Message {
+        if reasons.len() > MAX_REASONS {
+            let more = reasons.len() - (MAX_REASONS - 1);
+            reasons.truncate(MAX_REASONS - 1);
+            reasons.push(alloc::format!("and {more} more"));
+        }
+        Message::Refuse {
+            reasons: reasons.into_iter().map(|r| clamp(r, MAX_REASON)).collect(),
+        }
+    }
+
     /// The channel frame type of this message.
     pub fn frame_type(&self) -> u8 {
         FIRST_TYPE
@@ -237,6 +662,7 @@ impl Message {
                 Message::Commit => 9,
                 Message::Committed => 10,
                 Message::Abort { .. } => 11,
+                Message::Probe { .. } => 12,
             }
     }
 
@@ -255,6 +681,7 @@ impl Message {
             Message::Commit => "Commit",
             Message::Committed => "Committed",
             Message::Abort { .. } => "Abort",
+            Message::Probe { .. } => "Probe",
         }
     }
 }
@@ -266,19 +693,13 @@ fn str_len(s: &str) -> usize {
 /// Size in bytes of the payload [`encode`] produces for `msg`, without encoding it.
 pub fn encoded_len(msg: &Message) -> usize {
     match msg {
-        Message::Hello { vm, devices, .. } => {
+        Message::Hello { vm, devices, .. } | Message::Probe { vm, devices, .. } => {
             2 + str_len(vm) + 8 + 8 + 4 + devices.iter().map(|d| str_len(d)).sum::<usize>()
         }
         Message::Ready | Message::Pause | Message::Commit | Message::Committed => 0,
         Message::Refuse { reasons } => 4 + reasons.iter().map(|r| str_len(r)).sum::<usize>(),
         Message::MemoryLayout { regions } => 4 + 16 * regions.len(),
-        Message::Pages { runs, .. } => {
-            PAGES_HEADER_WIRE
-                + runs
-                    .iter()
-                    .map(|r| RUN_HEADER_WIRE + r.pages.iter().map(Page::wire_len).sum::<usize>())
-                    .sum::<usize>()
-        }
+        Message::Pages { runs, .. } => PAGES_HEADER_WIRE + runs.wire_len(),
         Message::RoundEnd { .. } => 4 + 8 + 8,
         Message::VcpuState(d) => 4 + d.len(),
         Message::DeviceState { name, data } => str_len(name) + 4 + data.len(),
@@ -289,9 +710,6 @@ pub fn encoded_len(msg: &Message) -> usize {
 struct Writer(Vec<u8>);
 
 impl Writer {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
     fn u16(&mut self, v: u16) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
@@ -331,6 +749,13 @@ pub fn encode(msg: &Message) -> (u8, Vec<u8>) {
             mem_bytes,
             cpu_features,
             devices,
+        }
+        | Message::Probe {
+            version,
+            vm,
+            mem_bytes,
+            cpu_features,
+            devices,
         } => {
             w.u16(*version);
             w.str(vm);
@@ -349,20 +774,8 @@ pub fn encode(msg: &Message) -> (u8, Vec<u8>) {
         }
         Message::Pages { round, runs } => {
             w.u32(*round);
-            w.len(runs.len());
-            for run in runs {
-                w.u64(run.first_gfn);
-                w.len(run.pages.len());
-                for page in &run.pages {
-                    match page {
-                        Page::Zero => w.u8(PAGE_ZERO),
-                        Page::Raw(d) => {
-                            w.u8(PAGE_RAW);
-                            w.bytes(d);
-                        }
-                    }
-                }
-            }
+            w.u32(runs.runs);
+            w.0.extend_from_slice(&runs.bytes);
         }
         Message::RoundEnd {
             round,
@@ -417,7 +830,7 @@ impl<'a> Reader<'a> {
     /// rejecting counts the remaining payload cannot hold (no huge allocations).
     fn count(&mut self, min_size: usize, what: &'static str) -> Result<usize, ProtoError> {
         let n = self.u32(what)? as usize;
-        if n.saturating_mul(min_size) > self.buf.len() {
+        if n.saturating_mul(min_size.max(1)) > self.buf.len() {
             return Err(ProtoError::Truncated { what });
         }
         Ok(n)
@@ -426,15 +839,43 @@ impl<'a> Reader<'a> {
         let n = self.u32(what)? as usize;
         self.take(n, what)
     }
-    fn string(&mut self, what: &'static str) -> Result<String, ProtoError> {
-        let b = self.bytes(what)?;
+    /// A string of at most `max` bytes; longer is an error, never cut.
+    fn string(&mut self, max: usize, what: &'static str) -> Result<String, ProtoError> {
+        let len = self.u32(what)? as usize;
+        if len > max {
+            return Err(ProtoError::TooLong { what, len, max });
+        }
+        let b = self.take(len, what)?;
         core::str::from_utf8(b)
             .map(String::from)
             .map_err(|_| ProtoError::BadUtf8 { what })
     }
-    fn strings(&mut self, what: &'static str) -> Result<Vec<String>, ProtoError> {
-        let n = self.count(4, what)?;
-        (0..n).map(|_| self.string(what)).collect()
+    /// At most `max_count` strings of at most `max_len` bytes each.
+    fn strings(
+        &mut self,
+        max_count: usize,
+        max_len: usize,
+        what: &'static str,
+    ) -> Result<Vec<String>, ProtoError> {
+        let n = self.limited_count(4, max_count, what)?;
+        (0..n).map(|_| self.string(max_len, what)).collect()
+    }
+    /// [`Reader::count`] with a protocol limit on top.
+    fn limited_count(
+        &mut self,
+        min_size: usize,
+        max: usize,
+        what: &'static str,
+    ) -> Result<usize, ProtoError> {
+        let n = self.count(min_size, what)?;
+        if n > max {
+            return Err(ProtoError::TooMany {
+                what,
+                count: n as u64,
+                max: max as u64,
+            });
+        }
+        Ok(n)
     }
 }
 
@@ -447,54 +888,34 @@ pub fn decode(ty: u8, payload: &[u8]) -> Result<Message, ProtoError> {
     let msg = match ty.checked_sub(FIRST_TYPE) {
         Some(0) => Message::Hello {
             version: r.u16("Hello version")?,
-            vm: r.string("Hello vm name")?,
+            vm: r.string(MAX_VM_NAME, "Hello vm name")?,
             mem_bytes: r.u64("Hello mem_bytes")?,
             cpu_features: r.u64("Hello cpu_features")?,
-            devices: r.strings("Hello devices")?,
+            devices: r.strings(MAX_DEVICES, MAX_DEVICE_NAME, "Hello devices")?,
+        },
+        Some(12) => Message::Probe {
+            version: r.u16("Probe version")?,
+            vm: r.string(MAX_VM_NAME, "Probe vm name")?,
+            mem_bytes: r.u64("Probe mem_bytes")?,
+            cpu_features: r.u64("Probe cpu_features")?,
+            devices: r.strings(MAX_DEVICES, MAX_DEVICE_NAME, "Probe devices")?,
         },
         Some(1) => Message::Ready,
         Some(2) => Message::Refuse {
-            reasons: r.strings("Refuse reasons")?,
+            reasons: r.strings(MAX_REASONS, MAX_REASON, "Refuse reasons")?,
         },
         Some(3) => {
-            let n = r.count(16, "MemoryLayout regions")?;
+            let n = r.limited_count(16, MAX_REGIONS, "MemoryLayout regions")?;
             let mut regions = Vec::with_capacity(n);
             for _ in 0..n {
                 regions.push((r.u64("region gpa")?, r.u64("region length")?));
             }
             Message::MemoryLayout { regions }
         }
-        Some(4) => {
-            let round = r.u32("Pages round")?;
-            let nruns = r.count(RUN_HEADER_WIRE, "Pages runs")?;
-            let mut runs = Vec::with_capacity(nruns);
-            for _ in 0..nruns {
-                let first_gfn = r.u64("run first gfn")?;
-                let n = r.count(ZERO_PAGE_WIRE, "run pages")?;
-                if first_gfn.checked_add(n as u64).is_none() {
-                    return Err(ProtoError::GfnOverflow {
-                        first_gfn,
-                        pages: n as u64,
-                    });
-                }
-                let mut pages = Vec::with_capacity(n);
-                for _ in 0..n {
-                    pages.push(match r.u8("page kind")? {
-                        PAGE_ZERO => Page::Zero,
-                        PAGE_RAW => {
-                            let len = r.u32("raw page length")? as usize;
-                            if len != PAGE_SIZE {
-                                return Err(ProtoError::BadPageLength(len));
-                            }
-                            Page::Raw(r.take(PAGE_SIZE, "raw page data")?.to_vec())
-                        }
-                        k => return Err(ProtoError::BadPageKind(k)),
-                    });
-                }
-                runs.push(PageRun { first_gfn, pages });
-            }
-            Message::Pages { round, runs }
-        }
+        Some(4) => Message::Pages {
+            round: r.u32("Pages round")?,
+            runs: PageRuns::read(&mut r)?,
+        },
         Some(5) => Message::RoundEnd {
             round: r.u32("RoundEnd round")?,
             pages_sent: r.u64("RoundEnd pages_sent")?,
@@ -503,13 +924,13 @@ pub fn decode(ty: u8, payload: &[u8]) -> Result<Message, ProtoError> {
         Some(6) => Message::Pause,
         Some(7) => Message::VcpuState(r.bytes("VcpuState data")?.to_vec()),
         Some(8) => Message::DeviceState {
-            name: r.string("DeviceState name")?,
+            name: r.string(MAX_DEVICE_NAME, "DeviceState name")?,
             data: r.bytes("DeviceState data")?.to_vec(),
         },
         Some(9) => Message::Commit,
         Some(10) => Message::Committed,
         Some(11) => Message::Abort {
-            reason: r.string("Abort reason")?,
+            reason: r.string(MAX_REASON, "Abort reason")?,
         },
         _ => return Err(ProtoError::UnknownType(ty)),
     };
@@ -519,16 +940,16 @@ pub fn decode(ty: u8, payload: &[u8]) -> Result<Message, ProtoError> {
     Ok(msg)
 }
 
-/// Packs pages into `Pages` messages whose payload stays within a byte limit.
+/// Packs pages into `Pages` messages whose payload stays within a byte limit
+/// and [`MAX_PAGES_PER_MESSAGE`] pages.
 ///
-/// Consecutive frame numbers share one run; a new run starts at every gap.
+/// Consecutive frames of the same kind share one run: a stretch of zero
+/// pages costs one 13-byte run header, however long.
 #[derive(Debug, Clone)]
 pub struct PagesBuilder {
     round: u32,
     limit: usize,
-    runs: Vec<PageRun>,
-    len: usize,
-    next_gfn: Option<u64>,
+    runs: PageRuns,
 }
 
 impl PagesBuilder {
@@ -542,9 +963,7 @@ impl PagesBuilder {
         PagesBuilder {
             round,
             limit: limit.min(MAX_MESSAGE),
-            runs: Vec::new(),
-            len: PAGES_HEADER_WIRE,
-            next_gfn: None,
+            runs: PageRuns::new(),
         }
     }
 
@@ -553,32 +972,20 @@ impl PagesBuilder {
         self.limit = limit.min(MAX_MESSAGE);
     }
 
-    /// Bytes the pending message would add if `page` for `gfn` were pushed.
-    pub fn cost(&self, gfn: u64, page: &Page) -> usize {
-        let run = if self.next_gfn == Some(gfn) {
-            0
-        } else {
-            RUN_HEADER_WIRE
-        };
-        run + page.wire_len()
+    /// Bytes the pending message would add if `page` for `gfn` were pushed;
+    /// `None` if the message cannot take it whatever the limit.
+    pub fn cost(&self, gfn: u64, page: &Page<'_>) -> Option<usize> {
+        self.runs.cost(gfn, page)
     }
 
-    /// Adds a page if the pending message stays within the limit; otherwise hands it back.
-    pub fn try_push(&mut self, gfn: u64, page: Page) -> Result<(), Page> {
-        let cost = self.cost(gfn, &page);
-        if self.len + cost > self.limit {
-            return Err(page);
+    /// Adds a page if the pending message stays within the limits; otherwise hands it back.
+    pub fn try_push<'a>(&mut self, gfn: u64, page: Page<'a>) -> Result<(), Page<'a>> {
+        match self.cost(gfn, &page) {
+            Some(cost) if self.encoded_len() + cost <= self.limit => {
+                self.runs.push(gfn, page).map_err(|_| page)
+            }
+            _ => Err(page),
         }
-        self.len += cost;
-        match self.runs.last_mut() {
-            Some(run) if self.next_gfn == Some(gfn) => run.pages.push(page),
-            _ => self.runs.push(PageRun {
-                first_gfn: gfn,
-                pages: alloc::vec![page],
-            }),
-        }
-        self.next_gfn = gfn.checked_add(1);
-        Ok(())
     }
 
     /// Whether no page is pending.
@@ -588,7 +995,7 @@ impl PagesBuilder {
 
     /// Encoded size of the pending message.
     pub fn encoded_len(&self) -> usize {
-        self.len
+        PAGES_HEADER_WIRE + self.runs.wire_len()
     }
 
     /// Takes the pending message, if any page is pending, and starts a new one.
@@ -596,8 +1003,6 @@ impl PagesBuilder {
         if self.runs.is_empty() {
             return None;
         }
-        self.len = PAGES_HEADER_WIRE;
-        self.next_gfn = None;
         Some(Message::Pages {
             round: self.round,
             runs: core::mem::take(&mut self.runs),
@@ -605,8 +1010,12 @@ impl PagesBuilder {
     }
 }
 
-/// Splits pages into `Pages` messages that each encode to at most [`MAX_MESSAGE`] bytes.
-pub fn pages_messages(round: u32, pages: impl Iterator<Item = (u64, Page)>) -> Vec<Message> {
+/// Splits pages into `Pages` messages that each encode to at most
+/// [`MAX_MESSAGE`] bytes and cover at most [`MAX_PAGES_PER_MESSAGE`] pages.
+pub fn pages_messages<'a>(
+    round: u32,
+    pages: impl Iterator<Item = (u64, Page<'a>)>,
+) -> Vec<Message> {
     let mut out = Vec::new();
     let mut b = PagesBuilder::new(round);
     for (gfn, page) in pages {

@@ -11,6 +11,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::GuestMemory;
+use crate::names;
 use crate::proto::{
     self, MAX_MESSAGE, Message, PAGE_SIZE, PROTOCOL_VERSION, Page, PagesBuilder, ProtoError,
 };
@@ -47,7 +48,7 @@ fn transfer_us(bytes: u128, bw: Option<u64>) -> u64 {
 /// ```
 ///
 /// - `dirty_pages * PAGE_SIZE`: the final round resends every dirty page
-///   (counted as full pages, although zero pages go out as markers).
+///   (counted as full pages, although zero pages go out without data).
 /// - `in_flight_bytes`: bytes already handed out but not on the wire yet
 ///   (channel queue, the caller's backlog); they leave before the final pages.
 /// - [`STATE_ESTIMATE_BYTES`]: vCPU and device state plus `Commit`.
@@ -106,9 +107,46 @@ pub struct VmDescription {
 }
 
 impl VmDescription {
+    /// Whether the description fits the protocol: a valid VM name, at most
+    /// [`proto::MAX_DEVICES`] devices of at most [`proto::MAX_DEVICE_NAME`]
+    /// bytes each (a destination cannot decode a `Hello` beyond these).
+    pub fn check(&self) -> Result<(), String> {
+        names::check_vm_name(&self.vm).map_err(|e| e.to_string())?;
+        if self.devices.len() > proto::MAX_DEVICES {
+            return Err(format!(
+                "{} devices, more than the {} a migration can describe",
+                self.devices.len(),
+                proto::MAX_DEVICES
+            ));
+        }
+        if let Some(d) = self
+            .devices
+            .iter()
+            .find(|d| d.len() > proto::MAX_DEVICE_NAME)
+        {
+            return Err(format!(
+                "device name '{}' is longer than {} bytes",
+                names::printable(d, names::SHOWN_CHARS),
+                proto::MAX_DEVICE_NAME
+            ));
+        }
+        Ok(())
+    }
+
     /// The `Hello` message announcing this VM with [`PROTOCOL_VERSION`].
     pub fn hello(&self) -> Message {
         Message::Hello {
+            version: PROTOCOL_VERSION,
+            vm: self.vm.clone(),
+            mem_bytes: self.mem_bytes,
+            cpu_features: self.cpu_features,
+            devices: self.devices.clone(),
+        }
+    }
+
+    /// The `Probe` message asking whether this VM could move (same fields as [`VmDescription::hello`]).
+    pub fn probe(&self) -> Message {
+        Message::Probe {
             version: PROTOCOL_VERSION,
             vm: self.vm.clone(),
             mem_bytes: self.mem_bytes,
@@ -164,7 +202,7 @@ pub struct RoundReport {
     pub round: u32,
     /// Pages sent in the round, zero pages included.
     pub pages_sent: u64,
-    /// Of which zero pages (sent as a 1-byte marker).
+    /// Of which zero pages (sent in zero runs, without data).
     pub zero_pages: u64,
     /// Pages dirtied during the round, to send next.
     pub dirty_left: u64,
@@ -191,7 +229,7 @@ pub struct Summary {
     pub rounds: u32,
     /// Message bytes handed out.
     pub bytes: u64,
-    /// Zero pages sent (as markers).
+    /// Zero pages sent (in zero runs, without data).
     pub zero_pages: u64,
     /// Pages sent, zero pages included.
     pub pages_sent: u64,
@@ -300,6 +338,13 @@ pub struct Source {
 }
 
 fn validate_layout(regions: &[(u64, u64)]) -> Result<Vec<(u64, u64)>, String> {
+    if regions.len() > proto::MAX_REGIONS {
+        return Err(format!(
+            "{} regions, more than the {} a MemoryLayout holds",
+            regions.len(),
+            proto::MAX_REGIONS
+        ));
+    }
     let page = PAGE_SIZE as u64;
     let mut out = Vec::with_capacity(regions.len());
     let mut end = 0u64;
@@ -434,9 +479,7 @@ impl Source {
         self.phase = Phase::Failed;
         let mut acts = Vec::new();
         if send_abort {
-            acts.push(Action::Send(Message::Abort {
-                reason: reason.clone(),
-            }));
+            acts.push(Action::Send(Message::abort(reason.clone())));
         }
         acts.push(Action::Failed(reason));
         acts
@@ -565,7 +608,7 @@ impl Source {
             };
             mem.read_page(gfn, buf);
             let page = Page::from_bytes(buf);
-            let zero = page == Page::Zero;
+            let zero = page.is_zero();
             match self.builder.try_push(gfn, page) {
                 Ok(()) => {
                     self.advance();
@@ -736,6 +779,10 @@ impl Source {
             }
             match self.phase {
                 Phase::Hello => {
+                    if let Err(e) = self.desc.check() {
+                        acts.extend(self.fail(format!("cannot migrate: {e}"), false));
+                        return acts;
+                    }
                     if let Some(e) = self.layout_error.take() {
                         acts.extend(self.fail(format!("invalid memory layout: {e}"), false));
                         return acts;

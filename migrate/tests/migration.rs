@@ -4,7 +4,7 @@ mod common;
 
 use common::{Config, Fault, Sim, SimHost, desc};
 use migrate::dest::{self, Dest, DestAction};
-use migrate::proto::{CpuFeature, Message, PAGE_SIZE, PROTOCOL_VERSION, Page, PageRun};
+use migrate::proto::{CpuFeature, Message, PAGE_SIZE, PROTOCOL_VERSION, PageRuns};
 use migrate::source::{
     Action, NoConvergence, Policy, RoundReport, STATE_ESTIMATE_BYTES, Source, estimate_downtime_us,
 };
@@ -70,7 +70,7 @@ fn busy_guest_converges_over_several_rounds() {
 }
 
 #[test]
-fn mostly_zero_guest_sends_markers() {
+fn mostly_zero_guest_sends_zero_runs() {
     let mut sim = Sim::new(Config {
         pages: 4096,
         initial_nonzero: 40,
@@ -79,13 +79,45 @@ fn mostly_zero_guest_sends_markers() {
     });
     sim.run(5_000);
     assert_success(&sim);
-    let ram = 4096 * PAGE_SIZE as u64;
+    // At most 40 raw pages; the 4056 zero pages cost a few run headers.
     assert!(
-        sim.wire_bytes < ram / 20,
-        "{} bytes on the wire for {ram} bytes of RAM",
+        sim.wire_bytes < 40 * PAGE_SIZE as u64 + 8 * 1024,
+        "{} bytes on the wire",
         sim.wire_bytes
     );
     assert!(sim.done.as_ref().unwrap().zero_pages >= 4096 - 40);
+}
+
+#[test]
+fn source_sends_zero_pages_as_runs() {
+    let pages = migrate::source::MAX_PAGES_PER_POLL;
+    let mut src = Source::new(
+        desc(pages),
+        vec![(0, pages * PAGE_SIZE as u64)],
+        Policy::default(),
+        0,
+    );
+    let mut mem = common::SimMemory::new(pages);
+    mem.write(100, 0, &[1]);
+    mem.write(101, 0, &[2]);
+    let _ = src.poll(&mut mem, 1 << 20, 1_000);
+    assert!(src.on_message(Message::Ready, 2_000).is_empty());
+    let acts = src.poll(&mut mem, 1 << 20, 3_000);
+    let runs: Vec<String> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(Message::Pages { runs, .. }) => Some(runs),
+            _ => None,
+        })
+        .flat_map(|r| r.runs().map(|r| format!("{r:?}")))
+        .collect();
+    assert_eq!(runs, ["Zero(0x0 +100)", "Raw(0x64 +2)", "Zero(0x66 +154)"]);
+    let r = progress(&src.poll(&mut mem, 1 << 20, 4_000));
+    assert_eq!((r.pages_sent, r.zero_pages), (pages, pages - 2));
+    // 2 raw pages and 3 run headers, plus Hello, the layout, the Pages
+    // header and RoundEnd.
+    let hello = migrate::proto::encoded_len(&desc(pages).hello()) as u64;
+    assert_eq!(r.bytes, hello + 20 + 8 + 3 * 13 + 2 * 4096 + 20);
 }
 
 #[test]
@@ -125,6 +157,7 @@ fn hot_guest_without_auto_converge_aborts_by_policy() {
     let why = sim.failed.as_ref().expect("failed");
     assert!(why.contains("no convergence after 5 rounds"), "{why}");
     assert!(sim.discarded.as_ref().unwrap().contains("source aborted"));
+    assert!(sim.closed.is_none());
     assert!(sim.running, "the guest resumes on the source");
     assert!(sim.started.is_none());
     assert!(sim.slow_seen.is_empty());
@@ -179,11 +212,7 @@ fn bandwidth_limit_is_respected() {
 #[test]
 fn refuse_lists_every_blocker() {
     let d = desc(1024);
-    let host = SimHost {
-        free: 1024 * 1024,
-        features: CpuFeature::SSE4_2,
-        devices: vec!["serial".into()],
-    };
+    let host = SimHost::new(1024 * 1024, CpuFeature::SSE4_2, vec!["serial".into()]);
     let mut hello = d.hello();
     if let Message::Hello { version, .. } = &mut hello {
         *version = PROTOCOL_VERSION + 1;
@@ -210,7 +239,7 @@ fn refuse_lists_every_blocker() {
         panic!("no Hello")
     };
     let out = dst.on_message(hello, None, &host);
-    let [DestAction::Send(refuse), DestAction::Discard(_)] = &out[..] else {
+    let [DestAction::Send(refuse), DestAction::Close(_)] = &out[..] else {
         panic!("{out:?}")
     };
     let acts = src.on_message(refuse.clone(), 1);
@@ -258,6 +287,13 @@ fn ready_dest(pages: u64) -> (Dest, SimHost, common::DestMemory) {
     (dst, host, common::DestMemory::new(pages))
 }
 
+/// Round-0 `Pages` of `n` zero pages from `first_gfn`.
+fn zero_pages(first_gfn: u64, n: u32) -> Message {
+    let mut runs = PageRuns::new();
+    runs.push_zeros(first_gfn, n).unwrap();
+    Message::Pages { round: 0, runs }
+}
+
 fn expect_abort(out: &[DestAction], needle: &str) {
     let [
         DestAction::Send(Message::Abort { reason }),
@@ -274,16 +310,14 @@ fn expect_abort(out: &[DestAction], needle: &str) {
 fn dest_rejects_out_of_order_and_bad_pages() {
     let d = desc(16);
     let host = common::host_for(&d);
-    let page = |gfn| Message::Pages {
-        round: 0,
-        runs: vec![PageRun {
-            first_gfn: gfn,
-            pages: vec![Page::Zero],
-        }],
-    };
+    let page = |gfn| zero_pages(gfn, 1);
 
     let mut dst = Dest::new();
-    expect_abort(&dst.on_message(page(0), None, &host), "Pages before Hello");
+    let out = dst.on_message(page(0), None, &host);
+    assert!(
+        matches!(&out[..], [DestAction::Send(Message::Abort { reason }), DestAction::Close(_)] if reason == "Pages before Hello"),
+        "{out:?}"
+    );
 
     let mut dst = Dest::new();
     dst.on_message(d.hello(), None, &host);
@@ -301,16 +335,6 @@ fn dest_rejects_out_of_order_and_bad_pages() {
         &dst.on_message(page(16), Some(&mut mem), &host),
         "outside the memory layout",
     );
-
-    let (mut dst, host, mut mem) = ready_dest(16);
-    let bad = Message::Pages {
-        round: 0,
-        runs: vec![PageRun {
-            first_gfn: 0,
-            pages: vec![Page::Raw(vec![1; 100])],
-        }],
-    };
-    expect_abort(&dst.on_message(bad, Some(&mut mem), &host), "100 bytes");
 
     let (mut dst, host, _) = ready_dest(16);
     expect_abort(
@@ -341,13 +365,7 @@ fn dest_rejects_out_of_order_and_bad_pages() {
 
     // All pages and state, but Commit before a device's state.
     let (mut dst, host, mut mem) = ready_dest(16);
-    let all = Message::Pages {
-        round: 0,
-        runs: vec![PageRun {
-            first_gfn: 0,
-            pages: vec![Page::Zero; 16],
-        }],
-    };
+    let all = zero_pages(0, 16);
     assert!(dst.on_message(all, Some(&mut mem), &host).is_empty());
     assert!(
         dst.on_message(
@@ -376,13 +394,7 @@ fn dest_rejects_out_of_order_and_bad_pages() {
     );
 
     let (mut dst, host, mut mem) = ready_dest(16);
-    let all = Message::Pages {
-        round: 0,
-        runs: vec![PageRun {
-            first_gfn: 0,
-            pages: vec![Page::Zero; 16],
-        }],
-    };
+    let all = zero_pages(0, 16);
     dst.on_message(all, Some(&mut mem), &host);
     dst.on_message(
         Message::RoundEnd {
@@ -433,6 +445,29 @@ fn source_rejects_unexpected_messages_and_cancels() {
 }
 
 #[test]
+fn source_refuses_a_description_the_protocol_cannot_carry() {
+    let bad = |f: fn(&mut migrate::VmDescription)| {
+        let mut d = desc(16);
+        f(&mut d);
+        let mut src = Source::new(d, vec![(0, 16 * 4096)], Policy::default(), 0);
+        let acts = src.poll(&mut common::SimMemory::new(16), 1 << 20, 0);
+        let [Action::Failed(why)] = &acts[..] else {
+            panic!("{acts:?}")
+        };
+        why.clone()
+    };
+    assert!(bad(|d| d.vm = "web 1".into()).contains("bad VM name 'web 1'"));
+    assert!(bad(|d| d.devices = vec!["x".into(); 17]).contains("17 devices"));
+    assert!(bad(|d| d.devices = vec!["x".repeat(33)]).contains("longer than 32 bytes"));
+    let mut src = Source::new(desc(16), vec![(0, 4096); 65], Policy::default(), 0);
+    let acts = src.poll(&mut common::SimMemory::new(16), 1 << 20, 0);
+    assert!(
+        matches!(&acts[..], [Action::Failed(w)] if w.contains("65 regions")),
+        "{acts:?}"
+    );
+}
+
+#[test]
 fn room_smaller_than_a_page_waits() {
     let d = desc(16);
     let mut src = Source::new(d, vec![(0, 16 * 4096)], Policy::default(), 0);
@@ -443,8 +478,8 @@ fn room_smaller_than_a_page_waits() {
         [Action::Send(Message::Hello { .. })]
     ));
     assert!(src.on_message(Message::Ready, 1).is_empty());
-    // Room for the layout and the zero pages 0..3 only.
-    let acts = src.poll(&mut mem, 20 + 8 + 12 + 3, 2);
+    // Room for the layout and one zero run (pages 0..3) only.
+    let acts = src.poll(&mut mem, 20 + 8 + 13, 2);
     assert!(
         matches!(
             &acts[..],
@@ -689,7 +724,10 @@ proptest! {
         if sim.link_cut {
             prop_assert!(sim.done.is_none());
             prop_assert!(sim.failed.as_deref().unwrap().contains("link lost"));
-            prop_assert!(sim.discarded.as_deref().unwrap().contains("link lost"));
+            prop_assert!(sim.dest_end().unwrap().contains("link lost"));
+            // Discard exactly when something was reserved (checked by the sim), so
+            // once the Hello arrived.
+            prop_assert_eq!(sim.discarded.is_some(), at > 0);
             prop_assert!(sim.started.is_none());
             prop_assert!(sim.running, "the guest resumes on the source");
         } else {
@@ -703,9 +741,17 @@ proptest! {
         sim.run(20_000);
         prop_assert!(sim.finished());
         if sim.delivered > at {
-            prop_assert!(sim.dest_sent_abort);
-            prop_assert!(sim.discarded.as_deref().unwrap().contains("malformed message"));
-            prop_assert!(sim.failed.as_deref().unwrap().contains("destination aborted"));
+            prop_assert!(sim.dest_end().unwrap().contains("malformed message"));
+            let failed = sim.failed.as_deref().unwrap();
+            if at == 0 {
+                // A broken Hello is refused, with the decoder's reason.
+                prop_assert!(sim.closed.is_some());
+                prop_assert!(failed.contains("destination refused: malformed message"), "{}", failed);
+            } else {
+                prop_assert!(sim.dest_sent_abort);
+                prop_assert!(sim.discarded.is_some());
+                prop_assert!(failed.contains("destination aborted"), "{}", failed);
+            }
             prop_assert!(sim.started.is_none());
             prop_assert!(sim.running);
         } else {
@@ -760,9 +806,7 @@ fn one_poll_reads_a_bounded_number_of_pages() {
         let n: u64 = acts
             .iter()
             .map(|a| match a {
-                Action::Send(Message::Pages { runs, .. }) => {
-                    runs.iter().map(|r| r.pages.len() as u64).sum::<u64>()
-                }
+                Action::Send(Message::Pages { runs, .. }) => u64::from(runs.page_count()),
                 _ => 0,
             })
             .sum();

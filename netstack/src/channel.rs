@@ -608,7 +608,12 @@ impl Listener {
     /// its place. `pending` is how many of the caller's connections are
     /// still unauthenticated ([`Channel::is_pending`]): at the cap, a new
     /// connection is reset at once and logged, and `None` is returned.
-    pub fn accept(&mut self, stack: &mut Stack, pending: usize, now_us: u64) -> Option<SocketHandle> {
+    pub fn accept(
+        &mut self,
+        stack: &mut Stack,
+        pending: usize,
+        now_us: u64,
+    ) -> Option<SocketHandle> {
         self.log_quiet_refusals(now_us);
         let Some(h) = self.handle else {
             self.relisten(stack);

@@ -651,7 +651,10 @@ fn sockets_are_allocated_within_the_memory_budget() {
     }
     let mut n = Net::new();
     n.b.set_memory_budget(free, 1 << 20);
-    FREE.store((1 << 20) + netstack::stack::TCP_SOCKET_BYTES - 1, Ordering::Relaxed);
+    FREE.store(
+        (1 << 20) + netstack::stack::TCP_SOCKET_BYTES - 1,
+        Ordering::Relaxed,
+    );
     assert!(matches!(
         n.b.tcp_listen(7000),
         Err(netstack::stack::StackError::NoMemory { .. })

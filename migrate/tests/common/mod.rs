@@ -81,6 +81,22 @@ pub struct SimHost {
     pub free: u64,
     pub features: u64,
     pub devices: Vec<String>,
+    /// VMs that exist on this host.
+    pub vms: Vec<String>,
+    /// Migrations this host runs already (the limit is 2).
+    pub migrations: usize,
+}
+
+impl SimHost {
+    pub fn new(free: u64, features: u64, devices: Vec<String>) -> SimHost {
+        SimHost {
+            free,
+            features,
+            devices,
+            vms: Vec::new(),
+            migrations: 0,
+        }
+    }
 }
 
 impl DestHost for SimHost {
@@ -92,6 +108,19 @@ impl DestHost for SimHost {
     }
     fn devices(&self) -> Vec<String> {
         self.devices.clone()
+    }
+    fn blockers(&self, vm: &str) -> Vec<String> {
+        let mut r = Vec::new();
+        if self.vms.iter().any(|v| v == vm) {
+            r.push(format!("a VM named '{vm}' already exists here"));
+        }
+        if self.migrations >= 2 {
+            r.push(format!(
+                "this host already runs {} migrations (the limit is 2)",
+                self.migrations
+            ));
+        }
+        r
     }
 }
 
@@ -186,11 +215,7 @@ impl Default for Config {
 }
 
 pub fn host_for(desc: &VmDescription) -> SimHost {
-    SimHost {
-        free: desc.mem_bytes * 2,
-        features: desc.cpu_features,
-        devices: desc.devices.clone(),
-    }
+    SimHost::new(desc.mem_bytes * 2, desc.cpu_features, desc.devices.clone())
 }
 
 pub fn desc(pages: u64) -> VmDescription {
@@ -226,6 +251,10 @@ pub struct Sim {
     pub done: Option<Summary>,
     pub failed: Option<String>,
     pub discarded: Option<String>,
+    /// The destination's `Close` (it ended with nothing reserved).
+    pub closed: Option<String>,
+    /// The destination asked for a reservation.
+    pub reserved: bool,
     pub dest_sent_abort: bool,
     pub devices: Vec<Counter>,
     pub started: Option<Started>,
@@ -280,6 +309,8 @@ impl Sim {
             done: None,
             failed: None,
             discarded: None,
+            closed: None,
+            reserved: false,
             dest_sent_abort: false,
             devices,
             started: None,
@@ -287,6 +318,12 @@ impl Sim {
             link_cut: false,
             max_poll_overrun: 0,
         }
+    }
+
+    /// How the destination ended without running the guest: its `Discard`
+    /// or `Close` reason.
+    pub fn dest_end(&self) -> Option<&str> {
+        self.discarded.as_deref().or(self.closed.as_deref())
     }
 
     pub fn finished(&self) -> bool {
@@ -370,14 +407,22 @@ impl Sim {
                 }
                 DestAction::Reserve { mem_bytes, .. } => {
                     assert_eq!(mem_bytes, self.cfg.pages * PAGE_SIZE as u64);
+                    assert!(!self.reserved, "reserved twice");
+                    self.reserved = true;
                 }
                 DestAction::Start { vcpu, devices } => {
                     assert!(self.started.is_none(), "started twice");
                     self.started = Some((vcpu, devices));
                 }
                 DestAction::Discard(why) => {
-                    assert!(self.discarded.is_none(), "discarded twice");
+                    assert!(self.reserved, "Discard without Reserve: {why}");
+                    assert!(self.dest_end().is_none(), "ended twice: {why}");
                     self.discarded = Some(why);
+                }
+                DestAction::Close(why) => {
+                    assert!(!self.reserved, "Close after Reserve: {why}");
+                    assert!(self.dest_end().is_none(), "ended twice: {why}");
+                    self.closed = Some(why);
                 }
             }
         }
