@@ -130,7 +130,7 @@ pub fn main(args: &[String]) -> Result {
 
     println!();
     println!(
-        "net bench: authenticated channel (HMAC-SHA-256 per frame), 32 KiB frames, checksum verified by the sink"
+        "net bench: encrypted channel (ChaCha20-Poly1305 per frame, protocol 2), 32 KiB frames, checksum verified by the sink"
     );
     println!();
     println!(
