@@ -256,3 +256,61 @@ impl HubPeer {
         self.nic.counters()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A station on the first machine port of a real bxhub answers the
+    /// peer's TCP connection: ARP, the hub's learning and TCP all work
+    /// through [`HubNic`] (no emulator needed).
+    #[test]
+    fn two_stations_talk_tcp_through_bxhub() {
+        let link = Link::bochs_with_peer();
+        assert_eq!(link.peer_port(), Some(link.port() + 4));
+        let mut nic = HubNic::bind(link.port(), [0x02, 0, 0, 0, 0, 2]).unwrap();
+        let epoch = Instant::now();
+        let now = || epoch.elapsed().as_micros() as u64;
+        let mut host = Stack::new(&mut nic, 1, now()).unwrap();
+        host.set_ip(parse_ip_config("10.0.0.2/24", None).unwrap());
+        assert!(host.announce(&mut nic));
+        let server = host.tcp_listen(7).unwrap();
+
+        let mut peer = HubPeer::join(&link, "10.0.0.9/24").unwrap();
+        let client = peer.tcp_connect(Ipv4Addr::new(10, 0, 0, 2), 7).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (mut sent, mut echoed, mut got) = (false, false, Vec::new());
+        while got != b"PING" {
+            assert!(
+                Instant::now() < deadline,
+                "no echo within 10 s: client {:?}, server {:?}, peer {:?}, host {:?}",
+                peer.tcp(client).state(),
+                host.tcp(server).state(),
+                peer.counters(),
+                nic.counters()
+            );
+            peer.poll();
+            host.poll(&mut nic, now());
+            let c = peer.tcp(client);
+            if !sent && c.can_send() {
+                sent = c.send_slice(b"ping").unwrap() == 4;
+            }
+            while c.can_recv() {
+                c.recv(|b| {
+                    got.extend_from_slice(b);
+                    (b.len(), ())
+                })
+                .unwrap();
+            }
+            let s = host.tcp(server);
+            if !echoed && s.can_recv() {
+                let mut buf = [0u8; 16];
+                let n = s.recv_slice(&mut buf).unwrap();
+                echoed = s.send_slice(&buf[..n].to_ascii_uppercase()).unwrap() == n;
+            }
+            nic.wait(Duration::from_millis(1));
+        }
+        assert_eq!(peer.tcp(client).remote_endpoint().unwrap().port, 7);
+        assert!(peer.counters().rx_frames >= 2 && nic.counters().rx_frames >= 2);
+    }
+}
