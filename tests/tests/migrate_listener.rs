@@ -566,7 +566,10 @@ fn dropped_pattern(port: u16) -> String {
 fn expect_dropped(m: &mut Machine, problems: &mut Vec<String>, what: &str, port: u16, why: &str) {
     let line = m.expect_line(&dropped_pattern(port), secs(30));
     let reason = line.get(1).unwrap_or_default();
-    let text = hv_tests::console::readable(line.text.trim_end().as_bytes());
+    let text = hv_tests::console::shorten_lines(
+        &hv_tests::console::readable(line.text.trim_end().as_bytes()),
+        300,
+    );
     if !Regex::new(why).unwrap().is_match(reason) {
         problems.push(format!(
             "{what}: expected a reason matching /{why}/, got: {text}"
