@@ -268,6 +268,19 @@ pub fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// `text` with every line longer than `max` characters cut to `max` and
+/// marked with how much was left out: a failure message stays readable
+/// when the machine printed something huge.
+pub fn shorten_lines(text: &str, max: usize) -> String {
+    text.lines()
+        .map(|l| match l.char_indices().nth(max) {
+            Some((cut, _)) => format!("{}... ({} more bytes)", &l[..cut], l.len() - cut),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,5 +365,6 @@ mod tests {
         let s = readable(b"\x1b[2J\x1b[01;01HShell> \x1b[0mok\r\nnext\x03\x7f");
         assert_eq!(s, "Shell> ok\nnext^C^?");
         assert_eq!(last_lines("a\nb\nc", 2), "b\nc");
+        assert_eq!(shorten_lines("abcdef\nab", 3), "abc... (3 more bytes)\nab");
     }
 }

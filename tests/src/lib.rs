@@ -24,6 +24,9 @@
 //! * [`Link`]: an Ethernet link between two machines (QEMU `-netdev stream`,
 //!   Bochs through `bxhub`); [`Builder::user_net_forward`] lets a test reach
 //!   a TCP service of a QEMU guest from the host.
+//! * [`hubpeer`]: a station of the test's own on a Bochs link
+//!   ([`Link::bochs_with_peer`]): the project's TCP/IP stack in the test
+//!   process, sending raw Ethernet through the hub.
 //! * [`slots`]: at most two emulators at once (`$HV_EMULATOR_SLOTS`).
 //! * [`image`]: building and editing the FAT16 ESP image with mtools.
 //! * [`host`]: the packages, commands and firmware files the harness needs.
@@ -36,6 +39,7 @@
 pub mod console;
 pub mod emulator;
 pub mod host;
+pub mod hubpeer;
 pub mod image;
 pub mod link;
 pub mod machine;
@@ -61,3 +65,4 @@ pub const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 pub use netstack;
+pub use smoltcp;

@@ -25,7 +25,10 @@
 //! * Bochs: a `bxhub -ports=2 -base=B` runs while the link exists. Machine
 //!   `k` gets `ethmod=socket, ethdev=B+2k`: Bochs receives on UDP `B+2k` and
 //!   sends to `B+2k+1`, where the hub listens. The hub's log is `hub.log`
-//!   in [`Link::dir`].
+//!   in [`Link::dir`]. [`Link::bochs_with_peer`] gives the hub a third port
+//!   (`-ports=3`) for a station of the test's own on UDP `B+4`
+//!   ([`Link::peer_port`], [`crate::hubpeer::HubPeer`]): raw Ethernet from
+//!   the test process, e.g. a burst of connections no port forward can make.
 //! * Machine `k` (0 first) gets MAC `QEMU_LINK_MACS[k]` / `BOCHS_LINK_MACS[k]`
 //!   ([`crate::Machine::mac`] tells).
 //! * A link holds two emulator slots (see [`crate::slots`]) from its
@@ -69,12 +72,15 @@ struct Inner {
     emulator: Emulator,
     dir: tempfile::TempDir,
     state: Mutex<State>,
+    /// Bochs: the hub's ports (2, or 3 with a port for the test's own
+    /// station). QEMU: 0.
+    hub_ports: u16,
     _slots: SlotGuard,
 }
 
 struct State {
-    /// QEMU: the stream port. Bochs: the hub's base port and the three
-    /// above it.
+    /// QEMU: the stream port. Bochs: the hub's base port and the
+    /// `2 × hub_ports - 1` above it.
     ports: Vec<ReservedPort>,
     hub: Option<Child>,
     /// Emulator pids of the machines started on the link, in order.
@@ -108,6 +114,30 @@ impl Link {
 
     /// A Bochs link: starts `bxhub -ports=2` on a free UDP port range.
     pub fn try_bochs() -> Result<Link, Error> {
+        Self::try_bochs_hub(2)
+    }
+
+    /// [`Link::try_bochs`], panicking on failure.
+    #[track_caller]
+    pub fn bochs() -> Link {
+        Self::try_bochs().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A Bochs link whose hub has a third port for a station of the test's
+    /// own (`bxhub -ports=3`): the two machines are on `B` and `B+2` as
+    /// usual, the station receives on `B+4` ([`Link::peer_port`]) and
+    /// sends to `B+5`. See [`crate::hubpeer::HubPeer`].
+    pub fn try_bochs_with_peer() -> Result<Link, Error> {
+        Self::try_bochs_hub(3)
+    }
+
+    /// [`Link::try_bochs_with_peer`], panicking on failure.
+    #[track_caller]
+    pub fn bochs_with_peer() -> Link {
+        Self::try_bochs_with_peer().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_bochs_hub(hub_ports: u16) -> Result<Link, Error> {
         let slots = slots::acquire(2);
         let dir = tempfile::Builder::new()
             .prefix("hv-link-")
@@ -115,14 +145,14 @@ impl Link {
             .map_err(|e| Error(format!("link: cannot create a directory: {e}")))?;
         let mut failures = Vec::new();
         for attempt in 1..=HUB_ATTEMPTS {
-            let ports = match free_udp_range() {
+            let ports = match free_udp_range(2 * hub_ports) {
                 Ok(p) => p,
                 Err(e) => {
                     failures.push(format!("attempt {attempt}: {e}"));
                     continue;
                 }
             };
-            match start_hub(dir.path(), ports[0].0) {
+            match start_hub(dir.path(), ports[0].0, hub_ports) {
                 Ok(hub) => {
                     return Ok(Link {
                         inner: Arc::new(Inner {
@@ -133,6 +163,7 @@ impl Link {
                                 hub: Some(hub),
                                 machines: Vec::new(),
                             }),
+                            hub_ports,
                             _slots: slots,
                         }),
                     });
@@ -144,12 +175,6 @@ impl Link {
             "link: bxhub did not start:\n{}",
             failures.join("\n")
         )))
-    }
-
-    /// [`Link::try_bochs`], panicking on failure.
-    #[track_caller]
-    pub fn bochs() -> Link {
-        Self::try_bochs().unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn new(
@@ -171,6 +196,7 @@ impl Link {
                     hub,
                     machines: Vec::new(),
                 }),
+                hub_ports: 0,
                 _slots: slots,
             }),
         })
@@ -190,6 +216,13 @@ impl Link {
     /// base UDP port `B` (machine `k` is on `B+2k`, the hub on `B+2k+1`).
     pub fn port(&self) -> u16 {
         self.state().ports[0].0
+    }
+
+    /// Bochs link with a peer port ([`Link::bochs_with_peer`]): the UDP
+    /// port of 127.0.0.1 the test's station receives frames on (`B+4`);
+    /// it sends them to the hub on the port above. `None` otherwise.
+    pub fn peer_port(&self) -> Option<u16> {
+        (self.inner.hub_ports == 3).then(|| self.port() + 4)
     }
 
     /// The MAC of machine `index` (0 or 1) on this link.
@@ -223,7 +256,7 @@ impl Link {
     /// Whether both ends are plugged in, as the host's socket tables show.
     /// QEMU: the first machine's QEMU owns an established connection on the
     /// link port and the second's owns its peer. Bochs: the hub is running
-    /// with its two UDP ports, and each machine's Bochs has bound its own.
+    /// with all its UDP ports, and each machine's Bochs has bound its own.
     pub fn is_connected(&self) -> bool {
         let st = self.state();
         let [a, b] = st.machines[..] else {
@@ -236,7 +269,7 @@ impl Link {
                 let Some(hub) = self.hub_pid() else {
                     return false;
                 };
-                (0..2u16).all(|k| sockets::udp_bound(hub, port + 2 * k + 1))
+                (0..self.inner.hub_ports).all(|k| sockets::udp_bound(hub, port + 2 * k + 1))
                     && sockets::udp_bound(a, port)
                     && sockets::udp_bound(b, port + 2)
             }
@@ -342,43 +375,44 @@ impl Drop for Inner {
     }
 }
 
-/// Four consecutive UDP ports `B..B+3`, `B` even, free on every address
-/// (bxhub binds 0.0.0.0), reserved in this process.
-fn free_udp_range() -> Result<Vec<ReservedPort>, String> {
+/// `count` consecutive UDP ports `B..B+count-1`, `B` even, free on every
+/// address (bxhub binds 0.0.0.0), reserved in this process.
+fn free_udp_range(count: u16) -> Result<Vec<ReservedPort>, String> {
     for _ in 0..20 {
         let p = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
             .and_then(|s| s.local_addr())
             .map_err(|e| format!("cannot bind a UDP socket: {e}"))?
             .port();
         let base = p & !1;
-        if !(1024..=u16::MAX - 3).contains(&base) {
+        if !(1024..=u16::MAX - count).contains(&base) {
             continue;
         }
-        let free = (base..base + 4).all(|q| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, q)).is_ok());
+        let free =
+            (base..base + count).all(|q| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, q)).is_ok());
         if !free {
             continue;
         }
-        let reserved: Vec<ReservedPort> = (base..base + 4)
+        let reserved: Vec<ReservedPort> = (base..base + count)
             .filter_map(emulator::reserve_exact)
             .collect();
-        if reserved.len() == 4 {
+        if reserved.len() == usize::from(count) {
             return Ok(reserved);
         }
     }
-    Err("no free range of four UDP ports found".into())
+    Err(format!("no free range of {count} UDP ports found"))
 }
 
-/// Starts `bxhub -ports=2 -base=<base>` in `dir` and waits until it has
-/// bound its two UDP ports (`base+1`, `base+3`). bxhub prints nothing when
-/// ready, so the socket table is the handshake.
-fn start_hub(dir: &Path, base: u16) -> Result<Child, String> {
+/// Starts `bxhub -ports=<ports> -base=<base>` in `dir` and waits until it
+/// has bound its UDP ports (`base+1`, `base+3`, ...). bxhub prints nothing
+/// when ready, so the socket table is the handshake.
+fn start_hub(dir: &Path, base: u16, ports: u16) -> Result<Child, String> {
     let log_path = dir.join("hub.log");
     let log = fs::File::create(&log_path).map_err(|e| format!("cannot create hub.log: {e}"))?;
     let err = log
         .try_clone()
         .map_err(|e| format!("cannot dup a file: {e}"))?;
     let mut cmd = Command::new("bxhub");
-    cmd.arg("-ports=2")
+    cmd.arg(format!("-ports={ports}"))
         .arg(format!("-base={base}"))
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -392,7 +426,7 @@ fn start_hub(dir: &Path, base: u16) -> Result<Child, String> {
     let deadline = Instant::now() + HUB_TIMEOUT;
     let pid = hub.id();
     loop {
-        if sockets::udp_bound(pid, base + 1) && sockets::udp_bound(pid, base + 3) {
+        if (0..ports).all(|k| sockets::udp_bound(pid, base + 2 * k + 1)) {
             return Ok(hub);
         }
         if let Ok(Some(status)) = hub.try_wait() {
@@ -401,10 +435,10 @@ fn start_hub(dir: &Path, base: u16) -> Result<Child, String> {
         }
         if Instant::now() >= deadline {
             emulator::kill_group(&mut hub);
+            let want: Vec<String> = (0..ports).map(|k| (base + 2 * k + 1).to_string()).collect();
             return Err(format!(
-                "bxhub did not bind UDP ports {} and {} within {} s",
-                base + 1,
-                base + 3,
+                "bxhub did not bind UDP ports {} within {} s",
+                want.join(", "),
                 HUB_TIMEOUT.as_secs()
             ));
         }

@@ -17,6 +17,8 @@ use crate::slots::{self, SlotGuard};
 
 /// Console lines shown in a failure message.
 const CONSOLE_TAIL: usize = 50;
+/// Longest console line shown whole in a failure message (characters).
+const CONSOLE_LINE_MAX: usize = 1000;
 /// Emulator log lines shown in a failure message (per log file).
 const LOG_TAIL: usize = 30;
 
@@ -440,6 +442,13 @@ impl Machine {
         console::readable(&self.console.output())
     }
 
+    /// Everything the console has printed so far, byte for byte: escape
+    /// sequences and control characters included (the firmware's screen
+    /// drawing too), for tests about what reaches the operator's terminal.
+    pub fn raw_output(&self) -> Vec<u8> {
+        self.console.output()
+    }
+
     /// A failure message: `what`, the last console lines and the emulator's
     /// log tail.
     pub fn report(&self, what: &str) -> String {
@@ -447,7 +456,10 @@ impl Machine {
             "[{}] {}: {what}\n--- last {CONSOLE_TAIL} console lines ---\n{}\n",
             self.name,
             self.emulator(),
-            console::last_lines(&self.output(), CONSOLE_TAIL),
+            console::shorten_lines(
+                &console::last_lines(&self.output(), CONSOLE_TAIL),
+                CONSOLE_LINE_MAX
+            ),
         );
         s.push_str(&self.instance.log_tail(LOG_TAIL));
         for f in self.instance.failed_starts() {
