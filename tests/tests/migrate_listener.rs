@@ -28,7 +28,7 @@ use hv_tests::regex::Regex;
 use hv_tests::smoltcp::iface::SocketHandle;
 use hv_tests::smoltcp::socket::tcp::State;
 use hv_tests::{Found, Link, Machine, line_pattern, secs};
-use migrate::proto::{Message, Page, PageRun, encode};
+use migrate::proto::{Message, PageRuns, encode};
 use netstack::codec::{Handshake, Key};
 
 const KEY: &str = "00112233445566778899aabbccddeeff";
@@ -36,11 +36,7 @@ const OTHER_KEY: &str = "ffeeddccbbaa99887766554433221100";
 const MIGRATE_PORT: u16 = 7002;
 /// `net.max_pending` in the destination's hv.cfg.
 const MAX_PENDING: usize = 4;
-/// The kernel's check-only Hello (`migrate check`): the Hello payload under
-/// a frame type of the kernel's own (kernel/src/migration.rs, PROBE_TYPE).
-const PROBE_TYPE: u8 = 60;
-/// A frame type the migration protocol does not have (it uses 32..=43, the
-/// kernel adds 60).
+/// A frame type the migration protocol does not have (it uses 32..=44).
 const UNKNOWN_TYPE: u8 = 200;
 
 fn count(m: &mut Machine) -> Found {
@@ -553,11 +549,15 @@ fn bochs_migration_listener_survives_a_connection_flood() {
 // Malformed input on the migration port.
 
 /// The destination's line for a connection it dropped: `migrate: incoming
-/// <vm> from <peer> discarded: <why>` or `migrate: refusing <a guest|vm>
-/// from <peer>: <why>`, for the connection from `port` (the QEMU forward
-/// keeps the client's port). Group 1: the reason.
+/// <vm> from <peer> discarded: <why>` (RAM had been reserved), `migrate:
+/// refusing <vm> from <peer>: <why>` (the reservation failed) or
+/// `migrate: <peer>: <why>` (nothing reserved: a refused Hello, a peer
+/// gone before its Hello), for the connection from `port` (the QEMU
+/// forward keeps the client's port). Group 1: the reason.
 fn dropped_pattern(port: u16) -> String {
-    format!(r"migrate: (?:incoming|refusing) .*? from 10\.0\.2\.2:{port}(?: discarded)?: (.*)")
+    format!(
+        r"migrate: (?:(?:incoming|refusing) .*? from )?10\.0\.2\.2:{port}(?: discarded)?: (.*)"
+    )
 }
 
 /// Waits for the line that drops the connection from `port`; a reason not
@@ -666,13 +666,9 @@ fn qemu_malformed_migration_frames_close_only_that_connection() {
 
     // (b) The key, then malformed migration frames.
     let (hello_ty, full) = encode(&hello("t", 16 << 20));
-    let pages = encode(&Message::Pages {
-        round: 0,
-        runs: vec![PageRun {
-            first_gfn: 0,
-            pages: vec![Page::Zero],
-        }],
-    });
+    let mut runs = PageRuns::new();
+    runs.push_zeros(0, 1).unwrap();
+    let pages = encode(&Message::Pages { round: 0, runs });
     let huge = format!("\x1b[2J{}", "R".repeat(200_000));
     let refuse = encode(&Message::Refuse {
         reasons: vec![huge.clone()],
@@ -748,7 +744,14 @@ fn qemu_malformed_migration_frames_close_only_that_connection() {
     // An honest peer is served: a check-only Hello gets its answer.
     let mut p = HostPeer::connect(port, &Key::from_hex(KEY).unwrap())
         .unwrap_or_else(|e| m.fail(&format!("honest peer: {e}")));
-    p.send(PROBE_TYPE, &encode(&hello("probe", 16 << 20)).1)
+    let (probe_ty, probe) = encode(&Message::Probe {
+        version: migrate::proto::PROTOCOL_VERSION,
+        vm: "probe".to_string(),
+        mem_bytes: 16 << 20,
+        cpu_features: 0,
+        devices: Vec::new(),
+    });
+    p.send(probe_ty, &probe)
         .unwrap();
     let (ty, payload) = p
         .recv()
