@@ -144,6 +144,14 @@ pub fn cr2() -> u64 {
     v
 }
 
+/// The stack pointer (where the caller's frame is, give or take).
+pub fn rsp() -> u64 {
+    let v: u64;
+    // SAFETY: reading RSP into a register has no side effects.
+    unsafe { asm!("mov {}, rsp", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
 /// Loads 8 bytes from `addr` with one MOV, whatever lies there; for the
 /// rogue guest, which reads outside its RAM on purpose.
 ///

@@ -10,7 +10,7 @@
 //! | `hello` | console output, the CPUID leaves, RDI/RSI | 0, or 2 on a bad CPUID |
 //! | `ticks` | PIC + PIT interrupts at 100 Hz against the TSC, HLT | 0, or 3; `arg` != 0: runs forever |
 //! | `memtest` | every word of RAM above the image (pattern, checksum) | 0, or 4 |
-//! | `dirty` | writes `arg` pages a second across its RAM, prints `dirty: count <n> tsc <t> gap <g>` twice a second (`g`: longest TSC stretch between two wake-ups) and, when port 0xF5 changes, `dirty: checksum <sum> expected <sum> ok\|MISMATCH` | runs until stopped |
+//! | `dirty` | `arg` = mode × 1000000 + rate. Mode 0 writes `rate` pages a second across its RAM, mode 1 `rate` consecutive pages in the second after each request (then `dirty: window <w> writes to <p> distinct pages`); both print `dirty: count <n> tsc <t> gap <g>` twice a second (`g`: longest TSC stretch between two wake-ups), `dirty: scan: <n> stale words in <p> pages` (a filling guest's leftovers) at start and, when port 0xF5 changes, `dirty: checksum <sum> expected <sum> ok\|MISMATCH` and the scan line again. Mode 2 fills its RAM with that tagged pattern: `dirty: filled <n> pages of <total>` | 6 on a mismatch; modes 0-1 run until stopped, mode 2 exits with 0 |
 //! | `rogue` | arg 0: a refused WRMSR gets #GP, then a read outside RAM; 1: the WRMSR, then a triple fault; 2: a spin with interrupts off | 5 if it survives |
 //!
 //! Every line a guest prints is `<guest>: <text>\n` and its last line before

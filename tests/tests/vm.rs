@@ -9,6 +9,42 @@ mod common;
 use common::expect_single_line;
 use hv_tests::{Machine, secs};
 
+/// 4 KiB frames per MiB.
+const FRAMES_PER_MIB: u64 = 256;
+/// Frames a VM holds besides its RAM: its EPT's PML4, PDPT and page
+/// directory and its VMCS, 4 for up to 1 GiB of RAM (one more page
+/// directory per further GiB); room is left for a few more.
+const VM_OVERHEAD: u64 = 8;
+
+/// Free frames, from `mem` (whose numbers `common::mem` checks).
+fn free_frames(m: &mut Machine) -> u64 {
+    common::mem(m).0.2
+}
+
+/// Deletes `name` (`mib` MiB of RAM as the VM holds it) and checks, from
+/// `mem`, that the free frames rose by its RAM and at most its few
+/// frames of tables.
+fn delete_frees_its_ram(m: &mut Machine, name: &str, mib: u64) {
+    let before = free_frames(m);
+    expect_single_line(
+        m,
+        &format!("vm delete {name}"),
+        &format!("vm {name}: deleted"),
+    );
+    let after = free_frames(m);
+    let ram = mib * FRAMES_PER_MIB;
+    m.check(
+        after >= before + ram && after <= before + ram + VM_OVERHEAD,
+        || {
+            format!(
+                "deleting {name} ({mib} MiB = {ram} frames) took free frames from {before} \
+                 to {after}: expected a rise of {ram} to {}",
+                ram + VM_OVERHEAD
+            )
+        },
+    );
+}
+
 fn bochs(model: Option<&str>) -> Machine {
     let mut b = Machine::bochs();
     if let Some(model) = model {
@@ -53,9 +89,18 @@ fn bochs_hello_guest_and_vm_errors() {
     let mut m = bochs(None);
     let t = m.command_timeout();
 
+    let free = free_frames(&mut m);
     m.send_line("vm create h1 mem=16 image=hello");
     m.expect(r"vm h1: created \(16 MiB, image hello\)\r?\n", t);
     m.expect_prompt(t);
+    // Its RAM is reserved at once (and, first VM of the host, the VMXON
+    // region with it).
+    let with_h1 = free_frames(&mut m);
+    m.check(
+        free - with_h1 >= 16 * FRAMES_PER_MIB
+            && free - with_h1 <= 16 * FRAMES_PER_MIB + VM_OVERHEAD,
+        || format!("free frames {free} before creating a 16 MiB VM, {with_h1} after"),
+    );
     m.send_line("vm start h1");
     m.expect(r"\[h1\] hello: hello from a guest\r?\n", secs(60));
     m.expect(r"\[h1\] hello: hypervisor signature ok\r?\n", secs(30));
@@ -112,16 +157,31 @@ fn bochs_hello_guest_and_vm_errors() {
         || format!("stop: {not_running:?}"),
     );
 
-    // A VM can be run again, and deleted, which frees its RAM.
+    // A VM can be run again, and deleted, which frees its RAM; the failed
+    // creates above left nothing allocated.
     m.send_line("vm start h1");
     m.expect(r"vm h1: exited with code 0\r?\n", secs(60));
     m.expect_prompt(t);
-    let before = m.cmd("mem");
-    expect_single_line(&mut m, "vm delete h1", "vm h1: deleted");
-    let after = m.cmd("mem");
-    m.check(before != after, || {
-        format!("`mem` did not change after delete:\n{before}\n{after}")
+    let now = free_frames(&mut m);
+    m.check(now == with_h1, || {
+        format!("free frames {with_h1} after creating h1, {now} after the failed creates")
     });
+    delete_frees_its_ram(&mut m, "h1", 16);
+    // What create took, delete gave back: all but the VMXON region, which
+    // stays while VMX is on.
+    let now = free_frames(&mut m);
+    m.check(free - now <= 1, || {
+        format!("free frames {free} before h1 was created, {now} after it was deleted")
+    });
+    // RAM comes in 2 MiB runs: 5 MiB are 6.
+    m.cmd("vm create odd mem=5 image=hello");
+    let list = m.cmd("vm list");
+    m.check(
+        list.lines()
+            .any(|l| l.starts_with("odd ") && l.contains(" 6 MiB ")),
+        || format!("`vm list`:\n{list}"),
+    );
+    delete_frees_its_ram(&mut m, "odd", 6);
     expect_single_line(&mut m, "vm list", "no VMs (create one with 'vm create')");
 }
 
