@@ -594,6 +594,12 @@ impl Outbound {
         match self.seal(ty, &payload) {
             Ok(()) => {}
             Err(netstack::channel::SendError::WouldBlock) => self.backlog.push_back((ty, payload)),
+            // An Abort that cannot go (the channel is still connecting, or
+            // already gone) changes nothing: the destination learns of the
+            // end when the channel closes, and the reason the migration
+            // ends is the one that made us abort (a cancel, an error), not
+            // this send.
+            Err(_) if matches!(msg, Message::Abort { .. }) => {}
             Err(e) => {
                 self.outcome
                     .get_or_insert(Err(alloc::format!("sending {}: {e}", msg.name())));
