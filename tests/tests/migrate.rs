@@ -4,7 +4,10 @@
 //! and the source no longer runs it. Failures leave it running on the
 //! source.
 
-use hv_tests::{Found, Link, Machine, secs};
+mod common;
+
+use common::{dirty_count, start_dirty};
+use hv_tests::{Link, Machine, secs};
 
 const KEY: &str = "00112233445566778899aabbccddeeff";
 
@@ -24,18 +27,6 @@ fn host_with(link: &Link, name: &str, ip: &str, model: &str, mib: u32) -> Machin
         .start();
     m.boot_to_prompt();
     m
-}
-
-fn count(m: &mut Machine) -> Found {
-    m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+) gap (\d+)", secs(60))
-}
-
-/// Starts the dirty guest on `m` and waits until it prints.
-fn start_dirty(m: &mut Machine, rate: u64) -> u64 {
-    m.cmd(&format!("vm create d mem=16 image=dirty arg={rate}"));
-    m.send_line("vm start d");
-    count(m);
-    count(m).num(1)
 }
 
 /// Asks for the guest's checksum on `m` and expects it to match.
@@ -81,11 +72,11 @@ fn migrate_dirty_guest(rate: u64, options: &str) {
             last = last.max(n);
         }
     }
-    let next = count(&mut b).num(1);
+    let next = dirty_count(&mut b).num(1);
     b.check(next == last + 1, || {
         format!("source's last count {last}, destination's first {next}")
     });
-    let again = count(&mut b).num(1);
+    let again = dirty_count(&mut b).num(1);
     b.check(again == next + 1, || format!("{next} then {again}"));
     checksum_ok(&mut b);
     b.expect_prompt(b.command_timeout());
@@ -116,7 +107,7 @@ fn bochs_migrate_dirty_guest_at_a_high_rate() {
 /// `migrate` fails with `pattern`; the guest keeps running on the source
 /// with its counter going on from where it was.
 fn refused(a: &mut Machine, cmd: &str, pattern: &str) {
-    let before = count(a).num(1);
+    let before = dirty_count(a).num(1);
     a.send_line(cmd);
     let e = a.expect_line(r"error: migrate: .*", secs(300));
     a.check(
@@ -126,9 +117,9 @@ fn refused(a: &mut Machine, cmd: &str, pattern: &str) {
         || format!("expected /{pattern}/, got: {}", e.text),
     );
     a.check(e.text.contains("keeps running here"), || e.text.clone());
-    let after = count(a).num(1);
+    let after = dirty_count(a).num(1);
     a.check(after > before, || format!("counter {before} then {after}"));
-    let next = count(a).num(1);
+    let next = dirty_count(a).num(1);
     a.check(next == after + 1, || format!("counter {after} then {next}"));
     a.expect_prompt(a.command_timeout());
 }
@@ -246,7 +237,7 @@ fn bochs_background_migrations_cancel_limit_and_a_dying_destination() {
     b.kill();
     let e = a.expect_line(r"error: migrate: d: .*", secs(300));
     a.check(e.text.contains("d keeps running here"), || e.text.clone());
-    let after = count(&mut a).num(1);
+    let after = dirty_count(&mut a).num(1);
     a.check(after > before, || format!("counter {before} then {after}"));
     checksum_ok(&mut a);
     a.send_line("vm list");
@@ -269,7 +260,7 @@ fn migrate_tracked_by(model: &str, mechanism: &str, rate: u64) {
     // Eight seconds of writes give round 0 a few MiB of data to send, so
     // it lasts long enough for the guest to dirty pages for more rounds.
     while before < 16 {
-        before = count(&mut a).num(1);
+        before = dirty_count(&mut a).num(1);
     }
     a.send_line("vm stats d");
     a.expect_line(
@@ -335,7 +326,7 @@ fn migrate_tracked_by(model: &str, mechanism: &str, rate: u64) {
             last = last.max(n);
         }
     }
-    let next = count(&mut b).num(1);
+    let next = dirty_count(&mut b).num(1);
     b.check(next == last + 1, || {
         format!("source's last count {last}, destination's first {next}")
     });

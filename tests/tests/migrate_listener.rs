@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::{dirty_count, start_dirty};
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::sync::Arc;
@@ -38,18 +40,6 @@ const MIGRATE_PORT: u16 = 7002;
 const MAX_PENDING: usize = 4;
 /// A frame type the migration protocol does not have (it uses 32..=44).
 const UNKNOWN_TYPE: u8 = 200;
-
-fn count(m: &mut Machine) -> Found {
-    m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+) gap (\d+)", secs(60))
-}
-
-/// Starts the dirty guest on `m` and waits until it prints.
-fn start_dirty(m: &mut Machine, rate: u64) -> u64 {
-    m.cmd(&format!("vm create d mem=16 image=dirty arg={rate}"));
-    m.send_line("vm start d");
-    count(m);
-    count(m).num(1)
-}
 
 /// A Hello as a source would send it, for `vm` with `mem_bytes` of RAM,
 /// no CPU features and no devices.
@@ -532,8 +522,8 @@ fn bochs_migration_listener_survives_a_connection_flood() {
     });
     println!("{}", done.text.trim());
     b.expect_line(r"migrate: d from [\d.:]+ now runs here.*", secs(60));
-    let next = count(&mut b).num(1);
-    let again = count(&mut b).num(1);
+    let next = dirty_count(&mut b).num(1);
+    let again = dirty_count(&mut b).num(1);
     b.check(again == next + 1, || format!("{next} then {again}"));
     b.send_line("vm checksum d");
     let c = b.expect_line(
@@ -555,9 +545,7 @@ fn bochs_migration_listener_survives_a_connection_flood() {
 /// gone before its Hello), for the connection from `port` (the QEMU
 /// forward keeps the client's port). Group 1: the reason.
 fn dropped_pattern(port: u16) -> String {
-    format!(
-        r"migrate: (?:(?:incoming|refusing) .*? from )?10\.0\.2\.2:{port}(?: discarded)?: (.*)"
-    )
+    format!(r"migrate: (?:(?:incoming|refusing) .*? from )?10\.0\.2\.2:{port}(?: discarded)?: (.*)")
 }
 
 /// Waits for the line that drops the connection from `port`; a reason not
@@ -751,8 +739,7 @@ fn qemu_malformed_migration_frames_close_only_that_connection() {
         cpu_features: 0,
         devices: Vec::new(),
     });
-    p.send(probe_ty, &probe)
-        .unwrap();
+    p.send(probe_ty, &probe).unwrap();
     let (ty, payload) = p
         .recv()
         .unwrap_or_else(|e| m.fail(&format!("honest peer: no answer to a check: {e}")));

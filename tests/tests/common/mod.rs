@@ -1,8 +1,8 @@
 //! Checks shared by the system tests: parsers for the console contract.
 #![allow(dead_code)] // Each test binary uses a different subset.
 
-use hv_tests::Machine;
 use hv_tests::regex::Regex;
+use hv_tests::{Found, Machine, secs};
 
 /// Every console command, in the order `help` lists them.
 pub const COMMANDS: [&str; 12] = [
@@ -201,4 +201,19 @@ pub fn mem(m: &mut Machine) -> ((u64, u64, u64), (u64, u64)) {
         format!("`mem`: bad heap numbers\n{out}")
     });
     ((usable, used, free), (heap, heap_used))
+}
+
+/// The next counter line of the `dirty` guest `d`:
+/// `[d] dirty: count <n> tsc <t> gap <g>`.
+pub fn dirty_count(m: &mut Machine) -> Found {
+    m.expect_line(r"\[d\] dirty: count (\d+) tsc (\d+) gap (\d+)", secs(60))
+}
+
+/// Creates and starts the `dirty` guest `d` (16 MiB, `rate` pages/s) on
+/// `m`, waits until it prints twice and returns its second count.
+pub fn start_dirty(m: &mut Machine, rate: u64) -> u64 {
+    m.cmd(&format!("vm create d mem=16 image=dirty arg={rate}"));
+    m.send_line("vm start d");
+    dirty_count(m);
+    dirty_count(m).num(1)
 }
