@@ -21,7 +21,9 @@ const RUN: u64 = 512;
 /// directory per further GiB); the first VM also takes the VMXON region.
 const VM_OVERHEAD: u64 = 8;
 /// Pages of its RAM the scanning guest does not scan: its image (the
-/// `dirty` ELF is under 30 KiB, loaded at 1 MiB).
+/// `dirty` ELF is under 30 KiB, loaded at 1 MiB) and its own stack (its
+/// live frames and two pages below, which hold values it computed itself,
+/// the tag among them).
 const IMAGE_PAGES: u64 = 16;
 
 /// The free-frame count from `mem`, matching the line rather than the
