@@ -110,11 +110,17 @@ pub fn calibrate(start: &mut dyn FnMut(), sample: &mut dyn FnMut() -> u32) -> Op
 /// TSC cycles between consecutive edges of PIT channel 2's output, run as
 /// a square wave: the two clocks come from different crystals, so the low
 /// bits of these deltas wander (entropy; see [`crate::entropy`]). Fills as
-/// much of `out` as it can within a bounded time; returns the count (0
+/// much of `out` as it can within 50 ms (256 edges take ~7 ms; a machine
+/// without a legacy PIT gives up after that); returns the count (0
 /// without a working PIT).
 pub fn pit_tick_deltas(out: &mut [u64]) -> usize {
     // 64 PIT clocks a period: an edge every ~27 µs.
     const COUNT: u16 = 64;
+    // 50 ms of TSC once calibrated; 2^26 cycles (50 ms at 1.3 GHz) before.
+    let budget = match tsc_hz() {
+        0 => 1 << 26,
+        hz => hz / 20,
+    };
     let mut n = 0;
     // SAFETY: ports 0x61 (system control port B) and 0x42/0x43 (PIT)
     // belong to the kernel; channel 2 only drives the PC speaker, which
@@ -129,7 +135,7 @@ pub fn pit_tick_deltas(out: &mut [u64]) -> usize {
         let t0 = rdtsc();
         let mut last_level = inb(0x61) & 0x20;
         let mut last_edge = None;
-        while n < out.len() && rdtsc().wrapping_sub(t0) < (1 << 32) {
+        while n < out.len() && rdtsc().wrapping_sub(t0) < budget {
             let level = inb(0x61) & 0x20;
             if level == last_level {
                 continue;
