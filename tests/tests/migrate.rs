@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{dirty_count, start_dirty};
+use common::{dirty_count, highest_dirty_count, start_dirty};
 use hv_tests::{Link, Machine, secs};
 
 const KEY: &str = "00112233445566778899aabbccddeeff";
@@ -60,18 +60,7 @@ fn migrate_dirty_guest(rate: u64, options: &str) {
     b.expect_line(r"migrate: d from [\d.:]+ now runs here.*", secs(60));
 
     // The counter goes on over there from the next value: no gap, no repeat.
-    let mut last = before;
-    let out = a.output();
-    for line in out.lines() {
-        if let Some(n) = line
-            .split("[d] dirty: count ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            last = last.max(n);
-        }
-    }
+    let last = highest_dirty_count(&a, before);
     let next = dirty_count(&mut b).num(1);
     b.check(next == last + 1, || {
         format!("source's last count {last}, destination's first {next}")
@@ -315,17 +304,7 @@ fn migrate_tracked_by(model: &str, mechanism: &str, rate: u64) {
     b.expect_line(r"migrate: d from [\d.:]+ now runs here.*", secs(60));
 
     // The counter goes on over there from the next value.
-    let mut last = before;
-    for line in a.output().lines() {
-        if let Some(n) = line
-            .split("[d] dirty: count ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            last = last.max(n);
-        }
-    }
+    let last = highest_dirty_count(&a, before);
     let next = dirty_count(&mut b).num(1);
     b.check(next == last + 1, || {
         format!("source's last count {last}, destination's first {next}")

@@ -217,3 +217,17 @@ pub fn start_dirty(m: &mut Machine, rate: u64) -> u64 {
     dirty_count(m);
     dirty_count(m).num(1)
 }
+
+/// The highest count the `dirty` guest `d` printed on `m` so far (at least
+/// `at_least`): where its counter stood when it left a source.
+pub fn highest_dirty_count(m: &Machine, at_least: u64) -> u64 {
+    m.output()
+        .lines()
+        .filter_map(|line| {
+            line.split("[d] dirty: count ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .fold(at_least, u64::max)
+}
