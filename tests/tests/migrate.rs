@@ -211,7 +211,14 @@ fn bochs_background_migrations_cancel_limit_and_a_dying_destination() {
     a.expect_line(r"outgoing d \(16 MiB\) to 10\.0\.0\.2:7002: .*", secs(60));
     a.expect_line(r"outgoing e \(16 MiB\) to 10\.0\.0\.2:7002: .*", secs(10));
     // Cancelled from the console while it runs: e stays here, and the
-    // destination drops what it had of it.
+    // destination drops what it had of it. "While it runs": once the
+    // destination has taken e's Hello and reserved its RAM (a cancel
+    // before that only closes a connection the destination never saw a
+    // guest on).
+    b.expect_line(
+        r"(?:dstb> )?\[ *[\d.]+\] INFO  migrate: e: 16 MiB reserved for the incoming guest",
+        secs(120),
+    );
     a.send_line("migrate cancel e");
     let e = a.expect_line(r"error: migrate: e: .*", secs(120));
     a.check(
