@@ -2,9 +2,9 @@
 
 mod common;
 
-use common::{SimHost, desc};
+use common::{SimHost, desc, expect_abort, zero_pages};
 use migrate::dest::{self, Dest, DestAction, DestHost};
-use migrate::proto::{Message, PageRuns, ProtoError};
+use migrate::proto::{Message, ProtoError};
 
 fn host() -> SimHost {
     common::host_for(&desc(16))
@@ -105,26 +105,6 @@ fn layout(regions: &[(u64, u64)]) -> Message {
     }
 }
 
-/// Round-0 `Pages` of `n` zero pages from `first`.
-fn zeros(first: u64, n: u32) -> Message {
-    let mut runs = PageRuns::new();
-    runs.push_zeros(first, n).unwrap();
-    Message::Pages { round: 0, runs }
-}
-
-/// The destination aborted: it told the source why and freed the RAM.
-fn expect_abort(out: &[DestAction], needle: &str) {
-    let [
-        DestAction::Send(Message::Abort { reason }),
-        DestAction::Discard(why),
-    ] = out
-    else {
-        panic!("expected Abort + Discard, got {out:?}")
-    };
-    assert!(reason.contains(needle), "{reason:?} lacks {needle:?}");
-    assert_eq!(reason, why);
-}
-
 #[test]
 fn a_layout_must_cover_exactly_the_announced_ram() {
     for (regions, needle) in [
@@ -199,7 +179,7 @@ fn commit_waits_for_every_page_of_the_layout() {
         &mut dst,
         &host,
         &mut mem,
-        vec![zeros(0, 15), zeros(0, 1)],
+        vec![zero_pages(0, 15), zero_pages(0, 1)],
         16,
     );
     expect_abort(&out, "Commit with 1 pages never received");
@@ -211,7 +191,7 @@ fn commit_waits_for_every_page_of_the_layout() {
         &mut dst,
         &host,
         &mut mem,
-        vec![zeros(0, 15), zeros(15, 1)],
+        vec![zero_pages(0, 15), zero_pages(15, 1)],
         16,
     );
     assert!(matches!(out[0], DestAction::Start { .. }), "{out:?}");
@@ -225,7 +205,7 @@ fn pages_outside_the_layout_or_the_reservation_abort() {
     let mut mem = common::DestMemory::new(16);
     // A run that starts inside and ends outside.
     expect_abort(
-        &dst.on_message(zeros(10, 10), Some(&mut mem), &host),
+        &dst.on_message(zero_pages(10, 10), Some(&mut mem), &host),
         "page gfn 0x10 is outside the memory layout",
     );
 
@@ -235,12 +215,12 @@ fn pages_outside_the_layout_or_the_reservation_abort() {
     dst.on_message(layout(&[(0, 16 * PAGE)]), None, &host);
     let mut small = common::DestMemory::new(8);
     expect_abort(
-        &dst.on_message(zeros(0, 16), Some(&mut small), &host),
+        &dst.on_message(zero_pages(0, 16), Some(&mut small), &host),
         "page gfn 0x8 is beyond the 8 reserved pages",
     );
     let (mut dst, host) = after_hello(16);
     dst.on_message(layout(&[(0, 16 * PAGE)]), None, &host);
-    let out = commit_after(&mut dst, &host, &mut small, vec![zeros(0, 8)], 8);
+    let out = commit_after(&mut dst, &host, &mut small, vec![zero_pages(0, 8)], 8);
     expect_abort(&out, "Commit with 8 pages never received");
 }
 
@@ -289,7 +269,7 @@ fn a_probe_after_hello_aborts_and_frees_the_reservation() {
     let (mut dst, host) = after_hello(16);
     dst.on_message(layout(&[(0, 16 * PAGE)]), None, &host);
     let mut mem = common::DestMemory::new(16);
-    dst.on_message(zeros(0, 4), Some(&mut mem), &host);
+    dst.on_message(zero_pages(0, 4), Some(&mut mem), &host);
     expect_abort(
         &dst.on_message(desc(16).probe(), None, &host),
         "probe after Hello",
@@ -404,7 +384,7 @@ fn dest_at(stage: Stage) -> (Dest, SimHost, common::DestMemory, Tally) {
     script.extend([
         desc(16).hello(),
         layout(&[(0, 16 * PAGE)]),
-        zeros(0, 16),
+        zero_pages(0, 16),
         Message::RoundEnd {
             round: 0,
             pages_sent: 16,
@@ -455,7 +435,7 @@ const EVENTS: [Event; 13] = [
         d.on_message(layout(&[(0, PAGE)]), Some(m), h)
     }),
     ("page outside", |d, h, m| {
-        d.on_message(zeros(99, 1), Some(m), h)
+        d.on_message(zero_pages(99, 1), Some(m), h)
     }),
     ("early Commit", |d, h, m| {
         d.on_message(Message::Commit, Some(m), h)

@@ -2,9 +2,9 @@
 
 mod common;
 
-use common::{Config, Fault, Sim, SimHost, desc};
+use common::{Config, Fault, Sim, SimHost, desc, expect_abort, zero_pages};
 use migrate::dest::{self, Dest, DestAction};
-use migrate::proto::{CpuFeature, Message, PAGE_SIZE, PROTOCOL_VERSION, PageRuns};
+use migrate::proto::{CpuFeature, Message, PAGE_SIZE, PROTOCOL_VERSION};
 use migrate::source::{
     Action, NoConvergence, Policy, RoundReport, STATE_ESTIMATE_BYTES, Source, estimate_downtime_us,
 };
@@ -285,25 +285,6 @@ fn ready_dest(pages: u64) -> (Dest, SimHost, common::DestMemory) {
     );
     assert!(out.is_empty(), "{out:?}");
     (dst, host, common::DestMemory::new(pages))
-}
-
-/// Round-0 `Pages` of `n` zero pages from `first_gfn`.
-fn zero_pages(first_gfn: u64, n: u32) -> Message {
-    let mut runs = PageRuns::new();
-    runs.push_zeros(first_gfn, n).unwrap();
-    Message::Pages { round: 0, runs }
-}
-
-fn expect_abort(out: &[DestAction], needle: &str) {
-    let [
-        DestAction::Send(Message::Abort { reason }),
-        DestAction::Discard(why),
-    ] = out
-    else {
-        panic!("expected Abort + Discard, got {out:?}")
-    };
-    assert!(reason.contains(needle), "{reason:?} lacks {needle:?}");
-    assert_eq!(reason, why);
 }
 
 #[test]

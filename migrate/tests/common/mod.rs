@@ -519,3 +519,26 @@ impl Sim {
         }
     }
 }
+
+/// Round-0 `Pages` of `n` zero pages from `first_gfn`.
+pub fn zero_pages(first_gfn: u64, n: u32) -> migrate::proto::Message {
+    let mut runs = migrate::proto::PageRuns::new();
+    runs.push_zeros(first_gfn, n).unwrap();
+    migrate::proto::Message::Pages { round: 0, runs }
+}
+
+/// The destination aborted: it told the source why (`needle` in the
+/// reason) and freed the RAM, for the same reason.
+pub fn expect_abort(out: &[migrate::dest::DestAction], needle: &str) {
+    use migrate::dest::DestAction;
+    use migrate::proto::Message;
+    let [
+        DestAction::Send(Message::Abort { reason }),
+        DestAction::Discard(why),
+    ] = out
+    else {
+        panic!("expected Abort + Discard, got {out:?}")
+    };
+    assert!(reason.contains(needle), "{reason:?} lacks {needle:?}");
+    assert_eq!(reason, why);
+}
