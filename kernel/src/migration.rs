@@ -390,7 +390,7 @@ fn run_dest_actions(
                             crate::text::peer(&vm),
                             crate::text::peer(&e)
                         ));
-                        crate::vm::discard_incoming(&vm);
+                        // start_failed yields the Discard that frees the RAM.
                         queue = inc.dest.start_failed(&e);
                         ok = false;
                     }
@@ -412,15 +412,11 @@ fn run_dest_actions(
                 inc.done |= inc.chan.is_closed();
             }
             DestAction::Discard(reason) => {
-                let vm = String::from(inc.dest.vm());
-                crate::vm::discard_incoming(&vm);
+                // Only after a Reserve: the name is an accepted Hello's, valid.
+                let vm = inc.dest.vm();
+                crate::vm::discard_incoming(vm);
                 async_line(format_args!(
-                    "migrate: incoming {} from {} discarded: {}",
-                    if vm.is_empty() {
-                        String::from("guest")
-                    } else {
-                        crate::text::peer(&vm)
-                    },
+                    "migrate: incoming {vm} from {} discarded: {}",
                     peer(&inc.chan),
                     crate::text::peer(&reason)
                 ));
