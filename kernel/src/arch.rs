@@ -217,14 +217,16 @@ pub fn raise(fault: crate::shell::Fault) -> ! {
     halt_forever()
 }
 
-/// A seed from the CPU's entropy source (RDSEED), if it delivers within a
-/// few tries. The caller checks CPUID.(EAX=7,ECX=0):EBX.RDSEED[bit 18]
-/// first: the instruction faults where it does not exist.
+/// A seed from the CPU's entropy source (RDSEED), if the CPU has the
+/// instruction and it delivers within a few tries.
 pub fn rdseed() -> Option<u64> {
+    if cpuid(0, 0).0 < 7 || cpuid(7, 0).1 & (1 << 18) == 0 {
+        return None;
+    }
     for _ in 0..10 {
         let (v, ok): (u64, u8);
-        // SAFETY: the caller checked CPUID for RDSEED; it only writes the
-        // output register and CF.
+        // SAFETY: CPUID.(EAX=7,ECX=0):EBX.RDSEED says the instruction
+        // exists; it only writes the output register and CF.
         unsafe {
             asm!("rdseed {v}", "setc {ok}", v = out(reg) v, ok = out(reg_byte) ok, options(nomem, nostack))
         };

@@ -168,26 +168,15 @@ mod kernel_sources {
     use crate::arch;
     use spin::Mutex;
 
-    /// The CPU's sources.
-    pub struct Cpu {
-        rdrand: bool,
-        rdseed: bool,
-    }
-
-    impl Cpu {
-        pub fn probe() -> Cpu {
-            let rdrand = arch::cpuid(1, 0).2 & (1 << 30) != 0;
-            let rdseed = arch::cpuid(0, 0).0 >= 7 && arch::cpuid(7, 0).1 & (1 << 18) != 0;
-            Cpu { rdrand, rdseed }
-        }
-    }
+    /// The CPU's sources (each generator checks CPUID for itself).
+    pub struct Cpu;
 
     impl Sources for Cpu {
         fn rdseed(&mut self) -> Option<u64> {
-            if self.rdseed { arch::rdseed() } else { None }
+            arch::rdseed()
         }
         fn rdrand(&mut self) -> Option<u64> {
-            if self.rdrand { arch::rdrand() } else { None }
+            arch::rdrand()
         }
         fn tsc(&mut self) -> u64 {
             arch::rdtsc()
@@ -201,7 +190,7 @@ mod kernel_sources {
 
     /// Seeds the pool (once, at boot) and logs what it found.
     pub fn init() -> Report {
-        let (pool, report) = Pool::seed(&mut Cpu::probe());
+        let (pool, report) = Pool::seed(&mut Cpu);
         *POOL.lock() = Some(pool);
         let (warn, line) = report.describe();
         if warn {
@@ -214,10 +203,9 @@ mod kernel_sources {
 
     /// 32 fresh random bytes.
     pub fn bytes32() -> [u8; 32] {
-        let mut cpu = Cpu::probe();
         let mut guard = POOL.lock();
-        let pool = guard.get_or_insert_with(|| Pool::seed(&mut Cpu::probe()).0);
-        pool.next(&mut cpu)
+        let pool = guard.get_or_insert_with(|| Pool::seed(&mut Cpu).0);
+        pool.next(&mut Cpu)
     }
 
     /// A fresh random 64-bit number.
