@@ -34,7 +34,6 @@ use migrate::proto::{Message, PageRuns, encode};
 use netstack::codec::{Handshake, Key};
 
 const KEY: &str = "00112233445566778899aabbccddeeff";
-const OTHER_KEY: &str = "ffeeddccbbaa99887766554433221100";
 const MIGRATE_PORT: u16 = 7002;
 /// `net.max_pending` in the destination's hv.cfg.
 const MAX_PENDING: usize = 4;
@@ -721,12 +720,7 @@ fn qemu_malformed_migration_frames_close_only_that_connection() {
     // (c) A peer without the key cannot finish the handshake.
     let mut s = connect(port);
     let local = s.local_addr().unwrap().port();
-    let mut hs = Handshake::client(&Key::from_hex(OTHER_KEY).unwrap(), [1; 32], 1 << 20);
-    s.write_all(&hs.take_output()).unwrap();
-    let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).unwrap();
-    let err = hs.feed(&buf[..n]).unwrap_err();
-    assert_eq!(err, netstack::codec::ChannelError::WrongKey);
+    common::handshake_with_the_wrong_key(&mut s);
     drop(s);
     expect_dropped(
         &mut m,

@@ -7,16 +7,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use common::OTHER_KEY;
+
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
 use hv_tests::peer::HostPeer;
 use hv_tests::{Link, Machine, secs};
-use netstack::codec::{Handshake, Key};
+use netstack::codec::Key;
 
 const KEY: &str = "00112233445566778899aabbccddeeff";
-const OTHER_KEY: &str = "ffeeddccbbaa99887766554433221100";
 
 fn config(host: &str, ip: &str, key: &str) -> String {
     format!("hostname = {host}\nnet.ip = {ip}\nnet.key = {key}\n")
@@ -192,12 +193,7 @@ fn qemu_bad_input_from_the_network_closes_only_that_connection() {
 
     // A peer without the key cannot even finish the handshake.
     let mut s = connect();
-    let mut hs = Handshake::client(&Key::from_hex(OTHER_KEY).unwrap(), [1; 32], 1 << 20);
-    s.write_all(&hs.take_output()).unwrap();
-    let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).unwrap();
-    let err = hs.feed(&buf[..n]).unwrap_err();
-    assert_eq!(err, netstack::codec::ChannelError::WrongKey);
+    common::handshake_with_the_wrong_key(&mut s);
     drop(s);
     m.expect_line(r"net sink: [\d.:]+: connection dropped.*", secs(30));
     m.expect_prompt(m.command_timeout());

@@ -231,3 +231,19 @@ pub fn highest_dirty_count(m: &Machine, at_least: u64) -> u64 {
         })
         .fold(at_least, u64::max)
 }
+
+/// A key the hosts under test do not hold.
+pub const OTHER_KEY: &str = "ffeeddccbbaa99887766554433221100";
+
+/// Opens a channel handshake on `s` with [`OTHER_KEY`] and checks the host
+/// refuses to prove a key it cannot share: the client sees `WrongKey`.
+pub fn handshake_with_the_wrong_key(s: &mut std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let key = netstack::codec::Key::from_hex(OTHER_KEY).unwrap();
+    let mut hs = netstack::codec::Handshake::client(&key, [1; 32], 1 << 20);
+    s.write_all(&hs.take_output()).unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap();
+    let err = hs.feed(&buf[..n]).unwrap_err();
+    assert_eq!(err, netstack::codec::ChannelError::WrongKey);
+}
