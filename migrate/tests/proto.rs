@@ -70,39 +70,35 @@ fn message() -> impl Strategy<Value = Message> {
     let s = || ".{0,12}";
     let name = || ".{0,4}";
     let device = || ".{0,8}";
+    // Hello and Probe carry the same fields.
+    let intro = || {
+        (
+            any::<u16>(),
+            name(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(device(), 0..4),
+        )
+    };
     prop_oneof![
-        (
-            any::<u16>(),
-            name(),
-            any::<u64>(),
-            any::<u64>(),
-            prop::collection::vec(device(), 0..4)
-        )
-            .prop_map(
-                |(version, vm, mem_bytes, cpu_features, devices)| Message::Hello {
-                    version,
-                    vm,
-                    mem_bytes,
-                    cpu_features,
-                    devices
-                }
-            ),
-        (
-            any::<u16>(),
-            name(),
-            any::<u64>(),
-            any::<u64>(),
-            prop::collection::vec(device(), 0..4)
-        )
-            .prop_map(
-                |(version, vm, mem_bytes, cpu_features, devices)| Message::Probe {
-                    version,
-                    vm,
-                    mem_bytes,
-                    cpu_features,
-                    devices
-                }
-            ),
+        intro().prop_map(
+            |(version, vm, mem_bytes, cpu_features, devices)| Message::Hello {
+                version,
+                vm,
+                mem_bytes,
+                cpu_features,
+                devices
+            }
+        ),
+        intro().prop_map(
+            |(version, vm, mem_bytes, cpu_features, devices)| Message::Probe {
+                version,
+                vm,
+                mem_bytes,
+                cpu_features,
+                devices
+            }
+        ),
         Just(Message::Ready),
         prop::collection::vec(s(), 0..4).prop_map(|reasons| Message::Refuse { reasons }),
         prop::collection::vec((any::<u64>(), any::<u64>()), 0..5)
