@@ -119,10 +119,6 @@ impl Net {
             None => Err("no IP address: net set ip=<a.b.c.d/len> first"),
         }
     }
-
-    fn nonce(&mut self) -> [u8; 32] {
-        crate::entropy::bytes32()
-    }
 }
 
 static NET: Mutex<Option<Net>> = Mutex::new(None);
@@ -490,7 +486,7 @@ pub fn bench(target: Ipv4Address, port: u16, mib: u64) {
         };
         let total = mib << 20;
         let now = net.poll();
-        let nonce = net.nonce();
+        let nonce = crate::entropy::bytes32();
         let mut b =
             match BenchSender::start(&mut net.stack, (target, port), &key, nonce, total, now) {
                 Ok(b) => b,
@@ -647,7 +643,7 @@ pub fn migrate_out(o: &crate::migration::Outgoing<'_>, background: bool) {
                 o.vm
             );
         }
-        let nonce = net.nonce();
+        let nonce = crate::entropy::bytes32();
         let out = match crate::migration::Outbound::start(net, &key, nonce, o) {
             Ok(out) => out,
             Err(e) => return println!("error: migrate: {e}"),
@@ -684,7 +680,7 @@ pub fn migrate_check(vm: &str, target: Ipv4Address, port: u16) {
         if let Err(e) = net.stack.route_check(target) {
             return println!("error: migrate check: {e}");
         }
-        let nonce = net.nonce();
+        let nonce = crate::entropy::bytes32();
         crate::migration::check_out(net, &key, nonce, vm, target, port);
     })
 }
