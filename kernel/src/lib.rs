@@ -1,4 +1,19 @@
-//! The hypervisor kernel.
+//! The hypervisor kernel, laid out by subsystem:
+//!
+//! | folder | what |
+//! |---|---|
+//! | [`arch`] | x86-64 instructions, GDT/IDT/TSS, local APIC, time, ACPI platform, entropy |
+//! | [`mm`] | physical addresses, the frame allocator, the kernel heap |
+//! | [`drivers`] | the host's own devices: COM1, PCI, the e1000 NIC |
+//! | [`vmm`] | guests under VT-x/EPT: lifecycle, run loop, exits, device bus and models, vCPU state |
+//! | [`net`] | the host's network stack and its services (sink, bench, ping) |
+//! | [`migration`] | live migration: the source and destination engines on the wire |
+//! | [`console`] | the operator's shell: line editor, parser, command output |
+//!
+//! Dependencies point down the table's reverse: the console uses every
+//! service; `vmm`, `net` and `migration` never call the console. What they
+//! have to say on their own (guest output, a VM stopping, a peer dropped)
+//! goes through [`events`], which the console drains.
 //!
 //! Modules that need the CPU are compiled only for `target_os = "none"`; the
 //! rest is pure logic, unit-tested on the host with `cargo test -p kernel`.
@@ -6,43 +21,20 @@
 
 extern crate alloc;
 
-pub mod addr;
+pub mod arch;
 pub mod config;
-pub mod devices;
-pub mod e1000;
-pub mod entropy;
-pub mod frames;
-pub mod lineedit;
-pub mod mmio;
-pub mod pci;
-pub mod shell;
+pub mod console;
+pub mod drivers;
+pub mod mm;
 pub mod text;
-pub mod vmxcaps;
+pub mod vmm;
 
 #[cfg(target_os = "none")]
-pub mod apic;
-#[cfg(target_os = "none")]
-pub mod arch;
-#[cfg(target_os = "none")]
-pub mod console;
-#[cfg(target_os = "none")]
-pub mod cpu;
-#[cfg(target_os = "none")]
-pub mod memory;
+pub mod events;
 #[cfg(target_os = "none")]
 pub mod migration;
 #[cfg(target_os = "none")]
 pub mod net;
-#[cfg(target_os = "none")]
-pub mod pci_port;
-#[cfg(target_os = "none")]
-pub mod platform;
-#[cfg(target_os = "none")]
-pub mod serial;
-#[cfg(target_os = "none")]
-pub mod time;
-#[cfg(target_os = "none")]
-pub mod vm;
 
 #[cfg(target_os = "none")]
 mod start;

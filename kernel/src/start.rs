@@ -8,16 +8,16 @@ use crate::{arch, println};
 
 /// Reports a problem the kernel cannot boot past, and stops.
 fn die(msg: core::fmt::Arguments<'_>) -> ! {
-    let _ = writeln!(crate::serial::emergency(), "hv: fatal: {msg}");
+    let _ = writeln!(crate::drivers::serial::emergency(), "hv: fatal: {msg}");
     arch::halt_forever()
 }
 
 /// Kernel main, called by `_start` on the kernel's own stack with the
 /// physical (identity-mapped) address of the loader's [`BootInfo`].
 pub fn kmain(boot_info: u64) -> ! {
-    crate::time::mark_kernel_start();
-    crate::serial::init();
-    crate::cpu::init();
+    crate::arch::time::mark_kernel_start();
+    crate::drivers::serial::init();
+    crate::arch::cpu::init();
     println!("hv {} starting", env!("CARGO_PKG_VERSION"));
 
     if boot_info == 0 || !boot_info.is_multiple_of(8) {
@@ -40,7 +40,7 @@ pub fn kmain(boot_info: u64) -> ! {
             core::mem::size_of::<BootInfo>()
         ));
     }
-    crate::serial::init_logger(log::LevelFilter::Info);
+    crate::drivers::serial::init_logger(log::LevelFilter::Info);
 
     // SAFETY: the loader wrote memory_map_len regions at memory_map, in
     // Loader memory that the kernel never frees. Kinds are re-validated
@@ -61,7 +61,7 @@ pub fn kmain(boot_info: u64) -> ! {
             ));
         }
     }
-    if let Err(e) = crate::memory::init(raw_regions, bi.kernel_phys) {
+    if let Err(e) = crate::mm::init(raw_regions, bi.kernel_phys) {
         die(format_args!("{e}"));
     }
 
@@ -90,45 +90,45 @@ pub fn kmain(boot_info: u64) -> ! {
     }
 
     // Clock and timer.
-    let apic_ok = crate::apic::present();
+    let apic_ok = crate::arch::apic::present();
     if apic_ok {
-        crate::apic::init(crate::apic::base_from_msr());
+        crate::arch::apic::init(crate::arch::apic::base_from_msr());
     }
-    match crate::apic::calibrate() {
+    match crate::arch::apic::calibrate() {
         Some(hz) => log::info!(
             "time: TSC {}.{:03} MHz, APIC timer {} kHz (calibrated against the PIT)",
             hz / 1_000_000,
             hz / 1000 % 1000,
-            crate::apic::timer_hz() / 1000
+            crate::arch::apic::timer_hz() / 1000
         ),
         None => {
             let hz = cpuid_tsc_hz().unwrap_or(1_000_000_000);
-            crate::time::set_tsc_hz(hz);
+            crate::arch::time::set_tsc_hz(hz);
             log::warn!(
                 "time: the PIT did not respond; assuming a TSC of {} MHz",
                 hz / 1_000_000
             );
         }
     }
-    let timer_running = crate::apic::start_periodic();
+    let timer_running = crate::arch::apic::start_periodic();
     if timer_running {
         arch::sti();
     } else {
         log::warn!("time: no APIC timer; the console polls instead of sleeping");
     }
 
-    let platform = crate::platform::discover(bi.rsdp);
+    let platform = crate::arch::platform::discover(bi.rsdp);
     if let Some(why) = platform.acpi_problem {
         log::warn!("acpi: {why}; running on the boot CPU alone, PCI through ports 0xCF8/0xCFC");
     }
     log::info!(
         "cpus: {} (boot CPU APIC ID {}), local APIC at {:#x}",
         platform.cpus.len(),
-        crate::apic::id(),
+        crate::arch::apic::id(),
         platform.lapic_base
     );
 
-    let vmx = crate::vmxcaps::VmxCaps::probe(arch::cpuid(1, 0).2, &mut |msr| {
+    let vmx = crate::vmm::vmxcaps::VmxCaps::probe(arch::cpuid(1, 0).2, &mut |msr| {
         // SAFETY: VmxCaps::probe reads VMX MSRs only after seeing
         // CPUID.1:ECX.VMX, and each further MSR only when the previous ones
         // report it exists (SDM Vol. 3D A.1-A.10).
@@ -156,11 +156,11 @@ pub fn kmain(boot_info: u64) -> ! {
         }
     );
 
-    crate::entropy::init();
+    crate::arch::entropy::init();
 
-    let pci = match crate::pci_port::PortConfigSpace::take() {
+    let pci = match crate::drivers::pci::port::PortConfigSpace::take() {
         Some(mut cs) => {
-            let pci = crate::pci::enumerate(&mut cs);
+            let pci = crate::drivers::pci::enumerate(&mut cs);
             log::info!("pci: {} functions", pci.len());
             crate::net::init(
                 &pci,
@@ -189,9 +189,9 @@ pub fn kmain(boot_info: u64) -> ! {
         let data = unsafe { core::slice::from_raw_parts(m.start as *const u8, m.len as usize) };
         images.push((alloc::string::String::from(m.name()), data));
     }
-    crate::vm::set_modules(images);
+    crate::vmm::set_modules(images);
 
-    let u = crate::memory::usage();
+    let u = crate::mm::usage();
     log::info!(
         "memory: {} MiB usable, {} KiB used by the hypervisor",
         (u.usable_frames * 4096) >> 20,
@@ -199,8 +199,8 @@ pub fn kmain(boot_info: u64) -> ! {
     );
     println!(
         "hv: ready: loader-to-prompt {} ms, reset-to-prompt {} ms (emulated time)",
-        crate::time::tsc_to_ms(arch::rdtsc().saturating_sub(bi.loader_start_tsc)),
-        crate::time::since_reset_ms()
+        crate::arch::time::tsc_to_ms(arch::rdtsc().saturating_sub(bi.loader_start_tsc)),
+        crate::arch::time::since_reset_ms()
     );
     crate::console::run(crate::console::System {
         hostname: config.hostname,
@@ -237,13 +237,13 @@ pub fn reboot() -> ! {
     // PIIX/ICH: hard reset) are platform reset mechanisms; the machine is
     // going down on purpose.
     unsafe { arch::outb(0x64, 0xfe) };
-    crate::time::delay_ms(50);
+    crate::arch::time::delay_ms(50);
     // SAFETY: as above.
     unsafe {
         arch::outb(0xcf9, 0x02);
         arch::outb(0xcf9, 0x06);
     }
-    crate::time::delay_ms(50);
+    crate::arch::time::delay_ms(50);
     // Last resort: an empty IDT makes the next exception a triple fault.
     let empty = x86_64::structures::DescriptorTablePointer {
         limit: 0,

@@ -46,6 +46,9 @@ pub mod names;
 pub mod proto;
 pub mod source;
 
+/// The TCP port a destination listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7002;
+
 pub use dest::{Dest, DestAction, DestHost};
 pub use proto::{Message, Page, PageRun, PageRuns, ProtoError, decode, encode};
 pub use source::{Action, NoConvergence, Policy, RoundReport, Source, Summary, VmDescription};

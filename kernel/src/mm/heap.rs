@@ -23,8 +23,8 @@ use x86_64::structures::paging::{
 };
 use x86_64::{PhysAddr, VirtAddr};
 
-use crate::addr::{Hpa, PAGE_SIZE};
-use crate::frames::{FrameAllocator, bitmap_words};
+use crate::mm::addr::{Hpa, PAGE_SIZE};
+use crate::mm::frames::{FrameAllocator, bitmap_words};
 
 /// Kernel heap size.
 pub const HEAP_SIZE: u64 = 8 << 20;
@@ -61,7 +61,7 @@ pub struct Usage {
 #[derive(Debug)]
 pub enum MemoryError {
     NoRoomForBitmap(u64),
-    Frames(crate::frames::FrameError),
+    Frames(crate::mm::frames::FrameError),
     NoHeap,
     PageTables(&'static str),
 }

@@ -5,8 +5,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::lineedit::{Action, LineEditor};
-use crate::shell::{COMMANDS, Command};
+use crate::console::lineedit::{Action, LineEditor};
+use crate::console::shell::{COMMANDS, Command};
 use crate::{print, println};
 
 /// Longest command line accepted.
@@ -15,9 +15,9 @@ const MAX_LINE: usize = 256;
 /// What the shell reports on; gathered once at boot.
 pub struct System {
     pub hostname: String,
-    pub platform: crate::platform::Platform,
-    pub vmx: crate::vmxcaps::VmxCaps,
-    pub pci: Vec<crate::pci::Function>,
+    pub platform: crate::arch::platform::Platform,
+    pub vmx: crate::vmm::vmxcaps::VmxCaps,
+    pub pci: Vec<crate::drivers::pci::Function>,
     /// The periodic timer runs, so the idle loop may halt.
     pub timer_running: bool,
 }
@@ -41,12 +41,13 @@ pub fn async_line(args: core::fmt::Arguments<'_>) {
 
 /// Runs the shell forever.
 pub fn run(sys: System) -> ! {
+    crate::events::set_sink(async_line);
     let mut ed = LineEditor::new(MAX_LINE);
     prompt(&sys);
     loop {
-        let Some(byte) = crate::serial::try_read() else {
+        let Some(byte) = crate::drivers::serial::try_read() else {
             let net_busy = crate::net::poll();
-            let ran = crate::vm::run_slice();
+            let ran = crate::vmm::run_slice();
             if REDRAW.swap(false, Ordering::Relaxed) {
                 prompt(&sys);
                 print!("{}", ed.shown());
@@ -62,12 +63,12 @@ pub fn run(sys: System) -> ! {
             }
             continue;
         };
-        match ed.feed(byte, &mut |b| crate::serial::write_bytes(b)) {
+        match ed.feed(byte, &mut |b| crate::drivers::serial::write_bytes(b)) {
             Action::Pending => {}
             Action::Cancel => prompt(&sys),
             Action::Submit(line) => {
                 PROMPT_SHOWN.store(false, Ordering::Relaxed);
-                match crate::shell::parse(&line) {
+                match crate::console::shell::parse(&line) {
                     Ok(cmd) => execute(&sys, cmd),
                     Err(msg) => println!("error: {msg}"),
                 }
@@ -87,7 +88,7 @@ fn yes(b: bool) -> &'static str {
 }
 
 fn mib(frames: u64) -> u64 {
-    (frames * crate::addr::PAGE_SIZE) >> 20
+    (frames * crate::mm::addr::PAGE_SIZE) >> 20
 }
 
 fn execute(sys: &System, cmd: Command) {
@@ -106,8 +107,8 @@ fn execute(sys: &System, cmd: Command) {
             )
         }
         Command::Status => {
-            let ms = crate::time::uptime_ms();
-            let u = crate::memory::usage();
+            let ms = crate::arch::time::uptime_ms();
+            let u = crate::mm::usage();
             println!("host: {}", sys.hostname);
             println!("uptime: {}.{:03} s", ms / 1000, ms % 1000);
             println!(
@@ -125,7 +126,7 @@ fn execute(sys: &System, cmd: Command) {
             println!("vt-x: {}{why}", yes(sys.vmx.vmx));
         }
         Command::Mem => {
-            let u = crate::memory::usage();
+            let u = crate::mm::usage();
             println!(
                 "frames: usable {} ({} MiB), used {} ({} MiB), free {} ({} MiB)",
                 u.usable_frames,
@@ -154,10 +155,10 @@ fn execute(sys: &System, cmd: Command) {
                 );
             }
             match sys.platform.source {
-                crate::platform::CpuSource::Madt => {
+                crate::arch::platform::CpuSource::Madt => {
                     println!("cpus: {} (from ACPI MADT)", sys.platform.cpus.len())
                 }
-                crate::platform::CpuSource::BootCpuOnly => {
+                crate::arch::platform::CpuSource::BootCpuOnly => {
                     println!(
                         "cpus: {} (no ACPI tables: boot CPU only)",
                         sys.platform.cpus.len()
@@ -191,7 +192,7 @@ fn execute(sys: &System, cmd: Command) {
                 println!("error: this CPU has no VMX (CPUID.1:ECX.VMX is clear), so no VMX MSRs");
                 return;
             }
-            let basic = crate::vmxcaps::read_msr(crate::vmxcaps::MSR_VMX_BASIC);
+            let basic = crate::vmm::vmxcaps::read_msr(crate::vmm::vmxcaps::MSR_VMX_BASIC);
             // IA32_VMX_BASIC .. IA32_VMX_VMFUNC; the TRUE_* ones only when
             // BASIC[55] says they exist, the later ones when the secondary
             // controls or VM functions do (SDM Vol. 3D A.1).
@@ -204,7 +205,7 @@ fn execute(sys: &System, cmd: Command) {
                     _ => true,
                 };
                 if exists {
-                    println!("msr {msr:#x}: {:#018x}", crate::vmxcaps::read_msr(msr));
+                    println!("msr {msr:#x}: {:#018x}", crate::vmm::vmxcaps::read_msr(msr));
                 }
             }
         }
@@ -229,11 +230,11 @@ fn execute(sys: &System, cmd: Command) {
     }
 }
 
-fn net_command(cmd: crate::shell::NetCommand) {
-    use crate::shell::NetCommand as N;
+fn net_command(cmd: crate::console::shell::NetCommand) {
+    use crate::console::shell::NetCommand as N;
     match cmd {
         N::Help => {
-            for line in crate::shell::NET_USAGE {
+            for line in crate::console::shell::NET_USAGE {
                 println!("  {line}");
             }
         }
@@ -246,8 +247,8 @@ fn net_command(cmd: crate::shell::NetCommand) {
     }
 }
 
-fn migrate_command(cmd: crate::shell::MigrateCommand) {
-    use crate::shell::MigrateCommand as M;
+fn migrate_command(cmd: crate::console::shell::MigrateCommand) {
+    use crate::console::shell::MigrateCommand as M;
     match cmd {
         M::Listen(on) => crate::net::migrate_listen(on),
         M::Status => crate::net::migrate_status(),
@@ -273,18 +274,18 @@ fn migrate_command(cmd: crate::shell::MigrateCommand) {
     }
 }
 
-fn vm_command(cmd: crate::shell::VmCommand) {
-    use crate::shell::VmCommand as V;
+fn vm_command(cmd: crate::console::shell::VmCommand) {
+    use crate::console::shell::VmCommand as V;
     let r = match cmd {
         V::Help => {
-            for line in crate::shell::VM_USAGE {
+            for line in crate::console::shell::VM_USAGE {
                 println!("  {line}");
             }
-            println!("  {}", crate::vm::describe_images());
+            println!("  {}", crate::vmm::describe_images());
             Ok(())
         }
         V::List => {
-            crate::vm::list();
+            crate::vmm::list();
             Ok(())
         }
         V::Create {
@@ -292,14 +293,14 @@ fn vm_command(cmd: crate::shell::VmCommand) {
             mem_mib,
             image,
             arg,
-        } => crate::vm::create(&name, mem_mib, &image, arg)
+        } => crate::vmm::create(&name, mem_mib, &image, arg)
             .map(|()| println!("vm {name}: created ({mem_mib} MiB, image {image})")),
-        V::Start(name) => crate::vm::start(&name).map(|()| println!("vm {name}: started")),
-        V::Stop(name) => crate::vm::stop(&name).map(|()| println!("vm {name}: stopped")),
-        V::Delete(name) => crate::vm::delete(&name).map(|()| println!("vm {name}: deleted")),
-        V::Stats(name) => crate::vm::stats(&name),
-        V::Dirty(name) => crate::vm::dirty(&name),
-        V::Checksum(name) => crate::vm::request(&name)
+        V::Start(name) => crate::vmm::start(&name).map(|()| println!("vm {name}: started")),
+        V::Stop(name) => crate::vmm::stop(&name).map(|()| println!("vm {name}: stopped")),
+        V::Delete(name) => crate::vmm::delete(&name).map(|()| println!("vm {name}: deleted")),
+        V::Stats(name) => crate::vmm::stats(&name),
+        V::Dirty(name) => crate::vmm::dirty(&name),
+        V::Checksum(name) => crate::vmm::request(&name)
             .map(|n| println!("vm {name}: checksum request {n} sent (port 0xf5)")),
     };
     if let Err(e) = r {

@@ -199,8 +199,8 @@ pub fn pause() {
 
 /// Raises a CPU exception on purpose (the `crash` console command), to show
 /// that the exception handlers report it. Never returns: the handlers halt.
-pub fn raise(fault: crate::shell::Fault) -> ! {
-    use crate::shell::Fault;
+pub fn raise(fault: super::Fault) -> ! {
+    use super::Fault;
     // SAFETY: each instruction faults before it has any effect; the
     // exception handler reports and halts, so control never comes back.
     unsafe {

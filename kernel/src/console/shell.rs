@@ -41,23 +41,9 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// A fault the `crash` command can raise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// Page fault: read of the unmapped page 0.
-    PageFault,
-    /// General protection: access through a non-canonical address.
-    GeneralProtection,
-    /// Invalid opcode: `ud2`.
-    InvalidOpcode,
-    /// Divide error: division by zero.
-    DivideError,
-}
+pub use crate::arch::Fault;
 
-/// Smallest guest RAM: the guest's page tables, stack and a 1 MiB image area.
-pub const MIN_VM_MIB: u64 = 4;
-/// Largest guest RAM: guest-physical memory stays below the 3 GiB MMIO hole.
-pub const MAX_VM_MIB: u64 = 3072;
+pub use crate::vmm::{MAX_VM_MIB, MIN_VM_MIB};
 /// Longest VM name.
 pub const MAX_VM_NAME: usize = migrate::names::MAX_VM_NAME;
 
@@ -151,7 +137,7 @@ pub enum MigrateCommand {
 }
 
 /// The port `migrate listen` takes connections on.
-pub const MIGRATE_PORT: u16 = 7002;
+pub const MIGRATE_PORT: u16 = migrate::DEFAULT_PORT;
 
 /// Default downtime budget of a migration (ms).
 pub const DEFAULT_DOWNTIME_MS: u64 = 300;

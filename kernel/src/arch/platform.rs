@@ -59,8 +59,8 @@ impl AcpiHandler for IdentityHandler {
 
 /// Discovers the CPUs. `rsdp` is the physical address the loader found, or 0.
 pub fn discover(rsdp: u64) -> Platform {
-    let bsp_id = crate::apic::id();
-    let msr_base = crate::apic::base_from_msr();
+    let bsp_id = crate::arch::apic::id();
+    let msr_base = crate::arch::apic::base_from_msr();
     let fallback = |why: &'static str| Platform {
         cpus: alloc::vec![Cpu {
             apic_id: bsp_id,

@@ -14,8 +14,8 @@ use netstack::nic::Nic;
 use netstack::stack::{IpConfig, Ipv4Address, Ping, PingEvent, Stack};
 use spin::Mutex;
 
-use crate::e1000::{Dma, DmaRegion, E1000, Regs};
-use crate::pci::{Bar, ConfigSpace, Function};
+use crate::drivers::e1000::{Dma, DmaRegion, E1000, Regs};
+use crate::drivers::pci::{Bar, ConfigSpace, Function};
 use crate::println;
 
 /// Intel 82540EM, as QEMU and Bochs emulate it.
@@ -46,7 +46,7 @@ struct FrameDma;
 impl Dma for FrameDma {
     fn alloc(&mut self, bytes: usize) -> Option<DmaRegion> {
         let frames = bytes.div_ceil(4096);
-        let pa = crate::memory::FRAMES
+        let pa = crate::mm::FRAMES
             .lock()
             .as_mut()?
             .alloc_contiguous(frames, 4096)?
@@ -99,7 +99,7 @@ pub struct Net {
 
 impl Net {
     fn poll(&mut self) -> u64 {
-        let now = crate::time::now_us();
+        let now = crate::arch::time::now_us();
         self.stack.poll(&mut self.nic, now);
         now
     }
@@ -138,7 +138,7 @@ pub fn init(
         Ok(mut net) => {
             net.max_pending = max_pending;
             net.stack
-                .set_memory_budget(crate::memory::heap_free, crate::memory::HEAP_RESERVE);
+                .set_memory_budget(crate::mm::heap_free, crate::mm::HEAP_RESERVE);
             if let Some(ip) = ip {
                 net.stack.set_ip(ip);
                 net.stack.announce(&mut net.nic);
@@ -183,8 +183,8 @@ fn bring_up(pci: &[Function], cs: &mut dyn ConfigSpace) -> Result<Net, String> {
         .map_err(|e| alloc::format!("e1000 at {}: {e}", f.addr))?;
     let mut nic = HostNic(nic);
     // smoltcp draws TCP initial sequence numbers from this seed.
-    let seed = crate::entropy::u64();
-    let stack = Stack::new(&mut nic, seed, crate::time::now_us())
+    let seed = crate::arch::entropy::u64();
+    let stack = Stack::new(&mut nic, seed, crate::arch::time::now_us())
         .map_err(|e| alloc::format!("e1000 at {}: {e}", f.addr))?;
     Ok(Net {
         nic,
@@ -242,7 +242,7 @@ impl Net {
         let Some(key) = self.key.as_ref() else {
             return (now, outgoing > 0);
         };
-        let mut next_nonce = crate::entropy::bytes32;
+        let mut next_nonce = crate::arch::entropy::bytes32;
         let mut busy = outgoing > 0;
         if let Some(sink) = self.sink.as_mut() {
             let events = sink.poll(&mut self.stack, key, &mut next_nonce, now);
@@ -266,7 +266,7 @@ impl Net {
     /// (with the sink) and a slice of the guests, so neither stalls.
     pub(crate) fn wait_turn(&mut self) -> u64 {
         let (now, _) = self.poll_services();
-        crate::vm::run_slice();
+        crate::vmm::run_slice();
         now
     }
 }
@@ -279,21 +279,21 @@ fn peer_text(p: Option<netstack::stack::IpEndpoint>) -> String {
 fn report_sink(e: SinkEvent) {
     match e {
         SinkEvent::Opened { peer } => {
-            crate::console::async_line(format_args!("net sink: {} connected", peer_text(peer)))
+            crate::events::emit(format_args!("net sink: {} connected", peer_text(peer)))
         }
         SinkEvent::Received {
             peer,
             bytes,
             elapsed_us,
             ok,
-        } => crate::console::async_line(format_args!(
+        } => crate::events::emit(format_args!(
             "net sink: {} sent {} bytes in {} ms, checksum {}",
             peer_text(peer),
             bytes,
             elapsed_us / 1000,
             if ok { "ok" } else { "MISMATCH" }
         )),
-        SinkEvent::Dropped { peer, reason } => crate::console::async_line(format_args!(
+        SinkEvent::Dropped { peer, reason } => crate::events::emit(format_args!(
             "net sink: {}: connection dropped: {reason}",
             peer_text(peer)
         )),
@@ -317,7 +317,7 @@ fn with_net(f: impl FnOnce(&mut Net)) {
 
 /// True if the operator pressed Ctrl-C (other keys wait for the shell).
 fn interrupted() -> bool {
-    crate::serial::interrupt_pending()
+    crate::drivers::serial::interrupt_pending()
 }
 
 /// `net show`.
@@ -486,7 +486,7 @@ pub fn bench(target: Ipv4Address, port: u16, mib: u64) {
         };
         let total = mib << 20;
         let now = net.poll();
-        let nonce = crate::entropy::bytes32();
+        let nonce = crate::arch::entropy::bytes32();
         let mut b =
             match BenchSender::start(&mut net.stack, (target, port), &key, nonce, total, now) {
                 Ok(b) => b,
@@ -512,8 +512,8 @@ pub fn bench(target: Ipv4Address, port: u16, mib: u64) {
             }
         };
         // Let the close frame leave, briefly.
-        let until = crate::time::now_us() + 200_000;
-        while !b.flushed() && crate::time::now_us() < until {
+        let until = crate::arch::time::now_us() + 200_000;
+        while !b.flushed() && crate::arch::time::now_us() < until {
             let now = net.poll();
             b.poll_channel(&mut net.stack, now);
         }
@@ -566,7 +566,7 @@ pub fn migrate_listen(on: bool) {
                 println!(
                     "migrate: listening on port {} (free RAM for guests {} MiB)",
                     crate::migration::MIGRATE_PORT,
-                    crate::vm::free_ram_bytes() >> 20
+                    crate::vmm::free_ram_bytes() >> 20
                 );
             }
             Err(e) => println!("error: migrate: {e}"),
@@ -643,7 +643,7 @@ pub fn migrate_out(o: &crate::migration::Outgoing<'_>, background: bool) {
                 o.vm
             );
         }
-        let nonce = crate::entropy::bytes32();
+        let nonce = crate::arch::entropy::bytes32();
         let out = match crate::migration::Outbound::start(net, &key, nonce, o) {
             Ok(out) => out,
             Err(e) => return println!("error: migrate: {e}"),
@@ -680,7 +680,7 @@ pub fn migrate_check(vm: &str, target: Ipv4Address, port: u16) {
         if let Err(e) = net.stack.route_check(target) {
             return println!("error: migrate check: {e}");
         }
-        let nonce = crate::entropy::bytes32();
+        let nonce = crate::arch::entropy::bytes32();
         crate::migration::check_out(net, &key, nonce, vm, target, port);
     })
 }

@@ -17,10 +17,10 @@ use migrate::{GuestMemory, GuestMemoryMut};
 use netstack::channel::{Channel, ChannelOptions, Listener};
 use netstack::stack::{Ipv4Address, Stack};
 
-use crate::console::async_line;
+use crate::events::emit as async_line;
 use crate::println;
 
-pub use crate::shell::MIGRATE_PORT;
+pub use migrate::DEFAULT_PORT as MIGRATE_PORT;
 
 /// How long an incoming migration may go without a frame before the guest
 /// runs here. A source always has something to send (pages, a round's
@@ -80,20 +80,20 @@ struct ThisHost {
 
 impl DestHost for ThisHost {
     fn free_bytes(&self) -> u64 {
-        crate::vm::free_ram_bytes()
+        crate::vmm::free_ram_bytes()
     }
     fn cpu_features(&self) -> u64 {
         cpu_features()
     }
     fn devices(&self) -> Vec<String> {
-        crate::vm::DEVICES
+        crate::vmm::DEVICES
             .iter()
             .map(|d| String::from(*d))
             .collect()
     }
     fn blockers(&self, vm: &str) -> Vec<String> {
         let mut r = Vec::new();
-        if crate::vm::exists(vm) {
+        if crate::vmm::exists(vm) {
             r.push(alloc::format!("a VM named '{vm}' already exists here"));
         }
         if self.active >= MAX_MIGRATIONS {
@@ -117,10 +117,10 @@ impl GuestMemory for SourceMem<'_> {
         self.pages
     }
     fn read_page(&self, gfn: u64, buf: &mut [u8; 4096]) {
-        crate::vm::read_page(self.vm, gfn, buf);
+        crate::vmm::read_page(self.vm, gfn, buf);
     }
     fn take_dirty(&mut self, f: &mut dyn FnMut(u64)) {
-        if let Err(e) = crate::vm::take_dirty(self.vm, f) {
+        if let Err(e) = crate::vmm::take_dirty(self.vm, f) {
             log::warn!("migrate {}: {e}", self.vm);
         }
     }
@@ -133,10 +133,10 @@ struct IncomingMem {
 
 impl GuestMemoryMut for IncomingMem {
     fn page_count(&self) -> u64 {
-        crate::vm::incoming_pages(&self.vm)
+        crate::vmm::incoming_pages(&self.vm)
     }
     fn write_page(&mut self, gfn: u64, data: Option<&[u8; 4096]>) {
-        crate::vm::write_incoming_page(&self.vm, gfn, data);
+        crate::vmm::write_incoming_page(&self.vm, gfn, data);
     }
 }
 
@@ -326,7 +326,7 @@ impl MigrationService {
         for mut inc in self.incoming {
             if inc.dest.has_reservation() {
                 let vm = String::from(inc.dest.vm());
-                crate::vm::discard_incoming(&vm);
+                crate::vmm::discard_incoming(&vm);
             }
             inc.chan.close(stack);
             inc.chan.release(stack);
@@ -358,7 +358,7 @@ fn run_dest_actions(
                 }
             }
             DestAction::Reserve { vm, mem_bytes } => {
-                if let Err(e) = crate::vm::reserve_incoming(&vm, mem_bytes) {
+                if let Err(e) = crate::vmm::reserve_incoming(&vm, mem_bytes) {
                     async_line(format_args!(
                         "migrate: refusing {} from {}: {}",
                         crate::text::peer(&vm),
@@ -377,7 +377,7 @@ fn run_dest_actions(
             DestAction::Start { vcpu, devices } => {
                 let vm = String::from(inc.dest.vm());
                 let paused_us = inc.paused_at_us.map_or(0, |t| now.saturating_sub(t));
-                match crate::vm::start_incoming(&vm, &vcpu, &devices, paused_us) {
+                match crate::vmm::start_incoming(&vm, &vcpu, &devices, paused_us) {
                     Ok(()) => {
                         async_line(format_args!(
                             "migrate: {vm} from {} now runs here (gratuitous ARP for its MAC: the guest has no NIC yet)",
@@ -414,7 +414,7 @@ fn run_dest_actions(
             DestAction::Discard(reason) => {
                 // Only after a Reserve: the name is an accepted Hello's, valid.
                 let vm = inc.dest.vm();
-                crate::vm::discard_incoming(vm);
+                crate::vmm::discard_incoming(vm);
                 async_line(format_args!(
                     "migrate: incoming {vm} from {} discarded: {}",
                     peer(&inc.chan),
@@ -473,8 +473,8 @@ impl Outbound {
         nonce: [u8; 32],
         o: &Outgoing<'_>,
     ) -> Result<Outbound, String> {
-        let info = crate::vm::migration_begin(o.vm)?;
-        let now = crate::time::now_us();
+        let info = crate::vmm::migration_begin(o.vm)?;
+        let now = crate::arch::time::now_us();
         let chan = match Channel::connect(
             &mut net.stack,
             (o.target, o.port),
@@ -485,7 +485,7 @@ impl Outbound {
         ) {
             Ok(c) => c,
             Err(e) => {
-                crate::vm::migration_end(o.vm, false);
+                crate::vmm::migration_end(o.vm, false);
                 return Err(alloc::format!("{e}"));
             }
         };
@@ -493,7 +493,7 @@ impl Outbound {
             vm: String::from(o.vm),
             mem_bytes: info.mem_bytes,
             cpu_features: cpu_features(),
-            devices: crate::vm::DEVICES
+            devices: crate::vmm::DEVICES
                 .iter()
                 .map(|d| String::from(*d))
                 .collect(),
@@ -672,13 +672,13 @@ impl Outbound {
             match a {
                 Action::Send(msg) => self.send_msg(&msg),
                 Action::SlowGuest(level) => {
-                    crate::vm::set_slow(&vm, level);
+                    crate::vmm::set_slow(&vm, level);
                     async_line(format_args!(
                         "migrate: {vm}: dirtying faster than the link; slowing the guest (level {level})"
                     ));
                 }
-                Action::PauseGuest => crate::vm::set_paused(&vm, true),
-                Action::NeedState => match crate::vm::save_state(&vm) {
+                Action::PauseGuest => crate::vmm::set_paused(&vm, true),
+                Action::NeedState => match crate::vmm::save_state(&vm) {
                     Ok((vcpu, devices)) => self.source.provide_state(vcpu, devices),
                     Err(e) => {
                         for a in self.source.cancel(&e) {
@@ -729,7 +729,7 @@ impl Outbound {
         let vm = self.vm.clone();
         match outcome {
             Ok(()) => {
-                crate::vm::migration_end(&vm, true);
+                crate::vmm::migration_end(&vm, true);
                 self.chan.close(stack);
             }
             Err(why) if self.commit_sent() && self.source.is_paused() => {
@@ -742,7 +742,7 @@ impl Outbound {
                 ));
             }
             Err(why) => {
-                crate::vm::migration_end(&vm, false);
+                crate::vmm::migration_end(&vm, false);
                 async_line(format_args!(
                     "error: migrate: {vm}: {}; {vm} keeps running here",
                     crate::text::peer(&why)
@@ -767,7 +767,7 @@ pub fn check_out(
     target: Ipv4Address,
     port: u16,
 ) {
-    let mem_bytes = match crate::vm::running_ram(vm) {
+    let mem_bytes = match crate::vmm::running_ram(vm) {
         Ok(b) => b,
         Err(e) => return println!("error: migrate check: {e}"),
     };
@@ -781,7 +781,7 @@ pub fn check_out(
         vm: String::from(vm),
         mem_bytes,
         cpu_features: cpu_features(),
-        devices: crate::vm::DEVICES
+        devices: crate::vmm::DEVICES
             .iter()
             .map(|d| String::from(*d))
             .collect(),
@@ -821,6 +821,6 @@ pub fn check_out(
         Err(e) => println!("error: migrate check: {}", crate::text::peer(&e)),
     }
     chan.close(&mut net.stack);
-    chan.poll(&mut net.stack, crate::time::now_us());
+    chan.poll(&mut net.stack, crate::arch::time::now_us());
     chan.release(&mut net.stack);
 }

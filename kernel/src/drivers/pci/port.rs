@@ -4,7 +4,7 @@
 //! needed to enumerate and is absent under Bochs.
 
 use crate::arch::{inl, outl};
-use crate::pci::{ConfigSpace, PciAddress};
+use crate::drivers::pci::{ConfigSpace, PciAddress};
 
 /// Port-I/O configuration access. Only one exists: [`PortConfigSpace::take`]
 /// hands it out once, so two users can never interleave address/data writes.

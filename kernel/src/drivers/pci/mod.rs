@@ -557,6 +557,9 @@ fn lowest_bit32(v: u32) -> u32 {
     v & v.wrapping_neg()
 }
 
+#[cfg(target_os = "none")]
+pub mod port;
+
 #[cfg(test)]
 mod tests {
     use super::*;

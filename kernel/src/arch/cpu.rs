@@ -197,7 +197,7 @@ extern "sysv64" fn trap(f: &mut TrapFrame) {
     match f.vector {
         v if v == u64::from(TIMER_VECTOR) => {
             TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
-            crate::apic::eoi();
+            crate::arch::apic::eoi();
         }
         v if v == u64::from(SPURIOUS_VECTOR) => {}
         v => fatal(v, f),
@@ -205,7 +205,7 @@ extern "sysv64" fn trap(f: &mut TrapFrame) {
 }
 
 fn fatal(vector: u64, f: &TrapFrame) -> ! {
-    let mut w = crate::serial::emergency();
+    let mut w = crate::drivers::serial::emergency();
     let name = EXCEPTION_NAMES
         .get(vector as usize)
         .copied()

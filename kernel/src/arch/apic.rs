@@ -1,8 +1,8 @@
 //! The boot CPU's local APIC (xAPIC, memory-mapped) and its timer.
 //!
-//! The timer runs periodic at [`TIMER_HZ`] on [`crate::cpu::TIMER_VECTOR`];
+//! The timer runs periodic at [`TIMER_HZ`] on [`crate::arch::cpu::TIMER_VECTOR`];
 //! the shell idles with `sti; hlt` between ticks. Its rate is calibrated
-//! together with the TSC against the PIT ([`crate::time::calibrate`]).
+//! together with the TSC against the PIT ([`crate::arch::time::calibrate`]).
 //! Reference: SDM Vol. 3A, chapter 11 (APIC), 11.5.4 (APIC timer).
 
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +54,7 @@ pub fn present() -> bool {
 /// Software-enables the local APIC at `base` with the spurious vector.
 pub fn init(base: u64) {
     BASE.store(base, Ordering::Relaxed);
-    write(REG_SVR, 0x100 | u32::from(crate::cpu::SPURIOUS_VECTOR));
+    write(REG_SVR, 0x100 | u32::from(crate::arch::cpu::SPURIOUS_VECTOR));
 }
 
 /// This CPU's APIC ID.
@@ -90,11 +90,11 @@ pub fn calibrate() -> Option<u64> {
             u32::MAX
         }
     };
-    let c = crate::time::calibrate(&mut start, &mut sample)?;
+    let c = crate::arch::time::calibrate(&mut start, &mut sample)?;
     if have_apic {
         let elapsed = u64::from(u32::MAX - c.sample_end);
         TIMER_RATE.store(
-            elapsed * 1000 / crate::time::CALIBRATION_MS,
+            elapsed * 1000 / crate::arch::time::CALIBRATION_MS,
             Ordering::Relaxed,
         );
         write(REG_TIMER_INIT, 0);
@@ -118,7 +118,7 @@ pub fn start_periodic() -> bool {
     write(REG_TIMER_DIV, 0b1011);
     write(
         REG_LVT_TIMER,
-        (1 << 17) | u32::from(crate::cpu::TIMER_VECTOR),
+        (1 << 17) | u32::from(crate::arch::cpu::TIMER_VECTOR),
     ); // periodic
     write(REG_TIMER_INIT, count);
     true

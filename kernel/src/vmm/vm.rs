@@ -34,9 +34,9 @@ use vmx::exit::{CrAccessKind, ExitReason, InterruptionInfo, IoQualification};
 use vmx::insn::{self, GuestRegs, VmFail};
 use vmx::vmcs::Field;
 
-use crate::addr::PAGE_SIZE;
-use crate::console::async_line;
-use crate::devices::{Pic, Pit, Uart};
+use crate::mm::addr::PAGE_SIZE;
+use crate::events::emit as async_line;
+use crate::vmm::devices::{Pic, Pit, Uart};
 use crate::{arch, println};
 
 const MIB2: u64 = 2 << 20;
@@ -205,7 +205,7 @@ pub fn module_names() -> Vec<String> {
 /// Enables VMX operation on the boot CPU. Called once, at the first `vm create`.
 fn enable_vmx() -> Result<Host, String> {
     let cpuid1 = arch::cpuid(1, 0).2;
-    let caps = VmxCapabilities::read(&mut |msr| crate::vmxcaps::read_msr(msr), cpuid1)
+    let caps = VmxCapabilities::read(&mut |msr| crate::vmm::vmxcaps::read_msr(msr), cpuid1)
         .map_err(|e| format!("VT-x is not available: {e}"))?;
     if !caps.ept() {
         return Err("this CPU has VT-x but no EPT; guests need EPT".into());
@@ -256,11 +256,11 @@ fn enable_vmx() -> Result<Host, String> {
 
     // IA32_FEATURE_CONTROL: OVMF leaves it unlocked (TESTBED.md); lock it
     // with "VMX outside SMX" as firmware would. Locked without it: refuse.
-    let fc = crate::vmxcaps::read_msr(crate::vmxcaps::MSR_FEATURE_CONTROL);
+    let fc = crate::vmm::vmxcaps::read_msr(crate::vmm::vmxcaps::MSR_FEATURE_CONTROL);
     if fc & 1 == 0 {
         // SAFETY: the MSR exists (CPUID.1:ECX.VMX is set) and is unlocked;
         // setting lock + VMX-outside-SMX is what firmware does at boot.
-        unsafe { arch::wrmsr(crate::vmxcaps::MSR_FEATURE_CONTROL, fc | 1 | (1 << 2)) };
+        unsafe { arch::wrmsr(crate::vmm::vmxcaps::MSR_FEATURE_CONTROL, fc | 1 | (1 << 2)) };
     } else if fc & (1 << 2) == 0 {
         return Err(
             "the firmware locked IA32_FEATURE_CONTROL with VMX disabled; enable VT-x in its setup"
@@ -325,15 +325,15 @@ fn zero_chunks(chunks: &[u64]) {
 }
 
 fn alloc_page() -> Option<u64> {
-    let pa = crate::memory::FRAMES.lock().as_mut()?.alloc()?.as_u64();
+    let pa = crate::mm::FRAMES.lock().as_mut()?.alloc()?.as_u64();
     // SAFETY: a fresh frame from the allocator, identity-mapped, ours.
     unsafe { core::ptr::write_bytes(pa as *mut u8, 0, PAGE_SIZE as usize) };
     Some(pa)
 }
 
 fn free_page(pa: u64) {
-    if let Some(f) = crate::memory::FRAMES.lock().as_mut() {
-        let _ = f.free(crate::addr::Hpa::new(pa));
+    if let Some(f) = crate::mm::FRAMES.lock().as_mut() {
+        let _ = f.free(crate::mm::addr::Hpa::new(pa));
     }
 }
 
@@ -501,7 +501,7 @@ fn new_vm(
     let chunks_needed = (ram / MIB2) as usize;
     let mut chunks = Vec::with_capacity(chunks_needed);
     {
-        let mut frames = crate::memory::FRAMES.lock();
+        let mut frames = crate::mm::FRAMES.lock();
         let Some(f) = frames.as_mut() else {
             return Err(0);
         };
@@ -511,7 +511,7 @@ fn new_vm(
                 Some(pa) => chunks.push(pa.as_u64()),
                 None => {
                     for &c in &chunks {
-                        let _ = f.free_contiguous(crate::addr::Hpa::new(c), 512);
+                        let _ = f.free_contiguous(crate::mm::addr::Hpa::new(c), 512);
                     }
                     return Err(free);
                 }
@@ -601,9 +601,9 @@ fn build_ept_and_vmcs(chunks: &[u64], revision: u32) -> Result<(ept::Ept, u64), 
 }
 
 fn free_chunks(chunks: &[u64]) {
-    if let Some(f) = crate::memory::FRAMES.lock().as_mut() {
+    if let Some(f) = crate::mm::FRAMES.lock().as_mut() {
         for &c in chunks {
-            let _ = f.free_contiguous(crate::addr::Hpa::new(c), 512);
+            let _ = f.free_contiguous(crate::mm::addr::Hpa::new(c), 512);
         }
     }
 }
@@ -755,7 +755,7 @@ pub fn stats(name: &str) -> Result<(), String> {
         vm.name,
         vm.state.name(),
         vm.total_exits,
-        crate::time::tsc_to_ms(vm.guest_tsc)
+        crate::arch::time::tsc_to_ms(vm.guest_tsc)
     );
     for (reason, &n) in vm.exits.iter().enumerate() {
         if n > 0 {
@@ -773,8 +773,8 @@ pub fn stats(name: &str) -> Result<(), String> {
         } else {
             format!(
                 "every {} us, next in {} us{}{}",
-                crate::time::tsc_to_us(vm.tick_period),
-                crate::time::tsc_to_us(vm.next_tick.saturating_sub(now)),
+                crate::arch::time::tsc_to_us(vm.tick_period),
+                crate::arch::time::tsc_to_us(vm.next_tick.saturating_sub(now)),
                 if vm.paused { ", paused" } else { "" },
                 if vm.migrating { ", migrating" } else { "" }
             )
@@ -1039,7 +1039,7 @@ fn setup_vmcs(host: &Host, vm: &mut Vm, entry: u64) {
     vmwrite(F::HOST_CR0, arch::cr0());
     vmwrite(F::HOST_CR3, arch::cr3());
     vmwrite(F::HOST_CR4, arch::cr4());
-    let sel = crate::cpu::selectors();
+    let sel = crate::arch::cpu::selectors();
     vmwrite(F::HOST_CS_SELECTOR, u64::from(sel.code));
     for f in [
         F::HOST_SS_SELECTOR,
@@ -1104,7 +1104,7 @@ pub fn run_slice() -> bool {
 /// costs a few exits (injection, EOI, interrupt window) would spend every
 /// entry in its tick handler and never reach its own code.
 fn run_for_a_slice(host: &Host, vm: &mut Vm, start: u64) {
-    let end = start.saturating_add(crate::time::tsc_hz() / 1000 * SLICE_MS);
+    let end = start.saturating_add(crate::arch::time::tsc_hz() / 1000 * SLICE_MS);
     loop {
         run_vm(host, vm);
         let now = arch::rdtsc();
@@ -1130,7 +1130,7 @@ fn runnable(vm: &Vm) -> bool {
 /// Raises IRQ0 when the guest's PIT period has elapsed.
 fn update_timer(vm: &mut Vm, now: u64) {
     if vm.pit.take_changed() {
-        vm.tick_period = vm.pit.period_tsc(crate::time::tsc_hz()).unwrap_or(0);
+        vm.tick_period = vm.pit.period_tsc(crate::arch::time::tsc_hz()).unwrap_or(0);
         vm.next_tick = now.saturating_add(vm.tick_period);
     }
     if vm.tick_period != 0 && now >= vm.next_tick {
@@ -1170,7 +1170,7 @@ fn run_vm(host: &Host, vm: &mut Vm) {
     }
     vmwrite(Field::PRIMARY_PROC_CONTROLS, u64::from(primary));
     if host.pin & PinControls::PREEMPTION_TIMER.bits() != 0 {
-        let slice = crate::time::tsc_hz() / 1000 * SLICE_MS;
+        let slice = crate::arch::time::tsc_hz() / 1000 * SLICE_MS;
         vmwrite(
             Field::PREEMPTION_TIMER_VALUE,
             (slice >> host.timer_rate).min(u64::from(u32::MAX)),
@@ -1388,7 +1388,7 @@ fn emulate_cpuid(vm: &mut Vm) {
     let sub = vm.regs.rcx as u32;
     let (a, b, c, d) = match leaf {
         0x4000_0000 => (0x4000_0010, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]),
-        0x4000_0010 => ((crate::time::tsc_hz() / 1000) as u32, 0, 0, 0),
+        0x4000_0010 => ((crate::arch::time::tsc_hz() / 1000) as u32, 0, 0, 0),
         0x4000_0001..=0x4000_00ff => (0, 0, 0, 0),
         1 => {
             let (a, b, c, d) = arch::cpuid(1, sub);
@@ -1422,11 +1422,11 @@ fn emulate_io(vm: &mut Vm, q: IoQualification) {
             _ => u64::MAX,
         };
         // Same register rules as a load: `in eax` clears bits 63:32.
-        vm.regs.rax = crate::mmio::merge_load(vm.regs.rax, v, q.size, false);
+        vm.regs.rax = crate::vmm::mmio::merge_load(vm.regs.rax, v, q.size, false);
         return;
     }
     // The low `size` bytes of RAX, as OUT sends them.
-    let value = crate::mmio::merge_load(0, vm.regs.rax, q.size, true);
+    let value = crate::vmm::mmio::merge_load(0, vm.regs.rax, q.size, true);
     match q.port {
         0x3f8..=0x3ff => uart_write(vm, q.port - 0x3f8, value as u8),
         0x20 | 0x21 => vm.pic.write(q.port - 0x20, value as u8),
@@ -1560,10 +1560,10 @@ fn emulate_mmio_uart(vm: &mut Vm, gpa: u64, write: bool) -> Result<(), String> {
         bytes[fetched] = unsafe { core::ptr::read(p) };
         fetched += 1;
     }
-    let insn = crate::mmio::decode(&bytes[..fetched])
+    let insn = crate::vmm::mmio::decode(&bytes[..fetched])
         .map_err(|e| format!("MMIO access to {gpa:#x} at rip {rip:#x}: {e}"))?;
     let offset = (gpa - MMIO_UART_BASE) as u16;
-    use crate::mmio::Access;
+    use crate::vmm::mmio::Access;
     match (insn.access, write) {
         (Access::Load { reg, zero_extend }, false) => {
             let gpr = vmx::Gpr::from_index(reg).ok_or("bad register")?;
@@ -1571,7 +1571,7 @@ fn emulate_mmio_uart(vm: &mut Vm, gpa: u64, write: bool) -> Result<(), String> {
             let old = vm.regs.get(gpr, &CurrentVmcs);
             vm.regs.set(
                 gpr,
-                crate::mmio::merge_load(old, value, insn.size, zero_extend),
+                crate::vmm::mmio::merge_load(old, value, insn.size, zero_extend),
                 &mut CurrentVmcs,
             );
         }
@@ -1825,7 +1825,7 @@ pub fn migration_end(name: &str, committed: bool) {
 
 /// Free RAM for guests, in bytes (what a destination can reserve).
 pub fn free_ram_bytes() -> u64 {
-    crate::memory::FRAMES
+    crate::mm::FRAMES
         .lock()
         .as_ref()
         .map_or(0, |f| f.free_frames() * PAGE_SIZE)
@@ -1836,7 +1836,7 @@ pub fn reserve_incoming(name: &str, mem_bytes: u64) -> Result<(), String> {
     migrate::names::check_vm_name(name).map_err(|e| format!("{e}"))?;
     if mem_bytes == 0
         || !mem_bytes.is_multiple_of(MIB2)
-        || mem_bytes > crate::shell::MAX_VM_MIB << 20
+        || mem_bytes > super::MAX_VM_MIB << 20
     {
         return Err(format!("bad guest RAM size {mem_bytes}"));
     }
@@ -1988,13 +1988,13 @@ pub fn start_incoming(
         vmwrite(f, v);
     }
     let now = arch::rdtsc();
-    let jump = crate::time::tsc_hz() / 1_000_000 * paused_us;
+    let jump = crate::arch::time::tsc_hz() / 1_000_000 * paused_us;
     vm.tsc_offset = guest_tsc.wrapping_add(jump).wrapping_sub(now);
     vmwrite(Field::TSC_OFFSET, vm.tsc_offset);
     vm.regs = regs;
     vm.uart = uart;
     vm.pic = pic;
-    vm.tick_period = pit.period_tsc(crate::time::tsc_hz()).unwrap_or(0);
+    vm.tick_period = pit.period_tsc(crate::arch::time::tsc_hz()).unwrap_or(0);
     vm.next_tick = now.saturating_add(vm.tick_period);
     let _ = pit.take_changed();
     vm.pit = pit;

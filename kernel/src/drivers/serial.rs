@@ -161,7 +161,7 @@ pub fn emergency() -> Emergency {
 macro_rules! print {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
-        let _ = write!($crate::serial::Console, $($arg)*);
+        let _ = write!($crate::drivers::serial::Console, $($arg)*);
     }};
 }
 
@@ -171,7 +171,7 @@ macro_rules! println {
     () => { $crate::print!("\n") };
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
-        let _ = writeln!($crate::serial::Console, $($arg)*);
+        let _ = writeln!($crate::drivers::serial::Console, $($arg)*);
     }};
 }
 
@@ -187,7 +187,7 @@ impl log::Log for Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let ms = crate::time::uptime_ms();
+        let ms = crate::arch::time::uptime_ms();
         let mut c = Console;
         let _ = writeln!(
             c,

@@ -18,7 +18,7 @@
 //!
 //! Not for: sub-page allocation (the heap's job) or guest memory accounting.
 
-use crate::addr::{Hpa, PAGE_SIZE};
+use crate::mm::addr::{Hpa, PAGE_SIZE};
 use core::fmt;
 
 /// Frames tracked per bitmap word.

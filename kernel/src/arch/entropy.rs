@@ -182,7 +182,7 @@ mod kernel_sources {
             arch::rdtsc()
         }
         fn jitter(&mut self, out: &mut [u64]) -> usize {
-            crate::time::pit_tick_deltas(out)
+            crate::arch::time::pit_tick_deltas(out)
         }
     }
 
