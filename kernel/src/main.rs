@@ -36,7 +36,10 @@ mod entry {
 
     #[panic_handler]
     fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-        let _ = writeln!(kernel::drivers::serial::emergency(), "\n!!! kernel panic: {info}");
+        let _ = writeln!(
+            kernel::drivers::serial::emergency(),
+            "\n!!! kernel panic: {info}"
+        );
         kernel::arch::halt_forever()
     }
 }

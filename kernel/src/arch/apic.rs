@@ -54,7 +54,10 @@ pub fn present() -> bool {
 /// Software-enables the local APIC at `base` with the spurious vector.
 pub fn init(base: u64) {
     BASE.store(base, Ordering::Relaxed);
-    write(REG_SVR, 0x100 | u32::from(crate::arch::cpu::SPURIOUS_VECTOR));
+    write(
+        REG_SVR,
+        0x100 | u32::from(crate::arch::cpu::SPURIOUS_VECTOR),
+    );
 }
 
 /// This CPU's APIC ID.

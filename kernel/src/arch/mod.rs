@@ -30,4 +30,3 @@ pub enum Fault {
     /// Divide error: division by zero.
     DivideError,
 }
-

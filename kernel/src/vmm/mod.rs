@@ -14,7 +14,55 @@ pub mod mmio;
 pub mod vmxcaps;
 
 #[cfg(target_os = "none")]
+mod dirty;
+#[cfg(target_os = "none")]
+mod exits;
+#[cfg(target_os = "none")]
+mod host;
+#[cfg(target_os = "none")]
+mod memory;
+#[cfg(target_os = "none")]
+mod run;
+#[cfg(target_os = "none")]
+mod setup;
+#[cfg(target_os = "none")]
+mod state;
+#[cfg(target_os = "none")]
 mod vm;
 
+/// What every part of the VM manager uses.
+#[cfg(target_os = "none")]
+mod prelude {
+    pub(super) use alloc::format;
+    pub(super) use alloc::string::{String, ToString};
+    pub(super) use alloc::vec::Vec;
+
+    pub(super) use vmx::controls::{
+        EntryControls, ExitControls, PinControls, PrimaryControls, SecondaryControls,
+    };
+    pub(super) use vmx::exit::{CrAccessKind, ExitReason, InterruptionInfo, IoQualification};
+    pub(super) use vmx::insn::{self, GuestRegs, VmFail};
+    pub(super) use vmx::vmcs::Field;
+
+    pub(super) use super::dirty::*;
+    pub(super) use super::exits::*;
+    pub(super) use super::host::*;
+    pub(super) use super::memory::*;
+    pub(super) use super::run::*;
+    pub(super) use super::setup::*;
+    pub(super) use super::state::*;
+    pub(super) use super::vm::*;
+    pub(super) use crate::events::emit as async_line;
+    pub(super) use crate::mm::addr::PAGE_SIZE;
+    pub(super) use crate::vmm::devices::{Pic, Pit, Uart};
+    pub(super) use crate::{arch, println};
+}
+
+#[cfg(target_os = "none")]
+pub use dirty::dirty;
+#[cfg(target_os = "none")]
+pub use run::run_slice;
+#[cfg(target_os = "none")]
+pub use state::*;
 #[cfg(target_os = "none")]
 pub use vm::*;

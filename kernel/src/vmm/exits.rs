@@ -1,0 +1,342 @@
+//! VM exit handlers: CPUID, port and MMIO I/O, MSRs, control registers,
+//! HLT, EPT violations.
+
+use super::prelude::*;
+
+pub(super) fn handle_exit(vm: &mut Vm) {
+    let raw = vmread(Field::EXIT_REASON) as u32;
+    let info = vmx::exit::ExitInfo::from_raw(raw);
+    let basic = (raw & 0xffff) as usize;
+    vm.total_exits += 1;
+    if let Some(c) = vm.exits.get_mut(basic) {
+        *c += 1;
+    }
+    // An exit in the middle of delivering an event (e.g. an EPT violation
+    // on the stack while pushing an interrupt frame) loses the event unless
+    // it is injected again on the next entry (SDM 27.2.4, 28.3.2).
+    let vectoring = vmread(Field::IDT_VECTORING_INFO);
+    if vectoring & (1 << 31) != 0 && !info.entry_failure {
+        vmwrite(Field::ENTRY_INTERRUPTION_INFO, vectoring & !(1 << 12));
+        if vectoring & (1 << 11) != 0 {
+            vmwrite(
+                Field::ENTRY_EXCEPTION_ERROR_CODE,
+                vmread(Field::IDT_VECTORING_ERROR_CODE),
+            );
+        }
+        // Software interrupts and exceptions need their instruction length.
+        if matches!((vectoring >> 8) & 7, 4..=6) {
+            vmwrite(
+                Field::ENTRY_INSTRUCTION_LENGTH,
+                vmread(Field::EXIT_INSTRUCTION_LENGTH),
+            );
+        }
+    }
+    if info.entry_failure {
+        let qual = vmread(Field::EXIT_QUALIFICATION);
+        fault(
+            vm,
+            format!("VM entry failed: {} (qualification {qual:#x})", info.reason),
+        );
+        return;
+    }
+    match info.reason {
+        ExitReason::ExternalInterrupt | ExitReason::PreemptionTimer => {}
+        ExitReason::InterruptWindow => {}
+        ExitReason::Cpuid => {
+            emulate_cpuid(vm);
+            skip_instruction();
+        }
+        ExitReason::Hlt => {
+            skip_instruction();
+            let rflags = vmread(Field::GUEST_RFLAGS);
+            if rflags & 0x200 == 0 && vm.tick_period == 0 {
+                fault(
+                    vm,
+                    format!(
+                        "halted with interrupts disabled at rip {:#x}",
+                        vmread(Field::GUEST_RIP)
+                    ),
+                );
+            } else {
+                vm.state = State::Halted;
+            }
+        }
+        ExitReason::IoInstruction => {
+            let raw = vmread(Field::EXIT_QUALIFICATION);
+            match IoQualification::try_from(raw) {
+                Ok(q) => emulate_io(vm, q),
+                Err(e) => fault(vm, format!("bad I/O exit qualification {raw:#x}: {e}")),
+            }
+        }
+        ExitReason::Rdmsr => {
+            let msr = vm.regs.rcx as u32;
+            match read_msr(vm, msr) {
+                Some(v) => {
+                    vm.regs.rax = v & 0xffff_ffff;
+                    vm.regs.rdx = v >> 32;
+                    skip_instruction();
+                }
+                None => inject_gp(vm, format!("rdmsr {msr:#x}")),
+            }
+        }
+        ExitReason::Wrmsr => {
+            let msr = vm.regs.rcx as u32;
+            let v = (vm.regs.rdx << 32) | (vm.regs.rax & 0xffff_ffff);
+            if write_msr(msr, v) {
+                skip_instruction();
+            } else {
+                inject_gp(vm, format!("wrmsr {msr:#x} = {v:#x}"));
+            }
+        }
+        ExitReason::CrAccess => emulate_cr(vm),
+        ExitReason::EptViolation
+            if (MMIO_UART_BASE..MMIO_UART_BASE + MMIO_UART_LEN)
+                .contains(&vmread(Field::GUEST_PHYSICAL_ADDRESS)) =>
+        {
+            let gpa = vmread(Field::GUEST_PHYSICAL_ADDRESS);
+            let q = vmx::exit::EptViolation::from(vmread(Field::EXIT_QUALIFICATION));
+            if let Err(why) = emulate_mmio_uart(vm, gpa, q.write) {
+                fault(vm, why);
+            }
+        }
+        ExitReason::PmlFull => drain_pml(vm),
+        ExitReason::EptViolation => {
+            let gpa = vmread(Field::GUEST_PHYSICAL_ADDRESS);
+            let q = vmx::exit::EptViolation::from(vmread(Field::EXIT_QUALIFICATION));
+            if q.write && gpa < vm.ram_bytes() {
+                // A write-protected page under dirty tracking: record it,
+                // give write access back and run the write again.
+                let Vm { dirty, ept, .. } = vm;
+                if let Some(log) = dirty.as_mut() {
+                    match log.on_write_violation(ept, &mut IdentityMem, &mut KernelFrames, gpa) {
+                        Ok(true) => {
+                            invept_all();
+                            return;
+                        }
+                        Ok(false) => {}
+                        Err(e) => log::warn!("vm {}: dirty tracking: {e}", vm.name),
+                    }
+                }
+            }
+            let what = if q.fetch {
+                "instruction fetch"
+            } else if q.write {
+                "write"
+            } else {
+                "read"
+            };
+            let why = format!(
+                "{what} of guest-physical {gpa:#x} outside its {} MiB of RAM at rip {:#x}",
+                vm.mem_mib,
+                vmread(Field::GUEST_RIP)
+            );
+            fault(vm, why);
+        }
+        ExitReason::TripleFault => {
+            flush_output(vm);
+            let why = format!(
+                "triple fault at rip {:#x} rsp {:#x} cr2 {:#x} rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x}",
+                vmread(Field::GUEST_RIP),
+                vmread(Field::GUEST_RSP),
+                vm.regs.cr2,
+                vm.regs.rax,
+                vm.regs.rbx,
+                vm.regs.rcx,
+                vm.regs.rdx
+            );
+            async_line(format_args!("vm {}: crashed: {why}", vm.name));
+            log::debug!("vm {}: crashed", vm.name);
+            vm.state = State::Crashed(why);
+        }
+        other => {
+            let why = format!(
+                "unhandled exit {other} (qualification {:#x}) at rip {:#x}",
+                vmread(Field::EXIT_QUALIFICATION),
+                vmread(Field::GUEST_RIP)
+            );
+            fault(vm, why);
+        }
+    }
+}
+
+pub(super) fn emulate_cpuid(vm: &mut Vm) {
+    let leaf = vm.regs.rax as u32;
+    let sub = vm.regs.rcx as u32;
+    let (a, b, c, d) = match leaf {
+        0x4000_0000 => (0x4000_0010, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]),
+        0x4000_0010 => ((crate::arch::time::tsc_hz() / 1000) as u32, 0, 0, 0),
+        0x4000_0001..=0x4000_00ff => (0, 0, 0, 0),
+        1 => {
+            let (a, b, c, d) = arch::cpuid(1, sub);
+            // Hypervisor present (bit 31) and no VMX (bit 5) for the guest.
+            (a, b, (c | (1 << 31)) & !(1 << 5), d)
+        }
+        _ => arch::cpuid(leaf, sub),
+    };
+    vm.regs.rax = u64::from(a);
+    vm.regs.rbx = u64::from(b);
+    vm.regs.rcx = u64::from(c);
+    vm.regs.rdx = u64::from(d);
+}
+
+pub(super) fn emulate_io(vm: &mut Vm, q: IoQualification) {
+    if q.string || q.rep {
+        fault(
+            vm,
+            format!("string I/O on port {:#x} is not supported", q.port),
+        );
+        return;
+    }
+    skip_instruction();
+    if q.input {
+        let v: u64 = match q.port {
+            0x3f8..=0x3ff => u64::from(vm.uart.read(q.port - 0x3f8)),
+            0x20 | 0x21 => u64::from(vm.pic.read(q.port - 0x20)),
+            0x40..=0x43 => u64::from(vm.pit.read(q.port - 0x40)),
+            // The request counter `vm checksum` bumps.
+            0xf5 => u64::from(vm.requests),
+            _ => u64::MAX,
+        };
+        // Same register rules as a load: `in eax` clears bits 63:32.
+        vm.regs.rax = crate::vmm::mmio::merge_load(vm.regs.rax, v, q.size, false);
+        return;
+    }
+    // The low `size` bytes of RAX, as OUT sends them.
+    let value = crate::vmm::mmio::merge_load(0, vm.regs.rax, q.size, true);
+    match q.port {
+        0x3f8..=0x3ff => uart_write(vm, q.port - 0x3f8, value as u8),
+        0x20 | 0x21 => vm.pic.write(q.port - 0x20, value as u8),
+        0x40..=0x43 => vm.pit.write(q.port - 0x40, value as u8),
+        0xf4 => {
+            flush_output(vm);
+            let code = value as u32;
+            async_line(format_args!("vm {}: exited with code {code}", vm.name));
+            log::debug!("vm {}: exited with code {code}", vm.name);
+            vm.state = State::Stopped { code: Some(code) };
+        }
+        _ => log::debug!(
+            "vm {}: write {value:#x} to unmodelled port {:#x} ignored",
+            vm.name,
+            q.port
+        ),
+    }
+}
+
+/// MSRs a guest may read: (value source).
+pub(super) fn read_msr(vm: &Vm, msr: u32) -> Option<u64> {
+    Some(match msr {
+        0x10 => arch::rdtsc().wrapping_add(vm.tsc_offset), // IA32_TSC
+        0x1b => 0xfee0_0900,                               // IA32_APIC_BASE: BSP, enabled
+        0x1a0 => 1,                                        // IA32_MISC_ENABLE: fast strings
+        0x277 => vmread(Field::GUEST_IA32_PAT),            // IA32_PAT
+        0xc000_0080 => vmread(Field::GUEST_IA32_EFER),     // IA32_EFER
+        0xc000_0100 => vmread(Field::GUEST_FS_BASE),       // FS base
+        0xc000_0101 => vmread(Field::GUEST_GS_BASE),       // GS base
+        _ => return None,
+    })
+}
+
+/// MSRs a guest may write. False: the write gets #GP.
+pub(super) fn write_msr(msr: u32, v: u64) -> bool {
+    match msr {
+        0x277 => vmwrite(Field::GUEST_IA32_PAT, v),
+        // EFER: only NXE/SCE may change; LME/LMA stay as set up.
+        0xc000_0080 if v & !0xd01 == 0 && v & 0x500 == 0x500 => {
+            vmwrite(Field::GUEST_IA32_EFER, v | 0x400)
+        }
+        0xc000_0100 => vmwrite(Field::GUEST_FS_BASE, v),
+        0xc000_0101 => vmwrite(Field::GUEST_GS_BASE, v),
+        _ => return false,
+    }
+    true
+}
+
+pub(super) fn inject_gp(vm: &mut Vm, what: String) {
+    log::info!("vm {}: {what} refused: #GP injected", vm.name);
+    let info = InterruptionInfo::hardware_exception(13, true);
+    vmwrite(Field::ENTRY_INTERRUPTION_INFO, u64::from(info.encode()));
+    vmwrite(Field::ENTRY_EXCEPTION_ERROR_CODE, 0);
+}
+
+/// The current VMCS, for the `vmx` crate's register helpers.
+pub(super) struct CurrentVmcs;
+
+impl vmx::Vmcs for CurrentVmcs {
+    fn read(&self, f: Field) -> u64 {
+        vmread(f)
+    }
+
+    fn write(&mut self, f: Field, v: u64) {
+        vmwrite(f, v)
+    }
+}
+
+pub(super) fn emulate_cr(vm: &mut Vm) {
+    let q = vmx::exit::CrAccess::from(vmread(Field::EXIT_QUALIFICATION));
+    let cr4_fixed0 = vmread(Field::CR4_GUEST_HOST_MASK) & !(1 << 13);
+    match q.kind {
+        CrAccessKind::MovToCr { gpr } if q.cr == 0 || q.cr == 4 => {
+            let v = vm.regs.get(gpr, &CurrentVmcs);
+            if q.cr == 0 {
+                vmwrite(Field::CR0_READ_SHADOW, v);
+                vmwrite(Field::GUEST_CR0, v | 0x20);
+            } else {
+                vmwrite(Field::CR4_READ_SHADOW, v);
+                vmwrite(Field::GUEST_CR4, v | cr4_fixed0 | (1 << 13));
+            }
+            skip_instruction();
+        }
+        _ => {
+            let why = format!(
+                "unsupported control-register access {q:?} at rip {:#x}",
+                vmread(Field::GUEST_RIP)
+            );
+            fault(vm, why);
+        }
+    }
+}
+
+/// Emulates the instruction that touched the MMIO 16550.
+pub(super) fn emulate_mmio_uart(vm: &mut Vm, gpa: u64, write: bool) -> Result<(), String> {
+    let rip = vmread(Field::GUEST_RIP);
+    let mut bytes = [0u8; 15];
+    let mut fetched = 0;
+    while fetched < bytes.len() {
+        let Some(pa) = guest_virt_to_phys(vm, rip + fetched as u64) else {
+            break;
+        };
+        let Some(p) = vm.host_ptr(pa, 1) else { break };
+        // SAFETY: host_ptr checked the byte lies in this VM's RAM.
+        bytes[fetched] = unsafe { core::ptr::read(p) };
+        fetched += 1;
+    }
+    let insn = crate::vmm::mmio::decode(&bytes[..fetched])
+        .map_err(|e| format!("MMIO access to {gpa:#x} at rip {rip:#x}: {e}"))?;
+    let offset = (gpa - MMIO_UART_BASE) as u16;
+    use crate::vmm::mmio::Access;
+    match (insn.access, write) {
+        (Access::Load { reg, zero_extend }, false) => {
+            let gpr = vmx::Gpr::from_index(reg).ok_or("bad register")?;
+            let value = u64::from(vm.uart.read(offset));
+            let old = vm.regs.get(gpr, &CurrentVmcs);
+            vm.regs.set(
+                gpr,
+                crate::vmm::mmio::merge_load(old, value, insn.size, zero_extend),
+                &mut CurrentVmcs,
+            );
+        }
+        (Access::Store { reg, high_byte }, true) => {
+            let gpr = vmx::Gpr::from_index(reg).ok_or("bad register")?;
+            let v = vm.regs.get(gpr, &CurrentVmcs) >> if high_byte { 8 } else { 0 };
+            uart_write(vm, offset, v as u8);
+        }
+        (Access::StoreImm(v), true) => uart_write(vm, offset, v as u8),
+        _ => {
+            return Err(format!(
+                "MMIO access to {gpa:#x} at rip {rip:#x}: decoded {insn:?} disagrees with the exit"
+            ));
+        }
+    }
+    vmwrite(Field::GUEST_RIP, rip + u64::from(insn.len));
+    Ok(())
+}

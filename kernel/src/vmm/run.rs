@@ -1,0 +1,164 @@
+//! The run loop: picking the next VM, a time slice of VM entries, timer
+//! interrupts and their injection, guest console output and faults.
+
+use super::prelude::*;
+
+/// Runs one slice of the next runnable VM. Returns false when no VM could
+/// run (the caller may then sleep until the next host interrupt).
+pub fn run_slice() -> bool {
+    let mut m = MANAGER.lock();
+    let n = m.vms.len();
+    if n == 0 || m.host.is_none() {
+        return false;
+    }
+    let now = arch::rdtsc();
+    for k in 0..n {
+        let i = (m.next + k) % n;
+        let vm = &mut m.vms[i];
+        update_timer(vm, now);
+        if vm.paused {
+            continue;
+        }
+        if runnable(vm) {
+            m.next = (i + 1) % n;
+            let vmcs = m.vms[i].vmcs;
+            make_current(&mut m, vmcs);
+            let Manager { host, vms, .. } = &mut *m;
+            if let Some(host) = host.as_ref() {
+                run_for_a_slice(host, &mut vms[i], now);
+            }
+            return true;
+        }
+    }
+    false
+}
+
+/// Runs `vm` (its VMCS current) through exits until it has had
+/// [`SLICE_MS`] or cannot go on (halted with nothing pending, stopped,
+/// paused). One entry per turn is not enough: when the host does other
+/// work between turns (a migration's pages), a guest whose timer tick
+/// costs a few exits (injection, EOI, interrupt window) would spend every
+/// entry in its tick handler and never reach its own code.
+pub(super) fn run_for_a_slice(host: &Host, vm: &mut Vm, start: u64) {
+    let end = start.saturating_add(crate::arch::time::tsc_hz() / 1000 * SLICE_MS);
+    loop {
+        run_vm(host, vm);
+        let now = arch::rdtsc();
+        if now >= end || vm.paused {
+            return;
+        }
+        update_timer(vm, now);
+        if !runnable(vm) {
+            return;
+        }
+    }
+}
+
+/// Running, or halted with an interrupt to deliver.
+pub(super) fn runnable(vm: &Vm) -> bool {
+    match vm.state {
+        State::Running => true,
+        State::Halted => vm.pic.pending().is_some(),
+        _ => false,
+    }
+}
+
+/// Raises IRQ0 when the guest's PIT period has elapsed.
+pub(super) fn update_timer(vm: &mut Vm, now: u64) {
+    if vm.pit.take_changed() {
+        vm.tick_period = vm.pit.period_tsc(crate::arch::time::tsc_hz()).unwrap_or(0);
+        vm.next_tick = now.saturating_add(vm.tick_period);
+    }
+    if vm.tick_period != 0 && now >= vm.next_tick {
+        // Auto-converge (a migration the guest outruns): deliver one timer
+        // tick in 2^slow, so a guest that works per tick works that much
+        // less. Its TSC keeps real time.
+        vm.skipped = vm.skipped.wrapping_add(1);
+        if vm.slow == 0 || vm.skipped.is_multiple_of(1 << vm.slow) {
+            vm.pic.raise(0);
+        }
+        // Keep the phase (no drift), but never queue more than one late tick.
+        vm.next_tick = vm.next_tick.saturating_add(vm.tick_period).max(now);
+    }
+}
+
+pub(super) fn run_vm(host: &Host, vm: &mut Vm) {
+    // Deliver a pending interrupt if the guest can take it now, else ask
+    // for an exit as soon as it can (interrupt-window exiting). An event
+    // whose delivery an exit interrupted goes first (handle_exit queued it).
+    let mut primary = host.primary;
+    let reinjecting = vmread(Field::ENTRY_INTERRUPTION_INFO) & (1 << 31) != 0;
+    if reinjecting {
+        if vm.pic.pending().is_some() {
+            primary |= PrimaryControls::INTERRUPT_WINDOW_EXITING.bits();
+        }
+    } else if let Some(vector) = vm.pic.pending() {
+        let rflags = vmread(Field::GUEST_RFLAGS);
+        let blocked = vmread(Field::GUEST_INTERRUPTIBILITY_STATE) & 0x3 != 0;
+        if rflags & 0x200 != 0 && !blocked {
+            let info = InterruptionInfo::external_interrupt(vector);
+            vmwrite(Field::ENTRY_INTERRUPTION_INFO, u64::from(info.encode()));
+            vm.pic.acknowledge(vector);
+            vm.state = State::Running;
+        } else {
+            primary |= PrimaryControls::INTERRUPT_WINDOW_EXITING.bits();
+        }
+    }
+    vmwrite(Field::PRIMARY_PROC_CONTROLS, u64::from(primary));
+    if host.pin & PinControls::PREEMPTION_TIMER.bits() != 0 {
+        let slice = crate::arch::time::tsc_hz() / 1000 * SLICE_MS;
+        vmwrite(
+            Field::PREEMPTION_TIMER_VALUE,
+            (slice >> host.timer_rate).min(u64::from(u32::MAX)),
+        );
+    }
+
+    let t0 = arch::rdtsc();
+    arch::cli();
+    // SAFETY: the VM's VMCS is current and fully initialised (setup_vmcs),
+    // HOST_RIP is the exit landing of vm_enter, and interrupts are off so
+    // no host handler runs between VM entry and exit.
+    let r = unsafe { insn::vm_enter(&mut vm.regs, vm.launched) };
+    // Let the host timer interrupt that probably caused this exit in.
+    arch::interrupt_window();
+    vm.guest_tsc += arch::rdtsc().saturating_sub(t0);
+    match r {
+        Ok(()) => {
+            vm.launched = true;
+            handle_exit(vm);
+        }
+        Err(e) => {
+            let why = match e {
+                VmFail::Valid(err) => format!("VM entry failed: {err}"),
+                VmFail::Invalid => "VM entry failed: no current VMCS".to_string(),
+            };
+            fault(vm, why);
+        }
+    }
+}
+
+/// A guest write to its 16550 (port or MMIO): completed lines go to the
+/// host console with the VM's name.
+pub(super) fn uart_write(vm: &mut Vm, offset: u16, byte: u8) {
+    if let Some(line) = vm.uart.write(offset, byte) {
+        async_line(format_args!("[{}] {line}", vm.name));
+    }
+}
+
+pub(super) fn flush_output(vm: &mut Vm) {
+    if let Some(line) = vm.uart.flush() {
+        async_line(format_args!("[{}] {line}", vm.name));
+    }
+}
+
+pub(super) fn fault(vm: &mut Vm, why: String) {
+    flush_output(vm);
+    async_line(format_args!("vm {}: stopped: {why}", vm.name));
+    log::debug!("vm {}: faulted: {why}", vm.name);
+    vm.state = State::Faulted(why);
+}
+
+pub(super) fn skip_instruction() {
+    let len = vmread(Field::EXIT_INSTRUCTION_LENGTH);
+    vmwrite(Field::GUEST_RIP, vmread(Field::GUEST_RIP) + len);
+}
