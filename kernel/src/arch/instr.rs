@@ -256,3 +256,118 @@ pub fn rdrand() -> Option<u64> {
     }
     None
 }
+
+/// Extended-state (x87/SSE/AVX) save and restore, for guest contexts. The
+/// kernel itself never touches those registers (soft-float target); these
+/// are the only instructions in it that do.
+pub mod xstate {
+    use core::arch::asm;
+
+    /// CR4.OSFXSR: FXSAVE/FXRSTOR and SSE enabled.
+    pub const CR4_OSFXSR: u64 = 1 << 9;
+    /// CR4.OSXMMEXCPT: unmasked SSE exceptions raise #XM.
+    pub const CR4_OSXMMEXCPT: u64 = 1 << 10;
+    /// CR4.OSXSAVE: XSAVE/XRSTOR/XSETBV enabled.
+    pub const CR4_OSXSAVE: u64 = 1 << 18;
+
+    /// Writes XCR0.
+    ///
+    /// # Safety
+    /// CR4.OSXSAVE is set and `v` is a valid XCR0 for this CPU (bit 0 set,
+    /// only supported components, dependent components together).
+    pub unsafe fn xsetbv(v: u64) {
+        // SAFETY: the caller guarantees OSXSAVE and a valid value.
+        unsafe {
+            asm!("xsetbv", in("ecx") 0u32, in("eax") v as u32, in("edx") (v >> 32) as u32,
+                options(nomem, nostack, preserves_flags))
+        };
+    }
+
+    /// Reads XCR0.
+    ///
+    /// # Safety
+    /// CR4.OSXSAVE is set.
+    pub unsafe fn xgetbv() -> u64 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: the caller guarantees OSXSAVE; XGETBV only reads.
+        unsafe {
+            asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
+                options(nomem, nostack, preserves_flags))
+        };
+        (u64::from(hi) << 32) | u64::from(lo)
+    }
+
+    /// XSAVE (standard format, 64-bit) of every component enabled in XCR0.
+    ///
+    /// # Safety
+    /// CR4.OSXSAVE is set; `area` is 64-byte aligned and at least as large
+    /// as CPUID.(EAX=0DH,ECX=0):EBX for the current XCR0.
+    pub unsafe fn xsave(area: *mut u8) {
+        // SAFETY: the caller guarantees alignment, size and OSXSAVE.
+        unsafe {
+            asm!("xsave64 [{}]", in(reg) area, in("eax") u32::MAX, in("edx") u32::MAX,
+                options(nostack, preserves_flags))
+        };
+    }
+
+    /// XRSTOR (standard format, 64-bit) of every component enabled in XCR0:
+    /// components whose XSTATE_BV bit is clear are put in their initial
+    /// state.
+    ///
+    /// # Safety
+    /// As [`xsave`], and the area holds a valid XSAVE image (reserved header
+    /// bytes zero, XSTATE_BV within XCR0, a valid MXCSR), else #GP.
+    pub unsafe fn xrstor(area: *const u8) {
+        // SAFETY: the caller guarantees a valid, aligned image and OSXSAVE.
+        unsafe {
+            asm!("xrstor64 [{}]", in(reg) area, in("eax") u32::MAX, in("edx") u32::MAX,
+                options(nostack, preserves_flags))
+        };
+    }
+
+    /// FXSAVE (64-bit) of the x87 and SSE state, for CPUs without XSAVE.
+    ///
+    /// # Safety
+    /// CR4.OSFXSR is set; `area` is 16-byte aligned and 512 bytes.
+    pub unsafe fn fxsave(area: *mut u8) {
+        // SAFETY: the caller guarantees alignment and size.
+        unsafe { asm!("fxsave64 [{}]", in(reg) area, options(nostack, preserves_flags)) };
+    }
+
+    /// FXRSTOR (64-bit).
+    ///
+    /// # Safety
+    /// As [`fxsave`], and the image's MXCSR is valid for this CPU.
+    pub unsafe fn fxrstor(area: *const u8) {
+        // SAFETY: the caller guarantees a valid, aligned image.
+        unsafe { asm!("fxrstor64 [{}]", in(reg) area, options(nostack, preserves_flags)) };
+    }
+
+    /// Reads DR0-DR3 and DR6.
+    pub fn debug_regs() -> ([u64; 4], u64) {
+        let (d0, d1, d2, d3, d6): (u64, u64, u64, u64, u64);
+        // SAFETY: reading debug registers at CPL 0 has no side effects
+        // (DR7.GD is never set by this kernel).
+        unsafe {
+            asm!("mov {}, dr0", "mov {}, dr1", "mov {}, dr2", "mov {}, dr3", "mov {}, dr6",
+                out(reg) d0, out(reg) d1, out(reg) d2, out(reg) d3, out(reg) d6,
+                options(nomem, nostack, preserves_flags))
+        };
+        ([d0, d1, d2, d3], d6)
+    }
+
+    /// Loads DR0-DR3 and DR6.
+    ///
+    /// # Safety
+    /// DR7 disables every breakpoint while the host runs (a VM exit sets it
+    /// to 0x400), so the addresses cannot trap host code; DR6 bits 63:32
+    /// must be zero.
+    pub unsafe fn set_debug_regs(dr: &[u64; 4], dr6: u64) {
+        // SAFETY: the caller guarantees the breakpoints are disabled.
+        unsafe {
+            asm!("mov dr0, {}", "mov dr1, {}", "mov dr2, {}", "mov dr3, {}", "mov dr6, {}",
+                in(reg) dr[0], in(reg) dr[1], in(reg) dr[2], in(reg) dr[3], in(reg) dr6 & 0xffff_ffff,
+                options(nomem, nostack, preserves_flags))
+        };
+    }
+}

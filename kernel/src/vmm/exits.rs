@@ -49,7 +49,7 @@ pub(super) fn handle_exit(vm: &mut Vm) {
         ExitReason::Hlt => {
             skip_instruction();
             let rflags = vmread(Field::GUEST_RFLAGS);
-            if rflags & 0x200 == 0 && vm.tick_period == 0 {
+            if rflags & 0x200 == 0 && vm.clock.period() == 0 {
                 fault(
                     vm,
                     format!(
@@ -82,13 +82,37 @@ pub(super) fn handle_exit(vm: &mut Vm) {
         ExitReason::Wrmsr => {
             let msr = vm.regs.rcx as u32;
             let v = (vm.regs.rdx << 32) | (vm.regs.rax & 0xffff_ffff);
-            if write_msr(msr, v) {
+            if write_msr(vm, msr, v) {
                 skip_instruction();
             } else {
                 inject_gp(vm, format!("wrmsr {msr:#x} = {v:#x}"));
             }
         }
         ExitReason::CrAccess => emulate_cr(vm),
+        ExitReason::Rdtsc | ExitReason::Rdtscp => {
+            // Only with RDTSC exiting (the clock asked for it): the value
+            // comes from the guest clock.
+            let tsc = vm.clock.tsc(arch::rdtsc());
+            vm.regs.rax = tsc & 0xffff_ffff;
+            vm.regs.rdx = tsc >> 32;
+            if info.reason == ExitReason::Rdtscp {
+                // IA32_TSC_AUX is not offered to guests: it reads 0.
+                vm.regs.rcx = 0;
+            }
+            skip_instruction();
+        }
+        ExitReason::Xsetbv => {
+            let index = vm.regs.rcx as u32;
+            let v = (vm.regs.rdx << 32) | (vm.regs.rax & 0xffff_ffff);
+            match xsetbv_check(index, v, vm.xcr0_allowed) {
+                Ok(()) => {
+                    // Loaded into XCR0 before the next VM entry.
+                    vm.ctx.xcr0 = v;
+                    skip_instruction();
+                }
+                Err(why) => inject_gp(vm, format!("xsetbv {index} = {v:#x} ({why})")),
+            }
+        }
         ExitReason::EptViolation
             if (MMIO_UART_BASE..MMIO_UART_BASE + MMIO_UART_LEN)
                 .contains(&vmread(Field::GUEST_PHYSICAL_ADDRESS)) =>
@@ -168,8 +192,11 @@ pub(super) fn emulate_cpuid(vm: &mut Vm) {
         0x4000_0001..=0x4000_00ff => (0, 0, 0, 0),
         1 => {
             let (a, b, c, d) = arch::cpuid(1, sub);
-            // Hypervisor present (bit 31) and no VMX (bit 5) for the guest.
-            (a, b, (c | (1 << 31)) & !(1 << 5), d)
+            // Hypervisor present (bit 31) and no VMX (bit 5) for the guest;
+            // OSXSAVE (bit 27) mirrors the guest's CR4, not the host's.
+            let osxsave = vmread(Field::GUEST_CR4) & (1 << 18) != 0;
+            let c = (c | (1 << 31)) & !(1 << 5) & !(1 << 27) | (u32::from(osxsave) << 27);
+            (a, b, c, d)
         }
         _ => arch::cpuid(leaf, sub),
     };
@@ -225,10 +252,15 @@ pub(super) fn emulate_io(vm: &mut Vm, q: IoQualification) {
 /// MSRs a guest may read: (value source).
 pub(super) fn read_msr(vm: &Vm, msr: u32) -> Option<u64> {
     Some(match msr {
-        0x10 => arch::rdtsc().wrapping_add(vm.tsc_offset), // IA32_TSC
+        0x10 => vm.clock.tsc(arch::rdtsc()),                // IA32_TSC
         0x1b => 0xfee0_0900,                               // IA32_APIC_BASE: BSP, enabled
         0x1a0 => 1,                                        // IA32_MISC_ENABLE: fast strings
         0x277 => vmread(Field::GUEST_IA32_PAT),            // IA32_PAT
+        // STAR, LSTAR, CSTAR, FMASK, KERNEL_GS_BASE: the guest's own.
+        m if context::SYSCALL_MSRS.contains(&m) => {
+            let k = context::SYSCALL_MSRS.iter().position(|&x| x == m)?;
+            vm.ctx.msrs[k]
+        }
         0xc000_0080 => vmread(Field::GUEST_IA32_EFER),     // IA32_EFER
         0xc000_0100 => vmread(Field::GUEST_FS_BASE),       // FS base
         0xc000_0101 => vmread(Field::GUEST_GS_BASE),       // GS base
@@ -237,9 +269,24 @@ pub(super) fn read_msr(vm: &Vm, msr: u32) -> Option<u64> {
 }
 
 /// MSRs a guest may write. False: the write gets #GP.
-pub(super) fn write_msr(msr: u32, v: u64) -> bool {
+pub(super) fn write_msr(vm: &mut Vm, msr: u32, v: u64) -> bool {
     match msr {
-        0x277 => vmwrite(Field::GUEST_IA32_PAT, v),
+        // Each byte a memory type the PAT can hold (0, 1, 4-7), or VM
+        // entry would fail on it.
+        0x277 if v.to_le_bytes().iter().all(|&t| matches!(t, 0 | 1 | 4..=7)) => {
+            vmwrite(Field::GUEST_IA32_PAT, v)
+        }
+        m if context::SYSCALL_MSRS.contains(&m) && context::syscall_msr_ok(m, v) => {
+            let Some(k) = context::SYSCALL_MSRS.iter().position(|&x| x == m) else {
+                return false;
+            };
+            vm.ctx.msrs[k] = v;
+            // The guest owns the CPU's context while its exits are handled.
+            // SAFETY: the MSR exists on every x86-64 CPU and the value was
+            // checked (canonical, FMASK's reserved bits clear); the host
+            // never uses it.
+            unsafe { arch::wrmsr(m, v) };
+        }
         // EFER: only NXE/SCE may change; LME/LMA stay as set up.
         0xc000_0080 if v & !0xd01 == 0 && v & 0x500 == 0x500 => {
             vmwrite(Field::GUEST_IA32_EFER, v | 0x400)
@@ -338,5 +385,27 @@ pub(super) fn emulate_mmio_uart(vm: &mut Vm, gpa: u64, write: bool) -> Result<()
         }
     }
     vmwrite(Field::GUEST_RIP, rip + u64::from(insn.len));
+    Ok(())
+}
+
+/// XSETBV rules (SDM Vol. 1 13.3): XCR0 only, x87 always on, AVX with
+/// SSE, the three AVX-512 components together and with AVX, nothing the
+/// VM's profile does not allow.
+fn xsetbv_check(index: u32, v: u64, allowed: u64) -> Result<(), &'static str> {
+    if index != 0 {
+        return Err("no such XCR");
+    }
+    if v & 1 == 0 {
+        return Err("x87 state must stay enabled");
+    }
+    if v & !allowed != 0 {
+        return Err("component not offered to this VM");
+    }
+    if v & 0x4 != 0 && v & 0x2 == 0 {
+        return Err("AVX needs SSE");
+    }
+    if v & 0xe0 != 0 && (v & 0xe0 != 0xe0 || v & 0x4 == 0) {
+        return Err("AVX-512 components go together, with AVX");
+    }
     Ok(())
 }

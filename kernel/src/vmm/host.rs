@@ -44,7 +44,12 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
         caps.exit,
         (ExitControls::HOST_ADDRESS_SPACE_SIZE
             | ExitControls::SAVE_IA32_EFER
-            | ExitControls::LOAD_IA32_EFER)
+            | ExitControls::LOAD_IA32_EFER
+            // The guest's DR7/DEBUGCTL and PAT are its own: saved on exit,
+            // loaded on entry, the host's PAT restored.
+            | ExitControls::SAVE_DEBUG_CONTROLS
+            | ExitControls::SAVE_IA32_PAT
+            | ExitControls::LOAD_IA32_PAT)
             .bits(),
         0,
     )
@@ -52,7 +57,11 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
     let entry = negotiate(
         "VM-entry",
         caps.entry,
-        (EntryControls::IA32E_MODE_GUEST | EntryControls::LOAD_IA32_EFER).bits(),
+        (EntryControls::IA32E_MODE_GUEST
+            | EntryControls::LOAD_IA32_EFER
+            | EntryControls::LOAD_DEBUG_CONTROLS
+            | EntryControls::LOAD_IA32_PAT)
+            .bits(),
         0,
     )
     .map_err(|e| e.to_string())?;
@@ -101,6 +110,13 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
     let ept_ad = caps.ept_ad();
     let pml = caps.pml() && ept_ad;
     let dirty_mechanism = ept::choose(ept_ad, pml);
+    let xstate = context::host_init();
+    log::info!(
+        "vmx: guest extended state by {} (xcr0 up to {:#x}, {} bytes)",
+        if xstate.xsave { "XSAVE" } else { "FXSAVE" },
+        xstate.xcr0_max,
+        xstate.area_size
+    );
     log::info!("vmx: dirty-page tracking by {dirty_mechanism}");
     Ok(Host {
         caps,
@@ -114,6 +130,7 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
         cr4_fixed,
         ept_ad,
         dirty_mechanism,
+        xstate,
     })
 }
 

@@ -9,10 +9,13 @@ pub const MIN_VM_MIB: u64 = 4;
 /// Largest guest RAM: guest-physical memory stays below the 3 GiB MMIO hole.
 pub const MAX_VM_MIB: u64 = 3072;
 
+pub mod clock;
 pub mod devices;
 pub mod mmio;
 pub mod vmxcaps;
 
+#[cfg(target_os = "none")]
+mod context;
 #[cfg(target_os = "none")]
 mod dirty;
 #[cfg(target_os = "none")]
@@ -44,6 +47,8 @@ mod prelude {
     pub(super) use vmx::insn::{self, GuestRegs, VmFail};
     pub(super) use vmx::vmcs::Field;
 
+    pub(super) use super::clock::GuestClock;
+    pub(super) use super::context::{self, GuestContext};
     pub(super) use super::dirty::*;
     pub(super) use super::exits::*;
     pub(super) use super::host::*;

@@ -23,6 +23,7 @@ pub fn run_slice() -> bool {
             m.next = (i + 1) % n;
             let vmcs = m.vms[i].vmcs;
             make_current(&mut m, vmcs);
+            own_context(&mut m, i);
             let Manager { host, vms, .. } = &mut *m;
             if let Some(host) = host.as_ref() {
                 run_for_a_slice(host, &mut vms[i], now);
@@ -31,6 +32,39 @@ pub fn run_slice() -> bool {
         }
     }
     false
+}
+
+/// Gives VM `i` the CPU's guest context (x87/SSE/AVX, debug and SYSCALL
+/// registers), saving the previous owner's first.
+pub(super) fn own_context(m: &mut Manager, i: usize) {
+    let Manager {
+        host,
+        vms,
+        ctx_owner,
+        ctx_switches,
+        ctx_switch_cycles,
+        ..
+    } = m;
+    let Some(host) = host.as_ref() else { return };
+    if *ctx_owner == vms[i].id {
+        return;
+    }
+    let t0 = arch::rdtsc();
+    if let Some(prev) = vms.iter_mut().find(|v| v.id == *ctx_owner) {
+        context::save(&host.xstate, &mut prev.ctx);
+    }
+    context::load(&host.xstate, &vms[i].ctx);
+    *ctx_owner = vms[i].id;
+    *ctx_switches += 1;
+    *ctx_switch_cycles += arch::rdtsc().saturating_sub(t0);
+}
+
+/// Saves the CPU's guest context into VM `i` if it owns it (before its
+/// state leaves the host).
+pub(super) fn sync_context(host: &Host, owner: u64, vm: &mut Vm) {
+    if owner == vm.id {
+        context::save(&host.xstate, &mut vm.ctx);
+    }
 }
 
 /// Runs `vm` (its VMCS current) through exits until it has had
@@ -66,10 +100,10 @@ pub(super) fn runnable(vm: &Vm) -> bool {
 /// Raises IRQ0 when the guest's PIT period has elapsed.
 pub(super) fn update_timer(vm: &mut Vm, now: u64) {
     if vm.pit.take_changed() {
-        vm.tick_period = vm.pit.period_tsc(crate::arch::time::tsc_hz()).unwrap_or(0);
-        vm.next_tick = now.saturating_add(vm.tick_period);
+        let period = vm.pit.period_tsc(crate::arch::time::tsc_hz()).unwrap_or(0);
+        vm.clock.set_period(period, now);
     }
-    if vm.tick_period != 0 && now >= vm.next_tick {
+    if vm.clock.tick_due(now) {
         // Auto-converge (a migration the guest outruns): deliver one timer
         // tick in 2^slow, so a guest that works per tick works that much
         // less. Its TSC keeps real time.
@@ -77,8 +111,6 @@ pub(super) fn update_timer(vm: &mut Vm, now: u64) {
         if vm.slow == 0 || vm.skipped.is_multiple_of(1 << vm.slow) {
             vm.pic.raise(0);
         }
-        // Keep the phase (no drift), but never queue more than one late tick.
-        vm.next_tick = vm.next_tick.saturating_add(vm.tick_period).max(now);
     }
 }
 
@@ -87,6 +119,9 @@ pub(super) fn run_vm(host: &Host, vm: &mut Vm) {
     // for an exit as soon as it can (interrupt-window exiting). An event
     // whose delivery an exit interrupted goes first (handle_exit queued it).
     let mut primary = host.primary;
+    if vm.clock.exiting {
+        primary |= PrimaryControls::RDTSC_EXITING.bits();
+    }
     let reinjecting = vmread(Field::ENTRY_INTERRUPTION_INFO) & (1 << 31) != 0;
     if reinjecting {
         if vm.pic.pending().is_some() {
@@ -113,6 +148,7 @@ pub(super) fn run_vm(host: &Host, vm: &mut Vm) {
         );
     }
 
+    context::enter(&host.xstate, &vm.ctx);
     let t0 = arch::rdtsc();
     arch::cli();
     // SAFETY: the VM's VMCS is current and fully initialised (setup_vmcs),

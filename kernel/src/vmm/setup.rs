@@ -40,8 +40,11 @@ pub(super) fn setup_vmcs(host: &Host, vm: &mut Vm, entry: u64) {
     vmwrite(F::ENTRY_INTERRUPTION_INFO, 0);
     vmwrite(F::EPT_POINTER, vm.ept.eptp(host.ept_ad));
     vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
-    vm.tsc_offset = 0u64.wrapping_sub(arch::rdtsc());
-    vmwrite(F::TSC_OFFSET, vm.tsc_offset);
+    // The guest's TSC starts at 0 now, through its clock.
+    let exiting = vm.clock.exiting;
+    vm.clock = GuestClock::starting_at(arch::rdtsc(), 0);
+    vm.clock.exiting = exiting;
+    vmwrite(F::TSC_OFFSET, vm.clock.offset());
 
     // Guest CR0/CR4: the VMX fixed bits are forced, and hidden from the
     // guest through the read shadows (CR4.VMXE above all).
@@ -121,6 +124,8 @@ pub(super) fn setup_vmcs(host: &Host, vm: &mut Vm, entry: u64) {
     vmwrite(F::GUEST_IA32_SYSENTER_ESP, 0);
     vmwrite(F::GUEST_IA32_SYSENTER_EIP, 0);
     vmwrite(F::GUEST_IA32_DEBUGCTL, 0);
+    // PAT after reset: WB, WT, UC-, UC, repeated.
+    vmwrite(F::GUEST_IA32_PAT, 0x0007_0406_0007_0406);
 
     // Host state: what the CPU loads on every VM exit.
     vmwrite(F::HOST_CR0, arch::cr0());
@@ -148,5 +153,7 @@ pub(super) fn setup_vmcs(host: &Host, vm: &mut Vm, entry: u64) {
     vmwrite(F::HOST_IA32_SYSENTER_EIP, 0);
     // SAFETY: IA32_EFER exists on every x86-64 CPU.
     vmwrite(F::HOST_IA32_EFER, unsafe { arch::rdmsr(0xc000_0080) });
+    // SAFETY: IA32_PAT exists on every CPU with VMX and EPT.
+    vmwrite(F::HOST_IA32_PAT, unsafe { arch::rdmsr(0x277) });
     vmwrite(F::HOST_RIP, insn::vm_exit_rip());
 }

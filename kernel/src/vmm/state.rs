@@ -180,7 +180,7 @@ pub fn save_state(name: &str) -> Result<(Vec<u8>, DeviceStates), String> {
             v.extend_from_slice(&x.to_le_bytes());
         }
         // The guest's TSC now: the destination continues from it.
-        let guest_tsc = arch::rdtsc().wrapping_add(vm.tsc_offset);
+        let guest_tsc = vm.clock.tsc(arch::rdtsc());
         v.extend_from_slice(&guest_tsc.to_le_bytes());
         v.push(u8::from(vm.state == State::Halted));
         v.push(vm.requests);
@@ -241,7 +241,7 @@ pub fn reserve_incoming(name: &str, mem_bytes: u64) -> Result<(), String> {
         m.host = Some(enable_vmx()?);
     }
     let mut vm =
-        new_vm(&m, name, mem_bytes, "(migrated)", 0, State::Incoming).map_err(|free| {
+        new_vm(&mut m, name, mem_bytes, "(migrated)", 0, State::Incoming).map_err(|free| {
             format!(
                 "not enough memory: the guest needs {} MiB, {} MiB free",
                 mem_bytes >> 20,
@@ -382,13 +382,15 @@ pub fn start_incoming(
     }
     let now = arch::rdtsc();
     let jump = crate::arch::time::tsc_hz() / 1_000_000 * paused_us;
-    vm.tsc_offset = guest_tsc.wrapping_add(jump).wrapping_sub(now);
-    vmwrite(Field::TSC_OFFSET, vm.tsc_offset);
+    let exiting = vm.clock.exiting;
+    vm.clock = GuestClock::starting_at(now, guest_tsc.wrapping_add(jump));
+    vm.clock.exiting = exiting;
+    vmwrite(Field::TSC_OFFSET, vm.clock.offset());
     vm.regs = regs;
     vm.uart = uart;
     vm.pic = pic;
-    vm.tick_period = pit.period_tsc(crate::arch::time::tsc_hz()).unwrap_or(0);
-    vm.next_tick = now.saturating_add(vm.tick_period);
+    vm.clock
+        .set_period(pit.period_tsc(crate::arch::time::tsc_hz()).unwrap_or(0), now);
     let _ = pit.take_changed();
     vm.pit = pit;
     vm.requests = requests;

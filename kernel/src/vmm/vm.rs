@@ -92,6 +92,8 @@ impl State {
 
 /// One guest.
 pub struct Vm {
+    /// Unique for the life of the host (names are reused).
+    pub(super) id: u64,
     pub(super) name: String,
     pub(super) mem_mib: u64,
     pub(super) image: String,
@@ -106,16 +108,19 @@ pub struct Vm {
     pub(super) vmcs: u64,
     pub(super) launched: bool,
     pub(super) regs: GuestRegs,
+    /// x87/SSE/AVX, debug and SYSCALL registers (switched lazily).
+    pub(super) ctx: GuestContext,
+    /// XCR0 components the guest may enable with XSETBV.
+    pub(super) xcr0_allowed: u64,
     pub(super) uart: Uart,
     pub(super) pic: Pic,
     pub(super) pit: Pit,
-    pub(super) tick_period: u64,
-    pub(super) next_tick: u64,
+    /// Guest time: its TSC and its timer's ticks.
+    pub(super) clock: GuestClock,
     pub(super) exits: [u64; 70],
     pub(super) total_exits: u64,
     pub(super) guest_tsc: u64,
     pub(super) started_tsc: u64,
-    pub(super) tsc_offset: u64,
     /// Requests made with `vm checksum` (the guest reads them on port 0xF5).
     pub(super) requests: u8,
     /// Dirty-page tracking, while on (live migration, `vm dirty`).
@@ -149,6 +154,8 @@ pub(super) struct Host {
     pub(super) ept_ad: bool,
     /// How this CPU tracks guest writes for live migration.
     pub(super) dirty_mechanism: ept::Mechanism,
+    /// Extended state (XSAVE) this CPU offers guests.
+    pub(super) xstate: context::XstateHost,
 }
 
 pub(super) struct Manager {
@@ -156,6 +163,13 @@ pub(super) struct Manager {
     pub(super) vms: Vec<Vm>,
     pub(super) next: usize,
     pub(super) current_vmcs: u64,
+    /// The VM whose context the CPU holds (0: none).
+    pub(super) ctx_owner: u64,
+    /// The id the next VM gets.
+    pub(super) next_id: u64,
+    /// Context switches between guests, and the TSC cycles they took.
+    pub(super) ctx_switches: u64,
+    pub(super) ctx_switch_cycles: u64,
 }
 
 pub(super) static MANAGER: Mutex<Manager> = Mutex::new(Manager {
@@ -163,6 +177,10 @@ pub(super) static MANAGER: Mutex<Manager> = Mutex::new(Manager {
     vms: Vec::new(),
     next: 0,
     current_vmcs: 0,
+    ctx_owner: 0,
+    next_id: 1,
+    ctx_switches: 0,
+    ctx_switch_cycles: 0,
 });
 
 /// Guest images (modules the loader read from the ESP).
@@ -212,7 +230,7 @@ pub fn create(name: &str, mem_mib: u64, image: &str, arg: u64) -> Result<(), Str
     if m.host.is_none() {
         m.host = Some(enable_vmx()?);
     }
-    let vm = new_vm(&m, name, ram, image, arg, State::Created).map_err(|free| {
+    let vm = new_vm(&mut m, name, ram, image, arg, State::Created).map_err(|free| {
         format!(
             "not enough memory for {mem_mib} MiB of guest RAM ({} MiB free)",
             free >> 20
@@ -230,13 +248,16 @@ pub fn create(name: &str, mem_mib: u64, image: &str, arg: u64) -> Result<(), Str
 /// Err(free bytes) if the RAM is not there; Ok(Err(why)) if the EPT or
 /// VMCS could not be built. Nothing stays allocated on failure.
 pub(super) fn new_vm(
-    m: &Manager,
+    m: &mut Manager,
     name: &str,
     ram: u64,
     image: &str,
     arg: u64,
     state: State,
 ) -> Result<Result<Vm, String>, u64> {
+    let Some(xstate) = m.host.as_ref().map(|h| h.xstate) else {
+        return Ok(Err("VMX is not enabled".into()));
+    };
     let chunks_needed = (ram / MIB2) as usize;
     let mut chunks = Vec::with_capacity(chunks_needed);
     {
@@ -270,7 +291,10 @@ pub(super) fn new_vm(
             return Ok(Err(e));
         }
     };
+    let id = m.next_id;
+    m.next_id += 1;
     Ok(Ok(Vm {
+        id,
         name: name.into(),
         mem_mib: ram >> 20,
         image: image.into(),
@@ -282,16 +306,16 @@ pub(super) fn new_vm(
         vmcs,
         launched: false,
         regs: GuestRegs::default(),
+        ctx: GuestContext::reset(&xstate),
+        xcr0_allowed: if xstate.xsave { xstate.xcr0_max } else { 0 },
         uart: Uart::default(),
         pic: Pic::default(),
         pit: Pit::default(),
-        tick_period: 0,
-        next_tick: 0,
+        clock: GuestClock::default(),
         exits: [0; 70],
         total_exits: 0,
         guest_tsc: 0,
         started_tsc: 0,
-        tsc_offset: 0,
         requests: 0,
         dirty: None,
         pml_page: 0,
@@ -373,10 +397,21 @@ pub fn start(name: &str) -> Result<(), String> {
         return Err(format!("VM '{name}' is already running"));
     }
     fresh_launch(&mut m, i)?;
-    let Manager { host, vms, .. } = &mut *m;
+    let Manager {
+        host,
+        vms,
+        ctx_owner,
+        ..
+    } = &mut *m;
     let host = host.as_ref().ok_or("VMX is not enabled")?;
     let vm = &mut vms[i];
     dirty_stop(host, vm);
+    // A restart begins from reset registers: the CPU's copy (if this VM
+    // owned it) is stale, the next slice loads the fresh one.
+    if *ctx_owner == vm.id {
+        *ctx_owner = 0;
+    }
+    vm.ctx = GuestContext::reset(&host.xstate);
     let data = module(&vm.image).ok_or_else(|| format!("image '{}' disappeared", vm.image))?;
     let image = boot::elf::parse_range(data, GUEST_IMAGE_BASE, vm.ram_bytes())
         .map_err(|e| e.to_string())?;
@@ -394,7 +429,7 @@ pub fn start(name: &str) -> Result<(), String> {
     vm.uart = Uart::default();
     vm.pic = Pic::default();
     vm.pit = Pit::default();
-    vm.tick_period = 0;
+    vm.clock.set_period(0, 0);
     vm.state = State::Running;
     vm.started_tsc = arch::rdtsc();
     log::debug!("vm {name}: started at {:#x}", image.entry);
@@ -432,6 +467,9 @@ pub fn delete(name: &str) -> Result<(), String> {
     let vm = m.vms.remove(i);
     if m.current_vmcs == vm.vmcs {
         m.current_vmcs = 0;
+    }
+    if m.ctx_owner == vm.id {
+        m.ctx_owner = 0;
     }
     if vm.pml_page != 0 {
         free_page(vm.pml_page);
@@ -507,13 +545,13 @@ pub fn stats(name: &str) -> Result<(), String> {
         vm.pic.irr,
         vm.pic.isr,
         vm.pic.imr,
-        if vm.tick_period == 0 {
+        if vm.clock.period() == 0 {
             String::from("off")
         } else {
             format!(
                 "every {} us, next in {} us{}{}",
-                crate::arch::time::tsc_to_us(vm.tick_period),
-                crate::arch::time::tsc_to_us(vm.next_tick.saturating_sub(now)),
+                crate::arch::time::tsc_to_us(vm.clock.period()),
+                crate::arch::time::tsc_to_us(vm.clock.until_next(now)),
                 if vm.paused { ", paused" } else { "" },
                 if vm.migrating { ", migrating" } else { "" }
             )

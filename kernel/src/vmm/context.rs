@@ -1,0 +1,296 @@
+//! The part of a guest's CPU state that VM entry and exit do not switch:
+//! x87/SSE/AVX registers (an XSAVE image and the guest's XCR0), DR0-DR3 and
+//! DR6, and the SYSCALL MSRs (STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE).
+//!
+//! Nothing in the hypervisor uses these registers (the kernel is built
+//! soft-float, never executes SYSCALL or SWAPGS, and never arms a
+//! breakpoint; a VM exit sets DR7 to 0x400), so they are switched lazily:
+//! the CPU holds the context of the last guest that ran (its *owner*) until
+//! another guest is about to run, and only then is the owner's context
+//! saved and the next one's loaded ([`save`], [`load`]). Migration saves
+//! the owner's context before it sends it.
+//!
+//! The save and restore run under the largest XCR0 this host supports, so
+//! every component is saved or put in its initial state, whatever the two
+//! guests enabled: a component one guest never enabled cannot carry the
+//! other guest's values. The guest's own XCR0 is loaded just before each
+//! VM entry ([`enter`]).
+//!
+//! Reference: Intel SDM Vol. 1 chapter 13 (XSAVE), Vol. 3 17.2 (debug
+//! registers), Vol. 4 (MSRs).
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::arch::{self, xstate};
+
+/// IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK, IA32_KERNEL_GS_BASE.
+pub const SYSCALL_MSRS: [u32; 5] = [
+    0xc000_0081,
+    0xc000_0082,
+    0xc000_0083,
+    0xc000_0084,
+    0xc000_0102,
+];
+
+/// XCR0 components the hypervisor can switch: x87, SSE, AVX, and the three
+/// AVX-512 components (opmask, ZMM_Hi256, Hi16_ZMM). MPX, PT, AMX are not
+/// offered to guests.
+pub const XCR0_SWITCHABLE: u64 = 0xe7;
+
+/// Offset of MXCSR in the legacy region of an XSAVE/FXSAVE image.
+const MXCSR_OFFSET: usize = 24;
+/// MXCSR after reset: every exception masked.
+const MXCSR_RESET: u32 = 0x1f80;
+/// x87 control word after FNINIT.
+const FCW_RESET: u16 = 0x37f;
+/// The legacy region and the XSAVE header: the smallest XSAVE image.
+pub const XSAVE_MIN: usize = 576;
+
+/// What this CPU offers for guest extended state; read once when VMX is
+/// enabled ([`host_init`]).
+#[derive(Debug, Clone, Copy)]
+pub struct XstateHost {
+    /// XSAVE/XRSTOR (else FXSAVE/FXRSTOR, x87 and SSE only).
+    pub xsave: bool,
+    /// Every component guests may enable (and the XCR0 the host keeps
+    /// while it saves and restores).
+    pub xcr0_max: u64,
+    /// Bytes of an image holding every component of `xcr0_max`.
+    pub area_size: usize,
+}
+
+/// What XCR0 holds now (0 before [`host_init`]).
+static CURRENT_XCR0: AtomicU64 = AtomicU64::new(0);
+
+/// Turns on SSE and XSAVE for the host CPU (CR4.OSFXSR, OSXMMEXCPT,
+/// OSXSAVE) and sets XCR0 to every component guests may use.
+pub fn host_init() -> XstateHost {
+    let (_, _, ecx1, _) = arch::cpuid(1, 0);
+    let xsave = ecx1 & (1 << 26) != 0;
+    let mut cr4 = arch::cr4() | xstate::CR4_OSFXSR | xstate::CR4_OSXMMEXCPT;
+    if xsave {
+        cr4 |= xstate::CR4_OSXSAVE;
+    }
+    // SAFETY: OSFXSR/OSXMMEXCPT only enable FXSAVE and SSE exceptions, and
+    // OSXSAVE is set only when CPUID reports XSAVE; the kernel's own code
+    // uses none of these registers.
+    unsafe { arch::write_cr4(cr4) };
+    if !xsave {
+        CURRENT_XCR0.store(0, Ordering::Relaxed);
+        return XstateHost {
+            xsave: false,
+            xcr0_max: 0x3,
+            area_size: 512,
+        };
+    }
+    let supported = {
+        let (a, _, _, d) = arch::cpuid(0xd, 0);
+        (u64::from(d) << 32 | u64::from(a)) & XCR0_SWITCHABLE
+    };
+    // AVX needs SSE; the AVX-512 components go together and need AVX.
+    let mut xcr0_max = supported & 0x3;
+    if supported & 0x4 != 0 && xcr0_max == 0x3 {
+        xcr0_max |= 0x4;
+        if supported & 0xe0 == 0xe0 {
+            xcr0_max |= 0xe0;
+        }
+    }
+    // SAFETY: OSXSAVE is set above and xcr0_max holds only supported
+    // components with their dependencies.
+    unsafe { xstate::xsetbv(xcr0_max) };
+    CURRENT_XCR0.store(xcr0_max, Ordering::Relaxed);
+    // Sizes from CPUID, checked against each other (Bochs' leaf 0xD is not
+    // always consistent, TESTBED.md): the end of the furthest component,
+    // and never less than what the CPU says XSAVE writes.
+    let mut size = XSAVE_MIN;
+    for i in 2..64 {
+        if xcr0_max & (1 << i) != 0 {
+            let (len, offset, _, _) = arch::cpuid(0xd, i);
+            size = size.max(offset as usize + len as usize);
+        }
+    }
+    let (_, ebx, _, _) = arch::cpuid(0xd, 0);
+    size = size.max(ebx as usize).next_multiple_of(64);
+    XstateHost {
+        xsave: true,
+        xcr0_max,
+        area_size: size,
+    }
+}
+
+/// One cache line, so that a `Vec` of them is a 64-byte aligned buffer.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A 64-byte aligned XSAVE (or FXSAVE) image.
+#[derive(Clone)]
+pub struct XsaveArea {
+    lines: Vec<Line>,
+}
+
+impl XsaveArea {
+    /// The image of a CPU after reset: every component in its initial state
+    /// (XSTATE_BV zero), MXCSR and the x87 control word at their reset
+    /// values (XRSTOR loads MXCSR even for an initial SSE state).
+    pub fn reset(size: usize) -> XsaveArea {
+        let mut a = XsaveArea {
+            lines: alloc::vec![Line([0; 64]); size.div_ceil(64)],
+        };
+        let b = a.bytes_mut();
+        b[0..2].copy_from_slice(&FCW_RESET.to_le_bytes());
+        b[MXCSR_OFFSET..MXCSR_OFFSET + 4].copy_from_slice(&MXCSR_RESET.to_le_bytes());
+        a
+    }
+
+    /// The image's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `Line` is 64 plain bytes with no padding, so the lines are
+        // one contiguous initialised byte buffer of len * 64 bytes.
+        unsafe { core::slice::from_raw_parts(self.lines.as_ptr().cast(), self.lines.len() * 64) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as `bytes`, and `&mut self` makes the borrow unique.
+        unsafe {
+            core::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.lines.len() * 64)
+        }
+    }
+
+    /// Takes an image from a migration stream: it must be exactly this
+    /// host's size, its header's XSTATE_BV within `xcr0`, XCOMP_BV zero
+    /// (standard format) and the rest of the header and MXCSR's reserved
+    /// bits clear, or XRSTOR would fault in the hypervisor.
+    pub fn from_image(
+        host: &XstateHost,
+        xcr0: u64,
+        image: &[u8],
+    ) -> Result<XsaveArea, &'static str> {
+        if image.len() != host.area_size {
+            return Err("XSAVE image size differs from this host's");
+        }
+        let mxcsr = u32::from_le_bytes([image[24], image[25], image[26], image[27]]);
+        if mxcsr & !0xffff != 0 {
+            return Err("reserved MXCSR bits set");
+        }
+        if host.xsave {
+            let header = &image[512..576];
+            let xstate_bv = u64::from_le_bytes(header[0..8].try_into().unwrap_or_default());
+            if xstate_bv & !xcr0 != 0 || header[8..].iter().any(|&b| b != 0) {
+                return Err("bad XSAVE header");
+            }
+        }
+        let mut a = XsaveArea::reset(host.area_size);
+        a.bytes_mut().copy_from_slice(image);
+        Ok(a)
+    }
+}
+
+/// A guest's lazily switched context.
+#[derive(Clone)]
+pub struct GuestContext {
+    /// x87/SSE/AVX registers as XSAVE (or FXSAVE) stores them.
+    pub xsave: XsaveArea,
+    /// The guest's XCR0 (1 after reset: x87 only).
+    pub xcr0: u64,
+    /// DR0-DR3.
+    pub dr: [u64; 4],
+    /// DR6 (its reset value 0xFFFF0FF0).
+    pub dr6: u64,
+    /// The [`SYSCALL_MSRS`], in that order.
+    pub msrs: [u64; 5],
+}
+
+impl GuestContext {
+    /// The context of a CPU after reset.
+    pub fn reset(host: &XstateHost) -> GuestContext {
+        GuestContext {
+            xsave: XsaveArea::reset(host.area_size),
+            xcr0: 1,
+            dr: [0; 4],
+            dr6: 0xffff_0ff0,
+            msrs: [0; 5],
+        }
+    }
+
+    /// Stores the CPU's registers into this context (its guest owns them).
+    fn save(&mut self, host: &XstateHost) {
+        let area = self.xsave.bytes_mut().as_mut_ptr();
+        if host.xsave {
+            set_xcr0(host.xcr0_max);
+            // SAFETY: OSXSAVE is on (host_init), the area is 64-byte aligned
+            // and area_size bytes, the size of an image of xcr0_max.
+            unsafe { xstate::xsave(area) };
+        } else {
+            // SAFETY: OSFXSR is on; the area is aligned and >= 512 bytes.
+            unsafe { xstate::fxsave(area) };
+        }
+        (self.dr, self.dr6) = xstate::debug_regs();
+        for (v, &msr) in self.msrs.iter_mut().zip(&SYSCALL_MSRS) {
+            // SAFETY: the SYSCALL MSRs exist on every x86-64 CPU.
+            *v = unsafe { arch::rdmsr(msr) };
+        }
+    }
+
+    /// Loads this context into the CPU.
+    fn load(&self, host: &XstateHost) {
+        let area = self.xsave.bytes().as_ptr();
+        if host.xsave {
+            set_xcr0(host.xcr0_max);
+            // SAFETY: OSXSAVE is on; the image is aligned and area_size
+            // bytes, and valid: built by `reset`, written by XSAVE, or
+            // checked by `from_image`.
+            unsafe { xstate::xrstor(area) };
+        } else {
+            // SAFETY: as above, for FXRSTOR.
+            unsafe { xstate::fxrstor(area) };
+        }
+        // SAFETY: after a VM exit DR7 is 0x400 (every breakpoint off) and
+        // the host never sets it, so guest addresses cannot trap the host.
+        unsafe { xstate::set_debug_regs(&self.dr, self.dr6) };
+        for (&v, &msr) in self.msrs.iter().zip(&SYSCALL_MSRS) {
+            // SAFETY: the host never runs SYSCALL or SWAPGS, so these MSRs
+            // only matter to the guest; values were checked on WRMSR
+            // (canonical addresses, FMASK's reserved bits clear).
+            unsafe { arch::wrmsr(msr, v) };
+        }
+    }
+}
+
+fn set_xcr0(v: u64) {
+    if CURRENT_XCR0.swap(v, Ordering::Relaxed) != v {
+        // SAFETY: OSXSAVE is on (callers check host.xsave) and `v` is either
+        // xcr0_max or a guest value accepted by `check_xsetbv` against it.
+        unsafe { xstate::xsetbv(v) };
+    }
+}
+
+/// Saves the CPU's guest registers into `ctx` (the context of the guest
+/// that owns them; the CPU keeps them loaded).
+pub fn save(host: &XstateHost, ctx: &mut GuestContext) {
+    ctx.save(host);
+}
+
+/// Loads `ctx` into the CPU: its guest becomes the owner.
+pub fn load(host: &XstateHost, ctx: &GuestContext) {
+    ctx.load(host);
+}
+
+/// Loads the guest's XCR0 just before VM entry.
+pub fn enter(host: &XstateHost, ctx: &GuestContext) {
+    if host.xsave {
+        set_xcr0(ctx.xcr0);
+    }
+}
+
+/// Whether a WRMSR value is acceptable for a SYSCALL MSR (else #GP):
+/// addresses must be canonical, FMASK's upper half is reserved.
+pub fn syscall_msr_ok(msr: u32, v: u64) -> bool {
+    let canonical = ((v as i64) << 16 >> 16) as u64 == v;
+    match msr {
+        0xc000_0081 => true,
+        0xc000_0084 => v >> 32 == 0,
+        _ => canonical,
+    }
+}
