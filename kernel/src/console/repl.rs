@@ -293,12 +293,21 @@ fn vm_command(cmd: crate::console::shell::VmCommand) {
             mem_mib,
             image,
             arg,
-        } => crate::vmm::create(&name, mem_mib, &image, arg)
-            .map(|()| println!("vm {name}: created ({mem_mib} MiB, image {image})")),
+            cpu,
+            rdtsc_exit,
+        } => crate::vmm::create(
+            &name,
+            mem_mib,
+            &image,
+            arg,
+            &crate::vmm::VmOptions { cpu, rdtsc_exit },
+        )
+        .map(|()| println!("vm {name}: created ({mem_mib} MiB, image {image})")),
         V::Start(name) => crate::vmm::start(&name).map(|()| println!("vm {name}: started")),
         V::Stop(name) => crate::vmm::stop(&name).map(|()| println!("vm {name}: stopped")),
         V::Delete(name) => crate::vmm::delete(&name).map(|()| println!("vm {name}: deleted")),
         V::Stats(name) => crate::vmm::stats(&name),
+        V::Show(name) => crate::vmm::show(&name),
         V::Dirty(name) => crate::vmm::dirty(&name),
         V::Checksum(name) => crate::vmm::request(&name)
             .map(|n| println!("vm {name}: checksum request {n} sent (port 0xf5)")),

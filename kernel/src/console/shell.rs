@@ -69,8 +69,13 @@ pub enum VmCommand {
         mem_mib: u64,
         image: String,
         arg: u64,
+        /// CPU profile (`host` unless told).
+        cpu: String,
+        /// RDTSC and RDTSCP exit to the guest clock.
+        rdtsc_exit: bool,
     },
     Start(String),
+    Show(String),
     Stop(String),
     Delete(String),
     Stats(String),
@@ -395,12 +400,15 @@ fn parse_vm(args: &[&str]) -> Result<VmCommand, String> {
         Some("stop") => name_arg("stop").map(VmCommand::Stop),
         Some("delete") => name_arg("delete").map(VmCommand::Delete),
         Some("stats") => name_arg("stats").map(VmCommand::Stats),
+        Some("show") => name_arg("show").map(VmCommand::Show),
         Some("checksum") => name_arg("checksum").map(VmCommand::Checksum),
         Some("dirty") => name_arg("dirty").map(VmCommand::Dirty),
         Some("create") => {
-            let usage = "usage: vm create <name> mem=<MiB> image=<module> [arg=<n>]";
+            let usage =
+                "usage: vm create <name> mem=<MiB> image=<module> [arg=<n>] [cpu=<profile>]";
             let name = check_vm_name(args.get(1).ok_or(usage)?)?;
             let (mut mem, mut image, mut arg) = (None, None, 0u64);
+            let (mut cpu, mut rdtsc_exit) = (String::from("host"), false);
             for opt in &args[2..] {
                 let (key, value) = opt
                     .split_once('=')
@@ -423,6 +431,25 @@ fn parse_vm(args: &[&str]) -> Result<VmCommand, String> {
                             format!("bad value 'arg={}' (expected a number)", shorten(value))
                         })?
                     }
+                    "cpu" if is_profile_name(value) => cpu = String::from(value),
+                    "cpu" => {
+                        return Err(format!(
+                            "bad CPU profile 'cpu={}' (a name such as host or skylake-server)",
+                            shorten(value)
+                        ));
+                    }
+                    "rdtsc" => {
+                        rdtsc_exit = match value {
+                            "exit" => true,
+                            "native" => false,
+                            _ => {
+                                return Err(format!(
+                                    "bad value 'rdtsc={}' (expected exit or native)",
+                                    shorten(value)
+                                ));
+                            }
+                        }
+                    }
                     _ => return Err(format!("unknown option '{}' ({usage})", shorten(opt))),
                 }
             }
@@ -432,6 +459,8 @@ fn parse_vm(args: &[&str]) -> Result<VmCommand, String> {
                     mem_mib,
                     image,
                     arg,
+                    cpu,
+                    rdtsc_exit,
                 }),
                 _ => Err(String::from(usage)),
             }
@@ -441,6 +470,14 @@ fn parse_vm(args: &[&str]) -> Result<VmCommand, String> {
             shorten(other)
         )),
     }
+}
+
+/// A CPU profile's name as the console accepts it: 1-32 characters of
+/// `a-z`, `0-9` and `-` (whether it exists is `vm create`'s question).
+fn is_profile_name(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn check_vm_name(name: &str) -> Result<String, String> {
@@ -496,8 +533,25 @@ mod tests {
                 name: "g1".into(),
                 mem_mib: 16,
                 image: "hello".into(),
-                arg: 0
+                arg: 0,
+                cpu: "host".into(),
+                rdtsc_exit: false,
             }))
+        );
+        assert_eq!(
+            parse("vm create g1 mem=16 image=hello cpu=skylake-server rdtsc=exit"),
+            Ok(Command::Vm(VmCommand::Create {
+                name: "g1".into(),
+                mem_mib: 16,
+                image: "hello".into(),
+                arg: 0,
+                cpu: "skylake-server".into(),
+                rdtsc_exit: true,
+            }))
+        );
+        assert_eq!(
+            parse("vm show g1"),
+            Ok(Command::Vm(VmCommand::Show("g1".into())))
         );
         assert_eq!(
             parse("vm create g-2 image=rogue mem=0x20 arg=2"),
@@ -505,7 +559,9 @@ mod tests {
                 name: "g-2".into(),
                 mem_mib: 32,
                 image: "rogue".into(),
-                arg: 2
+                arg: 2,
+                cpu: "host".into(),
+                rdtsc_exit: false,
             }))
         );
         assert_eq!(
@@ -547,6 +603,15 @@ mod tests {
             parse("vm create 12345678901234567 mem=16 image=x")
                 .unwrap_err()
                 .starts_with("bad VM name")
+        );
+        assert!(
+            parse("vm create g1 mem=16 image=x cpu=Sky/Lake")
+                .unwrap_err()
+                .starts_with("bad CPU profile 'cpu=Sky/Lake'")
+        );
+        assert_eq!(
+            parse("vm create g1 mem=16 image=x rdtsc=often").unwrap_err(),
+            "bad value 'rdtsc=often' (expected exit or native)"
         );
         assert_eq!(parse("vm start").unwrap_err(), "usage: vm start <name>");
         assert_eq!(

@@ -269,7 +269,9 @@ pub(super) fn run_dest_actions(
                 }
             }
             DestAction::Reserve { vm, mem_bytes } => {
-                if let Err(e) = crate::vmm::reserve_incoming(&vm, mem_bytes) {
+                let reserved = crate::vmm::resolve_profile(vcpu::profile::HOST)
+                    .and_then(|p| crate::vmm::reserve_incoming(&vm, mem_bytes, p));
+                if let Err(e) = reserved {
                     async_line(format_args!(
                         "migrate: refusing {} from {}: {}",
                         crate::text::peer(&vm),

@@ -89,6 +89,7 @@ pub(super) fn handle_exit(vm: &mut Vm) {
             }
         }
         ExitReason::CrAccess => emulate_cr(vm),
+        ExitReason::Rdrand | ExitReason::Rdseed => emulate_rand(vm, info.reason),
         ExitReason::Rdtsc | ExitReason::Rdtscp => {
             // Only with RDTSC exiting (the clock asked for it): the value
             // comes from the guest clock.
@@ -104,13 +105,13 @@ pub(super) fn handle_exit(vm: &mut Vm) {
         ExitReason::Xsetbv => {
             let index = vm.regs.rcx as u32;
             let v = (vm.regs.rdx << 32) | (vm.regs.rax & 0xffff_ffff);
-            match xsetbv_check(index, v, vm.xcr0_allowed) {
+            match vcpu::xcr0::check_xsetbv(index, v, vm.xcr0_allowed) {
                 Ok(()) => {
                     // Loaded into XCR0 before the next VM entry.
                     vm.ctx.xcr0 = v;
                     skip_instruction();
                 }
-                Err(why) => inject_gp(vm, format!("xsetbv {index} = {v:#x} ({why})")),
+                Err(why) => inject_gp(vm, format!("xsetbv ({why})")),
             }
         }
         ExitReason::EptViolation
@@ -183,23 +184,17 @@ pub(super) fn handle_exit(vm: &mut Vm) {
     }
 }
 
+/// CPUID from the VM's profile: the same values on every host.
 pub(super) fn emulate_cpuid(vm: &mut Vm) {
     let leaf = vm.regs.rax as u32;
     let sub = vm.regs.rcx as u32;
-    let (a, b, c, d) = match leaf {
-        0x4000_0000 => (0x4000_0010, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]),
-        0x4000_0010 => ((crate::arch::time::tsc_hz() / 1000) as u32, 0, 0, 0),
-        0x4000_0001..=0x4000_00ff => (0, 0, 0, 0),
-        1 => {
-            let (a, b, c, d) = arch::cpuid(1, sub);
-            // Hypervisor present (bit 31) and no VMX (bit 5) for the guest;
-            // OSXSAVE (bit 27) mirrors the guest's CR4, not the host's.
-            let osxsave = vmread(Field::GUEST_CR4) & (1 << 18) != 0;
-            let c = (c | (1 << 31)) & !(1 << 5) & !(1 << 27) | (u32::from(osxsave) << 27);
-            (a, b, c, d)
-        }
-        _ => arch::cpuid(leaf, sub),
+    let dynamic = vcpu::profile::Dynamic {
+        apic_id: 0,
+        tsc_khz: (crate::arch::time::tsc_hz() / 1000) as u32,
+        xcr0: vm.ctx.xcr0,
+        cr4_osxsave: vmread(Field::GUEST_CR4) & (1 << 18) != 0,
     };
+    let [a, b, c, d] = vm.profile.cpuid(leaf, sub, &dynamic, &HostCpuid);
     vm.regs.rax = u64::from(a);
     vm.regs.rbx = u64::from(b);
     vm.regs.rcx = u64::from(c);
@@ -252,18 +247,18 @@ pub(super) fn emulate_io(vm: &mut Vm, q: IoQualification) {
 /// MSRs a guest may read: (value source).
 pub(super) fn read_msr(vm: &Vm, msr: u32) -> Option<u64> {
     Some(match msr {
-        0x10 => vm.clock.tsc(arch::rdtsc()),                // IA32_TSC
-        0x1b => 0xfee0_0900,                               // IA32_APIC_BASE: BSP, enabled
-        0x1a0 => 1,                                        // IA32_MISC_ENABLE: fast strings
-        0x277 => vmread(Field::GUEST_IA32_PAT),            // IA32_PAT
+        0x10 => vm.clock.tsc(arch::rdtsc()),    // IA32_TSC
+        0x1b => 0xfee0_0900,                    // IA32_APIC_BASE: BSP, enabled
+        0x1a0 => 1,                             // IA32_MISC_ENABLE: fast strings
+        0x277 => vmread(Field::GUEST_IA32_PAT), // IA32_PAT
         // STAR, LSTAR, CSTAR, FMASK, KERNEL_GS_BASE: the guest's own.
         m if context::SYSCALL_MSRS.contains(&m) => {
             let k = context::SYSCALL_MSRS.iter().position(|&x| x == m)?;
             vm.ctx.msrs[k]
         }
-        0xc000_0080 => vmread(Field::GUEST_IA32_EFER),     // IA32_EFER
-        0xc000_0100 => vmread(Field::GUEST_FS_BASE),       // FS base
-        0xc000_0101 => vmread(Field::GUEST_GS_BASE),       // GS base
+        0xc000_0080 => vmread(Field::GUEST_IA32_EFER), // IA32_EFER
+        0xc000_0100 => vmread(Field::GUEST_FS_BASE),   // FS base
+        0xc000_0101 => vmread(Field::GUEST_GS_BASE),   // GS base
         _ => return None,
     })
 }
@@ -296,6 +291,47 @@ pub(super) fn write_msr(vm: &mut Vm, msr: u32, v: u64) -> bool {
         _ => return false,
     }
     true
+}
+
+/// The value of a guest's RDRAND or RDSEED: the one place random numbers
+/// enter a guest (a recorder logs them here; a replay feeds them back).
+/// None: the hardware source failed (the guest sees CF=0 and retries).
+pub(super) fn guest_random(seed: bool) -> Option<u64> {
+    if seed { arch::rdseed() } else { arch::rdrand() }
+}
+
+/// RDRAND/RDSEED (they exit where the CPU can make them): the value from
+/// [`guest_random`] into the destination register, CF set on success
+/// (SDM Vol. 2B; exit instruction information, Vol. 3C 27.2.5). A profile
+/// without the instruction gets #UD, as the CPU it describes would.
+fn emulate_rand(vm: &mut Vm, reason: ExitReason) {
+    let seed = reason == ExitReason::Rdseed;
+    let name = if seed { "rdseed" } else { "rdrand" };
+    if !vm.profile.features().contains(name) {
+        log::info!(
+            "vm {}: {name} is not in its CPU profile: #UD injected",
+            vm.name
+        );
+        let info = InterruptionInfo::hardware_exception(6, false);
+        vmwrite(Field::ENTRY_INTERRUPTION_INFO, u64::from(info.encode()));
+        return;
+    }
+    let ii = vmread(Field::EXIT_INSTRUCTION_INFO);
+    let size = match (ii >> 11) & 3 {
+        0 => 2,
+        1 => 4,
+        _ => 8,
+    };
+    let value = guest_random(seed);
+    if let Some(gpr) = vmx::Gpr::from_index(((ii >> 3) & 0xf) as u8) {
+        let old = vm.regs.get(gpr, &CurrentVmcs);
+        let v = crate::vmm::mmio::merge_load(old, value.unwrap_or(0), size, false);
+        vm.regs.set(gpr, v, &mut CurrentVmcs);
+    }
+    // CF = success; OF, SF, ZF, AF, PF cleared.
+    let flags = vmread(Field::GUEST_RFLAGS) & !0x8d5 | u64::from(value.is_some());
+    vmwrite(Field::GUEST_RFLAGS, flags);
+    skip_instruction();
 }
 
 pub(super) fn inject_gp(vm: &mut Vm, what: String) {
@@ -385,27 +421,5 @@ pub(super) fn emulate_mmio_uart(vm: &mut Vm, gpa: u64, write: bool) -> Result<()
         }
     }
     vmwrite(Field::GUEST_RIP, rip + u64::from(insn.len));
-    Ok(())
-}
-
-/// XSETBV rules (SDM Vol. 1 13.3): XCR0 only, x87 always on, AVX with
-/// SSE, the three AVX-512 components together and with AVX, nothing the
-/// VM's profile does not allow.
-fn xsetbv_check(index: u32, v: u64, allowed: u64) -> Result<(), &'static str> {
-    if index != 0 {
-        return Err("no such XCR");
-    }
-    if v & 1 == 0 {
-        return Err("x87 state must stay enabled");
-    }
-    if v & !allowed != 0 {
-        return Err("component not offered to this VM");
-    }
-    if v & 0x4 != 0 && v & 0x2 == 0 {
-        return Err("AVX needs SSE");
-    }
-    if v & 0xe0 != 0 && (v & 0xe0 != 0xe0 || v & 0x4 == 0) {
-        return Err("AVX-512 components go together, with AVX");
-    }
     Ok(())
 }

@@ -36,7 +36,14 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
         "secondary processor-based",
         caps.proc2,
         SecondaryControls::ENABLE_EPT.bits(),
-        (SecondaryControls::UNRESTRICTED_GUEST | SecondaryControls::ENABLE_RDTSCP).bits(),
+        // RDRAND/RDSEED exit where the CPU can make them: their values
+        // then come through the hypervisor (guest_random); where it cannot,
+        // CPU profiles hide the instructions.
+        (SecondaryControls::UNRESTRICTED_GUEST
+            | SecondaryControls::ENABLE_RDTSCP
+            | SecondaryControls::RDRAND_EXITING
+            | SecondaryControls::RDSEED_EXITING)
+            .bits(),
     )
     .map_err(|e| e.to_string())?;
     let exit = negotiate(
@@ -111,6 +118,10 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
     let pml = caps.pml() && ept_ad;
     let dirty_mechanism = ept::choose(ept_ad, pml);
     let xstate = context::host_init();
+    let rand_exits = vcpu::profile::RandExits {
+        rdrand: secondary & SecondaryControls::RDRAND_EXITING.bits() != 0,
+        rdseed: secondary & SecondaryControls::RDSEED_EXITING.bits() != 0,
+    };
     log::info!(
         "vmx: guest extended state by {} (xcr0 up to {:#x}, {} bytes)",
         if xstate.xsave { "XSAVE" } else { "FXSAVE" },
@@ -131,6 +142,8 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
         ept_ad,
         dirty_mechanism,
         xstate,
+        offer: vcpu::profile::HostOffer::read(&HostCpuid),
+        rand_exits,
     })
 }
 
@@ -213,5 +226,15 @@ pub(super) fn make_current(m: &mut Manager, vmcs: u64) {
             log::error!("vmx: VMPTRLD {vmcs:#x} failed: {e:?}");
         }
         m.current_vmcs = vmcs;
+    }
+}
+
+/// The host CPU's CPUID, for CPU profiles.
+pub struct HostCpuid;
+
+impl vcpu::profile::CpuidSource for HostCpuid {
+    fn cpuid(&self, leaf: u32, sub: u32) -> [u32; 4] {
+        let (a, b, c, d) = arch::cpuid(leaf, sub);
+        [a, b, c, d]
     }
 }

@@ -61,6 +61,7 @@ mod prelude {
     pub(super) use crate::mm::addr::PAGE_SIZE;
     pub(super) use crate::vmm::devices::{Pic, Pit, Uart};
     pub(super) use crate::{arch, println};
+    pub(super) use vcpu::profile::Profile;
 }
 
 #[cfg(target_os = "none")]

@@ -59,10 +59,8 @@ pub(super) const MIGRATED_FIELDS: &[Field] = &[
     Field::GUEST_IA32_SYSENTER_ESP,
     Field::GUEST_IA32_SYSENTER_EIP,
     Field::GUEST_IA32_DEBUGCTL,
+    Field::GUEST_IA32_PAT,
 ];
-
-/// Version of the vCPU state blob.
-pub(super) const VCPU_STATE_VERSION: u8 = 1;
 
 /// The devices every guest has, as the migration protocol names them.
 pub const DEVICES: &[&str] = &[
@@ -89,6 +87,77 @@ pub(super) fn with_vm<T>(
     let Manager { host, vms, .. } = &mut *m;
     let host = host.as_ref().ok_or("VMX is not enabled")?;
     f(host, &mut vms[i])
+}
+
+/// As [`with_vm`], also passing the id of the VM whose guest context the
+/// CPU holds.
+pub(super) fn with_vm_owner<T>(
+    name: &str,
+    f: impl FnOnce(&Host, u64, &mut Vm) -> Result<T, String>,
+) -> Result<T, String> {
+    let mut m = MANAGER.lock();
+    let i = find(&mut m, name)?;
+    let vmcs = m.vms[i].vmcs;
+    make_current(&mut m, vmcs);
+    let Manager {
+        host,
+        vms,
+        ctx_owner,
+        ..
+    } = &mut *m;
+    let host = host.as_ref().ok_or("VMX is not enabled")?;
+    f(host, *ctx_owner, &mut vms[i])
+}
+
+/// What CPU profiles can offer on this host: its features, without
+/// RDRAND/RDSEED where the CPU cannot make them exit.
+fn offer_of(host: &Host) -> vcpu::profile::HostOffer {
+    let mut offer = host.offer;
+    if !host.rand_exits.rdrand {
+        offer.features.remove("rdrand");
+    }
+    if !host.rand_exits.rdseed {
+        offer.features.remove("rdseed");
+    }
+    offer
+}
+
+/// What this host can offer a migrating guest's CPU profile (VMX is
+/// enabled for the answer if it is not yet; without VT-x, the CPUID
+/// features alone, RDRAND/RDSEED hidden).
+pub fn cpu_offer() -> vcpu::profile::HostOffer {
+    let mut m = MANAGER.lock();
+    if m.host.is_none() {
+        m.host = enable_vmx().ok();
+    }
+    match m.host.as_ref() {
+        Some(host) => offer_of(host),
+        None => {
+            let mut offer = vcpu::profile::HostOffer::read(&HostCpuid);
+            offer.features.remove("rdrand");
+            offer.features.remove("rdseed");
+            offer
+        }
+    }
+}
+
+/// The CPU profile of a VM, for migration.
+pub fn profile_of(name: &str) -> Result<Profile, String> {
+    let mut m = MANAGER.lock();
+    let i = find(&mut m, name)?;
+    Ok(m.vms[i].profile.clone())
+}
+
+/// A profile resolved on this host (`host` for a guest from an older
+/// source that names none).
+pub fn resolve_profile(name: &str) -> Result<Profile, String> {
+    let offer = cpu_offer();
+    let m = MANAGER.lock();
+    let exits = m
+        .host
+        .as_ref()
+        .map_or_else(Default::default, |h| h.rand_exits);
+    Profile::resolve(name, &offer, exits).map_err(|e| e.to_string())
 }
 
 /// RAM of a running VM, for `migrate check`.
@@ -170,25 +239,43 @@ pub fn set_slow(name: &str, level: u8) {
 pub type DeviceStates = Vec<(String, Vec<u8>)>;
 
 pub fn save_state(name: &str) -> Result<(Vec<u8>, DeviceStates), String> {
-    with_vm(name, |_, vm| {
+    with_vm_owner(name, |host, owner, vm| {
+        // The CPU may hold this guest's registers: into its context first.
+        sync_context(host, owner, vm);
         let r = &vm.regs;
-        let mut v = alloc::vec![VCPU_STATE_VERSION];
-        for x in [
-            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12,
-            r.r13, r.r14, r.r15, r.cr2,
-        ] {
-            v.extend_from_slice(&x.to_le_bytes());
-        }
-        // The guest's TSC now: the destination continues from it.
-        let guest_tsc = vm.clock.tsc(arch::rdtsc());
-        v.extend_from_slice(&guest_tsc.to_le_bytes());
-        v.push(u8::from(vm.state == State::Halted));
-        v.push(vm.requests);
-        v.extend_from_slice(&(MIGRATED_FIELDS.len() as u32).to_le_bytes());
-        for &f in MIGRATED_FIELDS {
-            v.extend_from_slice(&f.0.to_le_bytes());
-            v.extend_from_slice(&vmread(f).to_le_bytes());
-        }
+        let now = arch::rdtsc();
+        let clock = vm.clock.phase(now);
+        let state = vcpu::state::VcpuState {
+            gprs: [
+                r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12,
+                r.r13, r.r14, r.r15,
+            ],
+            cr2: r.cr2,
+            // The guest's TSC now: the destination continues from it.
+            guest_tsc: vm.clock.tsc(now),
+            halted: vm.state == State::Halted,
+            vmcs: MIGRATED_FIELDS.iter().map(|&f| (f.0, vmread(f))).collect(),
+            xcr0: vm.ctx.xcr0,
+            xsave: vm.ctx.xsave.bytes().to_vec(),
+            dr: vm.ctx.dr,
+            dr6: vm.ctx.dr6,
+            msrs: context::SYSCALL_MSRS
+                .iter()
+                .copied()
+                .zip(vm.ctx.msrs)
+                .collect(),
+            // An event the next entry would inject (one whose delivery an
+            // exit interrupted, a #GP for a refused instruction).
+            pending: vcpu::state::PendingEvent {
+                info: vmread(Field::ENTRY_INTERRUPTION_INFO) as u32,
+                error_code: vmread(Field::ENTRY_EXCEPTION_ERROR_CODE) as u32,
+                instruction_len: vmread(Field::ENTRY_INSTRUCTION_LENGTH) as u32,
+            },
+            timer: vcpu::state::TimerPhase {
+                period: clock.period,
+                next_in: clock.until_next,
+            },
+        };
         // Every device of DEVICES, even those without state of their own.
         let devices = alloc::vec![
             (String::from("uart16550"), vm.uart.save()),
@@ -197,7 +284,7 @@ pub fn save_state(name: &str) -> Result<(Vec<u8>, DeviceStates), String> {
             (String::from("exit-port"), Vec::new()),
             (String::from("request-port"), alloc::vec![vm.requests]),
         ];
-        Ok((v, devices))
+        Ok((state.encode(), devices))
     })
 }
 
@@ -228,7 +315,7 @@ pub fn free_ram_bytes() -> u64 {
 }
 
 /// Reserves RAM and a VMCS for a guest migrating here.
-pub fn reserve_incoming(name: &str, mem_bytes: u64) -> Result<(), String> {
+pub fn reserve_incoming(name: &str, mem_bytes: u64, profile: Profile) -> Result<(), String> {
     migrate::names::check_vm_name(name).map_err(|e| format!("{e}"))?;
     if mem_bytes == 0 || !mem_bytes.is_multiple_of(MIB2) || mem_bytes > super::MAX_VM_MIB << 20 {
         return Err(format!("bad guest RAM size {mem_bytes}"));
@@ -240,14 +327,32 @@ pub fn reserve_incoming(name: &str, mem_bytes: u64) -> Result<(), String> {
     if m.host.is_none() {
         m.host = Some(enable_vmx()?);
     }
-    let mut vm =
-        new_vm(&mut m, name, mem_bytes, "(migrated)", 0, State::Incoming).map_err(|free| {
-            format!(
-                "not enough memory: the guest needs {} MiB, {} MiB free",
-                mem_bytes >> 20,
-                free >> 20
-            )
-        })??;
+    if let Some(host) = m.host.as_ref() {
+        let missing = profile.missing_on(&offer_of(host));
+        if !missing.is_empty() {
+            return Err(format!(
+                "CPU profile {}: this host lacks {}",
+                profile.name(),
+                missing.join(", ")
+            ));
+        }
+    }
+    let mut vm = new_vm(
+        &mut m,
+        name,
+        mem_bytes,
+        "(migrated)",
+        0,
+        State::Incoming,
+        profile,
+    )
+    .map_err(|free| {
+        format!(
+            "not enough memory: the guest needs {} MiB, {} MiB free",
+            mem_bytes >> 20,
+            free >> 20
+        )
+    })??;
     // Pages from the source land here: a later `vm start` must zero again.
     vm.ram_zeroed = false;
     m.vms.push(vm);
@@ -285,13 +390,6 @@ pub fn incoming_pages(name: &str) -> u64 {
         .map_or(0, |v| v.ram_bytes() / PAGE_SIZE)
 }
 
-pub(super) fn u64_at(b: &[u8], at: usize) -> Result<u64, String> {
-    b.get(at..at + 8)
-        .and_then(|s| s.try_into().ok())
-        .map(u64::from_le_bytes)
-        .ok_or_else(|| String::from("vcpu state: truncated"))
-}
-
 /// Starts an incoming guest from its vCPU and device state. `paused_us`:
 /// how long ago its state arrived (the TSC in the state was read as it
 /// left the source, its pause so far included): the TSC moves on by that
@@ -311,57 +409,56 @@ pub fn start_incoming(
     let Manager { host, vms, .. } = &mut *m;
     let host = host.as_ref().ok_or("VMX is not enabled")?;
     let vm = &mut vms[i];
-    if vcpu.first() != Some(&VCPU_STATE_VERSION) {
-        return Err(String::from("vcpu state: unknown version"));
-    }
-    let mut regs = GuestRegs::default();
-    let slots: [&mut u64; 16] = [
-        &mut regs.rax,
-        &mut regs.rbx,
-        &mut regs.rcx,
-        &mut regs.rdx,
-        &mut regs.rsi,
-        &mut regs.rdi,
-        &mut regs.rbp,
-        &mut regs.r8,
-        &mut regs.r9,
-        &mut regs.r10,
-        &mut regs.r11,
-        &mut regs.r12,
-        &mut regs.r13,
-        &mut regs.r14,
-        &mut regs.r15,
-        &mut regs.cr2,
-    ];
-    for (k, slot) in slots.into_iter().enumerate() {
-        *slot = u64_at(vcpu, 1 + 8 * k)?;
-    }
-    let mut at = 1 + 8 * 16;
-    let guest_tsc = u64_at(vcpu, at)?;
-    at += 8;
-    let (&halted, &requests) = (
-        vcpu.get(at).ok_or("vcpu state: truncated")?,
-        vcpu.get(at + 1).ok_or("vcpu state: truncated")?,
-    );
-    at += 2;
-    let n = vcpu
-        .get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map(u32::from_le_bytes)
-        .ok_or("vcpu state: truncated")? as usize;
-    at += 4;
-    if n != MIGRATED_FIELDS.len() || vcpu.len() != at + n * 12 {
+    let state = vcpu::state::VcpuState::decode(vcpu).map_err(|e| format!("vcpu state: {e}"))?;
+    let listed: Vec<u32> = state.vmcs.iter().map(|&(f, _)| f).collect();
+    if !listed
+        .iter()
+        .copied()
+        .eq(MIGRATED_FIELDS.iter().map(|f| f.0))
+    {
         return Err(String::from("vcpu state: wrong field list"));
     }
-    let mut fields = Vec::with_capacity(n);
-    for (k, &f) in MIGRATED_FIELDS.iter().enumerate() {
-        let o = at + k * 12;
-        let enc = u32::from_le_bytes([vcpu[o], vcpu[o + 1], vcpu[o + 2], vcpu[o + 3]]);
-        if enc != f.0 {
-            return Err(format!("vcpu state: unexpected field {enc:#x}"));
-        }
-        fields.push((f, u64_at(vcpu, o + 4)?));
+    if !context::SYSCALL_MSRS
+        .iter()
+        .copied()
+        .eq(state.msrs.iter().map(|&(m, _)| m))
+        || !state
+            .msrs
+            .iter()
+            .all(|&(m, v)| context::syscall_msr_ok(m, v))
+    {
+        return Err(String::from("vcpu state: bad SYSCALL MSRs"));
     }
+    if state.xcr0 & !vm.xcr0_allowed != 0 && state.xcr0 != 1 {
+        return Err(format!(
+            "vcpu state: the guest uses XCR0 {:#x}, this host offers {:#x}",
+            state.xcr0, vm.xcr0_allowed
+        ));
+    }
+    let xsave = context::XsaveArea::from_image(&host.xstate, state.xcr0, &state.xsave)
+        .map_err(|e| format!("vcpu state: {e}"))?;
+    let g = &state.gprs;
+    let regs = GuestRegs {
+        rax: g[0],
+        rbx: g[1],
+        rcx: g[2],
+        rdx: g[3],
+        rsi: g[4],
+        rdi: g[5],
+        rbp: g[6],
+        r8: g[7],
+        r9: g[8],
+        r10: g[9],
+        r11: g[10],
+        r12: g[11],
+        r13: g[12],
+        r14: g[13],
+        r15: g[14],
+        cr2: state.cr2,
+    };
+    let guest_tsc = state.guest_tsc;
+    let halted = state.halted;
+    let mut requests = 0;
     let mut uart = Uart::default();
     let mut pic = Pic::default();
     let mut pit = Pit::default();
@@ -371,15 +468,29 @@ pub fn start_incoming(
             "pic8259" => pic.restore(data)?,
             "pit8254" => pit.restore(data)?,
             "exit-port" if data.is_empty() => {}
-            "request-port" if data.len() == 1 => {}
+            "request-port" if data.len() == 1 => requests = data[0],
             other => return Err(format!("unknown device or bad state: '{other}'")),
         }
     }
     // Controls and host state as for any guest, then its own state.
     setup_vmcs(host, vm, 0);
-    for (f, v) in fields {
-        vmwrite(f, v);
+    for &(f, v) in &state.vmcs {
+        vmwrite(Field(f), v);
     }
+    let p = state.pending;
+    vmwrite(Field::ENTRY_INTERRUPTION_INFO, u64::from(p.info));
+    vmwrite(Field::ENTRY_EXCEPTION_ERROR_CODE, u64::from(p.error_code));
+    vmwrite(
+        Field::ENTRY_INSTRUCTION_LENGTH,
+        u64::from(p.instruction_len),
+    );
+    vm.ctx = GuestContext {
+        xsave,
+        xcr0: state.xcr0,
+        dr: state.dr,
+        dr6: state.dr6,
+        msrs: core::array::from_fn(|k| state.msrs[k].1),
+    };
     let now = arch::rdtsc();
     let jump = crate::arch::time::tsc_hz() / 1_000_000 * paused_us;
     let exiting = vm.clock.exiting;
@@ -389,13 +500,20 @@ pub fn start_incoming(
     vm.regs = regs;
     vm.uart = uart;
     vm.pic = pic;
-    vm.clock
-        .set_period(pit.period_tsc(crate::arch::time::tsc_hz()).unwrap_or(0), now);
+    // The timer resumes where it was in its period (the period itself
+    // from the PIT, in this host's TSC ticks).
+    vm.clock.resume_phase(
+        crate::vmm::clock::TimerPhase {
+            period: pit.period_tsc(crate::arch::time::tsc_hz()).unwrap_or(0),
+            until_next: state.timer.next_in,
+        },
+        now,
+    );
     let _ = pit.take_changed();
     vm.pit = pit;
     vm.requests = requests;
     vm.launched = false;
-    vm.state = if halted == 1 {
+    vm.state = if halted {
         State::Halted
     } else {
         State::Running

@@ -44,13 +44,6 @@ pub const MMIO_UART_BASE: u64 = 0xfe00_0000;
 pub(super) const MMIO_UART_LEN: u64 = 0x1000;
 /// Time slice per VM entry.
 pub(super) const SLICE_MS: u64 = 5;
-/// CPUID leaf 0x40000000 signature (EBX, ECX, EDX): "hvhypervisor".
-pub(super) const SIGNATURE: [u32; 3] = [
-    u32::from_le_bytes(*b"hvhy"),
-    u32::from_le_bytes(*b"perv"),
-    u32::from_le_bytes(*b"isor"),
-];
-
 /// Lifecycle of a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
@@ -112,6 +105,8 @@ pub struct Vm {
     pub(super) ctx: GuestContext,
     /// XCR0 components the guest may enable with XSETBV.
     pub(super) xcr0_allowed: u64,
+    /// The CPU this guest sees (CPUID), the same on every host it runs on.
+    pub(super) profile: Profile,
     pub(super) uart: Uart,
     pub(super) pic: Pic,
     pub(super) pit: Pit,
@@ -156,6 +151,10 @@ pub(super) struct Host {
     pub(super) dirty_mechanism: ept::Mechanism,
     /// Extended state (XSAVE) this CPU offers guests.
     pub(super) xstate: context::XstateHost,
+    /// What CPU profiles may offer on this host.
+    pub(super) offer: vcpu::profile::HostOffer,
+    /// Whether RDRAND/RDSEED exit (else profiles hide them).
+    pub(super) rand_exits: vcpu::profile::RandExits,
 }
 
 pub(super) struct Manager {
@@ -211,7 +210,31 @@ pub fn module_names() -> Vec<String> {
 // Lifecycle
 
 /// `vm create`.
-pub fn create(name: &str, mem_mib: u64, image: &str, arg: u64) -> Result<(), String> {
+/// What `vm create` may choose beyond RAM, image and argument.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// CPU profile name (`host`: this host's own features).
+    pub cpu: String,
+    /// RDTSC/RDTSCP exit to the guest clock.
+    pub rdtsc_exit: bool,
+}
+
+impl Default for VmOptions {
+    fn default() -> VmOptions {
+        VmOptions {
+            cpu: String::from(vcpu::profile::HOST),
+            rdtsc_exit: false,
+        }
+    }
+}
+
+pub fn create(
+    name: &str,
+    mem_mib: u64,
+    image: &str,
+    arg: u64,
+    opts: &VmOptions,
+) -> Result<(), String> {
     let mut m = MANAGER.lock();
     if m.vms.iter().any(|v| v.name == name) {
         return Err(format!("a VM named '{name}' already exists"));
@@ -230,12 +253,18 @@ pub fn create(name: &str, mem_mib: u64, image: &str, arg: u64) -> Result<(), Str
     if m.host.is_none() {
         m.host = Some(enable_vmx()?);
     }
-    let vm = new_vm(&mut m, name, ram, image, arg, State::Created).map_err(|free| {
-        format!(
-            "not enough memory for {mem_mib} MiB of guest RAM ({} MiB free)",
-            free >> 20
-        )
-    })??;
+    let profile = {
+        let host = m.host.as_ref().ok_or("VMX is not enabled")?;
+        Profile::resolve(&opts.cpu, &host.offer, host.rand_exits).map_err(|e| e.to_string())?
+    };
+    let mut vm =
+        new_vm(&mut m, name, ram, image, arg, State::Created, profile).map_err(|free| {
+            format!(
+                "not enough memory for {mem_mib} MiB of guest RAM ({} MiB free)",
+                free >> 20
+            )
+        })??;
+    vm.clock.exiting = opts.rdtsc_exit;
     m.vms.push(vm);
     log::debug!(
         "vm {name}: created, {mem_mib} MiB RAM, image {image} ({} bytes)",
@@ -254,6 +283,7 @@ pub(super) fn new_vm(
     image: &str,
     arg: u64,
     state: State,
+    profile: Profile,
 ) -> Result<Result<Vm, String>, u64> {
     let Some(xstate) = m.host.as_ref().map(|h| h.xstate) else {
         return Ok(Err("VMX is not enabled".into()));
@@ -307,7 +337,12 @@ pub(super) fn new_vm(
         launched: false,
         regs: GuestRegs::default(),
         ctx: GuestContext::reset(&xstate),
-        xcr0_allowed: if xstate.xsave { xstate.xcr0_max } else { 0 },
+        xcr0_allowed: if xstate.xsave {
+            xstate.xcr0_max & profile.xcr0_mask()
+        } else {
+            0
+        },
+        profile,
         uart: Uart::default(),
         pic: Pic::default(),
         pit: Pit::default(),
@@ -523,6 +558,38 @@ pub fn request(name: &str) -> Result<u8, String> {
     Ok(vm.requests)
 }
 
+/// `vm show`: what the VM is (its configuration, CPU profile included).
+pub fn show(name: &str) -> Result<(), String> {
+    let mut m = MANAGER.lock();
+    let i = find(&mut m, name)?;
+    let vm = &m.vms[i];
+    println!("vm {}: {}", vm.name, vm.state.name());
+    println!(
+        "  ram {} MiB, image {}, arg {}",
+        vm.mem_mib, vm.image, vm.arg
+    );
+    println!("  cpu {}", vm.profile);
+    let mut line = String::from("   ");
+    for f in vm.profile.features().names() {
+        if line.len() + 1 + f.len() > 78 {
+            println!("{line}");
+            line = String::from("   ");
+        }
+        line.push(' ');
+        line.push_str(f);
+    }
+    if line.len() > 3 {
+        println!("{line}");
+    }
+    println!(
+        "  xcr0 up to {:#x} (now {:#x}), rdtsc {}",
+        vm.xcr0_allowed,
+        vm.ctx.xcr0,
+        if vm.clock.exiting { "exits" } else { "native" }
+    );
+    Ok(())
+}
+
 pub fn stats(name: &str) -> Result<(), String> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
@@ -558,6 +625,13 @@ pub fn stats(name: &str) -> Result<(), String> {
         }
     );
     println!("  console bytes {}", vm.uart.bytes);
+    if m.ctx_switches > 0 {
+        println!(
+            "  guest context switches (all VMs): {}, {} TSC cycles each",
+            m.ctx_switches,
+            m.ctx_switch_cycles / m.ctx_switches
+        );
+    }
     let mechanism = m.host.as_ref().map(|h| h.dirty_mechanism);
     match (&vm.dirty, mechanism) {
         (Some(log), _) => println!("  dirty tracking: {} ({})", log.mechanism(), log.stats()),
