@@ -4,9 +4,12 @@
 //!
 //! `cargo xtask bench vmx`: runs the `exitbench` guest in Bochs (two CPU
 //! models) and prints VM exit round trips per second for a CPUID loop and a
-//! port-I/O loop, and the TSC cycles each round trip costs as the guest
-//! sees it (under Bochs with `ips=100000000` the TSC runs at 100 MHz, one
-//! tick per emulated instruction, so cycles = instructions per round trip).
+//! port-I/O loop, what an RDTSC costs natively and with RDTSC exiting (a
+//! second VM created with `rdtsc=exit`), and the TSC cycles each round
+//! trip costs as the guest sees it (under Bochs with `ips=100000000` the
+//! TSC runs at 100 MHz, one tick per emulated instruction, so cycles =
+//! instructions per round trip). Then two `fpu` guests run side by side
+//! and `vm stats` gives the cost of a guest context switch (XSAVE/XRSTOR).
 //!
 //! A benchmark, not a test: it reports numbers and fails only when a boot
 //! does not reach the prompt.
@@ -101,9 +104,12 @@ fn vmx(args: &[String]) -> Result {
     }
     setup::setup()?;
     make_image()?;
-    let line = Regex::new(r"\[b\] exitbench: (\w+) (\d+) exits, (\d+) cycles/exit, (\d+) exits/s")
+    let line = Regex::new(r"\[(\w+)\] exitbench: (\w+) (\d+) exits, (\d+) cycles/exit, (\d+) exits/s")
+        .expect("static regex");
+    let switches = Regex::new(r"guest context switches \(all VMs\): (\d+), (\d+) TSC cycles each")
         .expect("static regex");
     let mut rows = Vec::new();
+    let mut switch_rows = Vec::new();
     for model in ["corei7_skylake_x", "corei7_sandy_bridge_2600k"] {
         let mut m = Machine::builder(Emulator::Bochs)
             .bochs_model(model)
@@ -112,35 +118,69 @@ fn vmx(args: &[String]) -> Result {
             .map_err(|e| e.to_string())?;
         m.try_boot_to_prompt().map_err(|e| e.to_string())?;
         let t = Emulator::Bochs.command_timeout();
-        m.try_command(
-            &format!("vm create b mem=8 image=exitbench arg={EXITBENCH_LOOPS}"),
-            t,
-        )
-        .map_err(|e| e.to_string())?;
-        m.send_line("vm start b");
-        let done = m
-            .try_expect(
-                r"vm b: (exited with code \d+|stopped: .*|crashed: .*)\r?\n",
-                Duration::from_secs(300),
+        // One at a time: a guest's TSC runs on while another has the CPU,
+        // which would count into its cycles per exit. `c` has RDTSC
+        // exiting on: its rdtsc line is what exiting costs.
+        for (vm, extra) in [("b", ""), ("c", " rdtsc=exit")] {
+            m.try_command(
+                &format!("vm create {vm} mem=8 image=exitbench arg={EXITBENCH_LOOPS}{extra}"),
+                t,
             )
             .map_err(|e| e.to_string())?;
+            m.send_line(&format!("vm start {vm}"));
+            let done = m
+                .try_expect(
+                    &format!(r"vm {vm}: (exited with code \d+|stopped: .*|crashed: .*)\r?\n"),
+                    Duration::from_secs(300),
+                )
+                .map_err(|e| e.to_string())?;
+            eprintln!("xtask: {model}: {}", done.text.trim());
+        }
         let out = m.output();
         for c in line.captures_iter(&out) {
-            rows.push((model, c[1].to_string(), c[3].to_string(), c[4].to_string()));
+            let what = match (&c[1], &c[2]) {
+                ("c", "rdtsc") => String::from("rdtsc (exiting)"),
+                ("c", _) => continue,
+                (_, "rdtsc") => String::from("rdtsc (native)"),
+                (_, w) => String::from(w),
+            };
+            rows.push((model, what, c[4].to_string(), c[5].to_string()));
         }
-        eprintln!("xtask: {model}: {}", done.text.trim());
+        // Two guests whose x87/SSE/AVX state is live, side by side: every
+        // turn switches the guest context (XSAVE of one, XRSTOR of the other).
+        for vm in ["f1", "f2"] {
+            let arg = if vm == "f1" { 1 } else { 2 };
+            m.try_command(&format!("vm create {vm} mem=8 image=fpu arg={arg}"), t)
+                .map_err(|e| e.to_string())?;
+            m.try_command(&format!("vm start {vm}"), t)
+                .map_err(|e| e.to_string())?;
+        }
+        std::thread::sleep(Duration::from_secs(10));
+        let stats = m
+            .try_command("vm stats f1", t)
+            .map_err(|e| e.to_string())?;
+        if let Some(c) = switches.captures(&stats) {
+            switch_rows.push((model, c[1].to_string(), c[2].to_string()));
+        }
     }
     println!();
     println!(
-        "VM exit round trips, exitbench guest in Bochs ({EXITBENCH_LOOPS} exits per loop; TSC 100 MHz = 1 cycle per emulated instruction)"
+        "VM exit round trips, exitbench guest in Bochs ({EXITBENCH_LOOPS} per loop; TSC 100 MHz = 1 cycle per emulated instruction)"
     );
     println!();
     println!(
-        "{:<28} {:<6} {:>12} {:>14}",
+        "{:<28} {:<16} {:>12} {:>14}",
         "cpu model", "loop", "cycles/exit", "exits/s"
     );
     for (model, what, cycles, rate) in &rows {
-        println!("{model:<28} {what:<6} {cycles:>12} {rate:>14}");
+        println!("{model:<28} {what:<16} {cycles:>12} {rate:>14}");
+    }
+    println!();
+    println!("guest context switch (XSAVE + XRSTOR, DR0-3/DR6, SYSCALL MSRs), two fpu guests for 10 s");
+    println!();
+    println!("{:<28} {:>10} {:>16}", "cpu model", "switches", "cycles/switch");
+    for (model, n, cycles) in &switch_rows {
+        println!("{model:<28} {n:>10} {cycles:>16}");
     }
     if rows.is_empty() {
         return Err("bench vmx: the exitbench guest printed no results".into());

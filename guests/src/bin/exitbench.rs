@@ -6,6 +6,11 @@
 //!
 //! `exitbench: cpuid <n> exits, <c> cycles/exit, <r> exits/s`
 //! `exitbench: io <n> exits, <c> cycles/exit, <r> exits/s`
+//! `exitbench: rdtsc <n> exits, <c> cycles/exit, <r> exits/s`
+//!
+//! The last loop times as many RDTSCs: they exit only in a VM created
+//! with `rdtsc=exit` (then the line is what RDTSC exiting costs); in any
+//! other VM they run natively and the line is the baseline.
 //!
 //! `cargo xtask bench vmx` runs it in Bochs and reports these lines.
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -50,5 +55,11 @@ fn main(boot: guests::Boot) -> ! {
         core::hint::black_box(unsafe { arch::inb(0x80) });
     }
     report("io", arch::rdtsc() - t0);
+
+    let t0 = arch::rdtsc();
+    for _ in 0..n {
+        core::hint::black_box(arch::rdtsc());
+    }
+    report("rdtsc", arch::rdtsc() - t0);
     console::exit(exit_code::OK)
 }
