@@ -15,6 +15,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "vgabios",
     "mtools",
     "dosfstools",
+    "binutils",
 ];
 
 /// Commands the emulators and the image builder run.
@@ -26,6 +27,7 @@ pub const REQUIRED_COMMANDS: &[&str] = &[
     "mdel",
     "mdir",
     "mkfs.fat",
+    "objdump",
 ];
 
 /// UEFI firmware code (package `ovmf`), read-only.

@@ -244,6 +244,47 @@ fn clippy() -> Result {
     Ok(())
 }
 
+/// The hypervisor switches guests' x87/SSE/AVX registers only when another
+/// guest is about to run (vmm/context.rs): that is sound only while the
+/// kernel itself never touches them. The soft-float target and the
+/// portable crypto backends see to that; this check keeps it so, by
+/// disassembling the kernel and refusing any instruction that names an
+/// XMM, YMM or ZMM register.
+fn kernel_leaves_vector_registers_alone() -> Result {
+    let kernel = kernel_path();
+    let out = Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(&kernel)
+        .output()
+        .map_err(|e| format!("objdump (package binutils): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "objdump -d {} failed: {}",
+            kernel.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut function = "";
+    let mut hits = Vec::new();
+    for line in text.lines() {
+        if line.ends_with(">:") {
+            function = line;
+        } else if ["%xmm", "%ymm", "%zmm"].iter().any(|r| line.contains(r)) {
+            hits.push(format!("{function} {}", line.trim()));
+        }
+    }
+    if hits.is_empty() {
+        eprintln!("xtask: the kernel uses no XMM/YMM/ZMM register");
+        return Ok(());
+    }
+    Err(format!(
+        "the kernel touches vector registers, which would corrupt guests' state ({} instructions), first: {}",
+        hits.len(),
+        hits.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+    ))
+}
+
 fn test(rest: &[String]) -> Result {
     let passthrough: &[String] = match rest.split_first() {
         None => &[],
@@ -257,6 +298,7 @@ fn test(rest: &[String]) -> Result {
     setup::setup()?;
     clippy()?;
     make_image()?;
+    kernel_leaves_vector_registers_alone()?;
     let img = hv_tests::host::default_image_path();
 
     let mut unit = cargo();
