@@ -35,7 +35,10 @@ pub trait DestHost {
     /// RAM available for a new guest, in bytes.
     fn free_bytes(&self) -> u64;
     /// What this host's CPU can give a guest
-    /// ([`vcpu::profile::HostOffer::read`] of its CPUID).
+    /// ([`vcpu::profile::HostOffer::read`] of its CPUID), without
+    /// `rdrand` / `rdseed` if this CPU cannot make them exit (as
+    /// [`vcpu::profile::Profile::resolve`] would drop them here): the
+    /// guest's profile must be a subset of it.
     fn cpu_offer(&self) -> vcpu::profile::HostOffer;
     /// Device models this host implements, by name.
     fn devices(&self) -> Vec<String>;

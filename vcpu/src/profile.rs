@@ -19,8 +19,9 @@
 //!
 //! Only features in [`FEATURES`] ever reach a guest; every leaf not listed
 //! at [`Profile::cpuid`] reads as zeros, so nothing host-specific leaks
-//! through. Bit positions are those of SDM Vol. 2A, CPUID, tables 3-8
-//! (leaf 1), 3-8 (leaf 7), 3-8 (leaf 0DH) and 3-8 (leaf 80000001H).
+//! through. Bit positions are those of SDM Vol. 2A, CPUID: table 3-10
+//! (leaf 1 ECX), table 3-11 (leaf 1 EDX) and table 3-8 (leaves 7, 0DH,
+//! 80000001H).
 //!
 //! Never offered, whatever the host has: VMX (no nested virtualization),
 //! the hypervisor bit and OSXSAVE (set by [`Profile::cpuid`] itself),
@@ -131,7 +132,7 @@ pub const FEATURES: &[Feature] = &[
     f("avx", L1, 0, Reg::Ecx, 28),
     f("f16c", L1, 0, Reg::Ecx, 29),
     f("rdrand", L1, 0, Reg::Ecx, 30),
-    // CPUID.(EAX=07H,ECX=0):EBX (table 3-8, leaf 07H).
+    // CPUID.(EAX=07H,ECX=0):EBX (table 3-8).
     f("fsgsbase", L7, 0, Reg::Ebx, 0),
     f("bmi1", L7, 0, Reg::Ebx, 3),
     f("avx2", L7, 0, Reg::Ebx, 5),
