@@ -28,14 +28,18 @@ use alloc::vec::Vec;
 
 use crate::GuestMemoryMut;
 use crate::names;
-use crate::proto::{self, Message, PAGE_SIZE, PageRuns, ProtoError, missing_features};
+use crate::proto::{self, Message, PAGE_SIZE, PageRuns, ProtoError};
 
 /// What the destination host offers.
 pub trait DestHost {
     /// RAM available for a new guest, in bytes.
     fn free_bytes(&self) -> u64;
-    /// CPU features this host can expose ([`proto::CpuFeature`] bits).
-    fn cpu_features(&self) -> u64;
+    /// What this host's CPU can give a guest
+    /// ([`vcpu::profile::HostOffer::read`] of its CPUID), without
+    /// `rdrand` / `rdseed` if this CPU cannot make them exit (as
+    /// [`vcpu::profile::Profile::resolve`] would drop them here): the
+    /// guest's profile must be a subset of it.
+    fn cpu_offer(&self) -> vcpu::profile::HostOffer;
     /// Device models this host implements, by name.
     fn devices(&self) -> Vec<String>;
     /// Reasons specific to this host that it cannot take a guest named `vm`
@@ -90,14 +94,14 @@ pub fn check(hello: &Message, host: &dyn DestHost) -> Vec<String> {
         version,
         vm,
         mem_bytes,
-        cpu_features,
+        profile,
         devices,
     }
     | Message::Probe {
         version,
         vm,
         mem_bytes,
-        cpu_features,
+        profile,
         devices,
     }) = hello
     else {
@@ -127,16 +131,16 @@ pub fn check(hello: &Message, host: &dyn DestHost) -> Vec<String> {
             free / MIB
         ));
     }
-    let host_features = host.cpu_features();
-    for name in missing_features(*cpu_features, host_features) {
-        if name == "unknown" {
-            let bits = cpu_features & !host_features & !proto::CpuFeature::KNOWN;
-            reasons.push(format!(
-                "unknown CPU feature bits {bits:#x} missing on this host"
-            ));
-        } else {
-            reasons.push(format!("CPU feature {name} missing on this host"));
-        }
+    // One reason for the whole profile: a guest needs all of it, and one
+    // line naming every missing feature reads better than one line each
+    // (and fits the reason limit where 40 lines would not).
+    let missing = profile.missing_on(&host.cpu_offer());
+    if !missing.is_empty() {
+        reasons.push(format!(
+            "CPU profile {}: this host lacks {}",
+            profile.name(),
+            missing.join(", ")
+        ));
     }
     let host_devices = host.devices();
     for (i, d) in devices.iter().enumerate() {
@@ -541,7 +545,12 @@ impl Dest {
     /// instead of `Hello` or `Probe`, abort otherwise (unless the guest
     /// already runs here).
     pub fn on_bad_frame(&mut self, err: &ProtoError) -> Vec<DestAction> {
-        let why = format!("malformed message from the source: {err}");
+        // A peer of another version is not malformed: its Hello is
+        // refused by version before the fields its version lays out.
+        let why = match err {
+            ProtoError::Version { .. } => err.to_string(),
+            _ => format!("malformed message from the source: {err}"),
+        };
         match self.phase {
             Phase::Running | Phase::Closed => Vec::new(),
             Phase::AwaitHello => {

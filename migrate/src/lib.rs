@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!  source                                   destination
-//!    |--- Hello{version,vm,mem,cpu,devs} ----->|  check version/RAM/CPU/devices
+//!    |--- Hello{version,vm,mem,cpu,devs} ----->|  check version/RAM/CPU profile/devices
 //!    |<-- Ready  (RAM reserved) ---------------|  or Refuse{every blocker} -> Failed
 //!    |--- MemoryLayout{regions} -------------->|
 //!    |--- Pages{round 0, all pages} ---------->|  runs of zero pages / raw pages

@@ -1,4 +1,4 @@
-//! The migration wire protocol: messages, their binary encoding, CPU feature names.
+//! The migration wire protocol: messages and their binary encoding.
 //!
 //! Every message travels as one channel frame `(type, payload)`. Types 0..32 are
 //! reserved for other users of the channel; migration uses 32..=44. Payloads are
@@ -6,7 +6,7 @@
 //!
 //! | type | message        | payload                                                                 |
 //! |------|----------------|-------------------------------------------------------------------------|
-//! | 32   | `Hello`        | `u16 version, str vm, u64 mem_bytes, u64 cpu_features, u32 n, n × str`  |
+//! | 32   | `Hello`        | `u16 version, str vm, u64 mem_bytes, profile, u32 n, n × str`           |
 //! | 33   | `Ready`        | empty                                                                   |
 //! | 34   | `Refuse`       | `u32 n, n × str`                                                        |
 //! | 35   | `MemoryLayout` | `u32 n, n × (u64 gpa, u64 len)`                                         |
@@ -20,7 +20,14 @@
 //! | 43   | `Abort`        | `str reason`                                                            |
 //! | 44   | `Probe`        | as `Hello`                                                              |
 //!
-//! `str` is `u32 len` + UTF-8 bytes. A page run is one of
+//! `str` is `u32 len` + UTF-8 bytes. `profile` is the guest's CPU profile
+//! in its own wire form ([`vcpu::profile::Profile::encode`]: name,
+//! feature names, family/model/stepping, XCR0 mask), bounded by its
+//! decoder. A `Hello` or `Probe` whose version is not ours is refused as
+//! [`ProtoError::Version`] before the fields after it are read: another
+//! version may lay them out differently.
+//!
+//! A page run is one of
 //!
 //! | kind | run              | layout                                            | pages              |
 //! |------|------------------|---------------------------------------------------|--------------------|
@@ -43,11 +50,16 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use vcpu::profile::{Profile, ProfileError};
+
 /// Version of this protocol; both ends must speak the same one.
 ///
 /// 2: pages travel in runs of zero pages or of raw pages (1 had a marker
 /// per page); peer strings and lists are bounded.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: `Hello` and `Probe` carry the guest's CPU profile
+/// ([`vcpu::profile::Profile`], features by name) instead of a 16-bit
+/// feature mask, and the vCPU state blob is [`vcpu::state`] version 2.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Size of a guest page in bytes.
 pub const PAGE_SIZE: usize = 4096;
 /// Largest payload of one channel frame.
@@ -143,6 +155,14 @@ pub enum ProtoError {
         count: u64,
         /// The limit.
         max: u64,
+    },
+    /// The CPU profile in a `Hello` or `Probe` does not decode.
+    #[error("{what}: {err}")]
+    Profile {
+        /// The field being read.
+        what: &'static str,
+        /// What is wrong with it.
+        err: ProfileError,
     },
     /// A page run extends past the largest representable frame number.
     #[error("page run at gfn {first_gfn:#x} with {pages} pages overflows")]
@@ -539,8 +559,8 @@ pub enum Message {
         vm: String,
         /// Guest RAM in bytes.
         mem_bytes: u64,
-        /// CPU features the guest sees ([`CpuFeature`] bits).
-        cpu_features: u64,
+        /// The guest's CPU profile: what it sees of the CPU.
+        profile: Profile,
         /// Device models the guest uses, by name.
         devices: Vec<String>,
     },
@@ -602,8 +622,8 @@ pub enum Message {
         vm: String,
         /// Guest RAM in bytes.
         mem_bytes: u64,
-        /// CPU features the guest sees ([`CpuFeature`] bits).
-        cpu_features: u64,
+        /// The guest's CPU profile: what it sees of the CPU.
+        profile: Profile,
         /// Device models the guest uses, by name.
         devices: Vec<String>,
     },
@@ -693,8 +713,23 @@ fn str_len(s: &str) -> usize {
 /// Size in bytes of the payload [`encode`] produces for `msg`, without encoding it.
 pub fn encoded_len(msg: &Message) -> usize {
     match msg {
-        Message::Hello { vm, devices, .. } | Message::Probe { vm, devices, .. } => {
-            2 + str_len(vm) + 8 + 8 + 4 + devices.iter().map(|d| str_len(d)).sum::<usize>()
+        Message::Hello {
+            vm,
+            profile,
+            devices,
+            ..
+        }
+        | Message::Probe {
+            vm,
+            profile,
+            devices,
+            ..
+        } => {
+            2 + str_len(vm)
+                + 8
+                + profile.wire_len()
+                + 4
+                + devices.iter().map(|d| str_len(d)).sum::<usize>()
         }
         Message::Ready | Message::Pause | Message::Commit | Message::Committed => 0,
         Message::Refuse { reasons } => 4 + reasons.iter().map(|r| str_len(r)).sum::<usize>(),
@@ -747,20 +782,20 @@ pub fn encode(msg: &Message) -> (u8, Vec<u8>) {
             version,
             vm,
             mem_bytes,
-            cpu_features,
+            profile,
             devices,
         }
         | Message::Probe {
             version,
             vm,
             mem_bytes,
-            cpu_features,
+            profile,
             devices,
         } => {
             w.u16(*version);
             w.str(vm);
             w.u64(*mem_bytes);
-            w.u64(*cpu_features);
+            profile.encode(&mut w.0);
             w.strs(devices);
         }
         Message::Ready | Message::Pause | Message::Commit | Message::Committed => {}
@@ -860,6 +895,20 @@ impl<'a> Reader<'a> {
         let n = self.limited_count(4, max_count, what)?;
         (0..n).map(|_| self.string(max_len, what)).collect()
     }
+    /// A protocol version, which must be ours: what follows it is laid
+    /// out by that version.
+    fn version(&mut self, what: &'static str) -> Result<u16, ProtoError> {
+        let v = self.u16(what)?;
+        check_version(v)?;
+        Ok(v)
+    }
+    /// A CPU profile in its own wire form (bounded by its decoder).
+    fn profile(&mut self, what: &'static str) -> Result<Profile, ProtoError> {
+        let (p, used) =
+            Profile::decode(self.buf).map_err(|err| ProtoError::Profile { what, err })?;
+        self.take(used, what)?;
+        Ok(p)
+    }
     /// [`Reader::count`] with a protocol limit on top.
     fn limited_count(
         &mut self,
@@ -887,17 +936,17 @@ pub fn decode(ty: u8, payload: &[u8]) -> Result<Message, ProtoError> {
     let mut r = Reader { buf: payload };
     let msg = match ty.checked_sub(FIRST_TYPE) {
         Some(0) => Message::Hello {
-            version: r.u16("Hello version")?,
+            version: r.version("Hello version")?,
             vm: r.string(MAX_VM_NAME, "Hello vm name")?,
             mem_bytes: r.u64("Hello mem_bytes")?,
-            cpu_features: r.u64("Hello cpu_features")?,
+            profile: r.profile("Hello CPU profile")?,
             devices: r.strings(MAX_DEVICES, MAX_DEVICE_NAME, "Hello devices")?,
         },
         Some(12) => Message::Probe {
-            version: r.u16("Probe version")?,
+            version: r.version("Probe version")?,
             vm: r.string(MAX_VM_NAME, "Probe vm name")?,
             mem_bytes: r.u64("Probe mem_bytes")?,
-            cpu_features: r.u64("Probe cpu_features")?,
+            profile: r.profile("Probe CPU profile")?,
             devices: r.strings(MAX_DEVICES, MAX_DEVICE_NAME, "Probe devices")?,
         },
         Some(1) => Message::Ready,
@@ -1026,88 +1075,5 @@ pub fn pages_messages<'a>(
         }
     }
     out.extend(b.take());
-    out
-}
-
-/// CPU features a guest may depend on, as bits of a `u64` mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuFeature;
-
-impl CpuFeature {
-    /// SSE3.
-    pub const SSE3: u64 = 1 << 0;
-    /// Supplemental SSE3.
-    pub const SSSE3: u64 = 1 << 1;
-    /// SSE4.1.
-    pub const SSE4_1: u64 = 1 << 2;
-    /// SSE4.2.
-    pub const SSE4_2: u64 = 1 << 3;
-    /// POPCNT.
-    pub const POPCNT: u64 = 1 << 4;
-    /// AES-NI.
-    pub const AES: u64 = 1 << 5;
-    /// PCLMULQDQ.
-    pub const PCLMULQDQ: u64 = 1 << 6;
-    /// AVX.
-    pub const AVX: u64 = 1 << 7;
-    /// AVX2.
-    pub const AVX2: u64 = 1 << 8;
-    /// FMA3.
-    pub const FMA: u64 = 1 << 9;
-    /// BMI1.
-    pub const BMI1: u64 = 1 << 10;
-    /// BMI2.
-    pub const BMI2: u64 = 1 << 11;
-    /// RDRAND.
-    pub const RDRAND: u64 = 1 << 12;
-    /// RDSEED.
-    pub const RDSEED: u64 = 1 << 13;
-    /// XSAVE.
-    pub const XSAVE: u64 = 1 << 14;
-    /// Process-context identifiers.
-    pub const PCID: u64 = 1 << 15;
-
-    /// Every known feature with its name, in bit order.
-    pub const ALL: [(u64, &'static str); 16] = [
-        (Self::SSE3, "SSE3"),
-        (Self::SSSE3, "SSSE3"),
-        (Self::SSE4_1, "SSE4_1"),
-        (Self::SSE4_2, "SSE4_2"),
-        (Self::POPCNT, "POPCNT"),
-        (Self::AES, "AES"),
-        (Self::PCLMULQDQ, "PCLMULQDQ"),
-        (Self::AVX, "AVX"),
-        (Self::AVX2, "AVX2"),
-        (Self::FMA, "FMA"),
-        (Self::BMI1, "BMI1"),
-        (Self::BMI2, "BMI2"),
-        (Self::RDRAND, "RDRAND"),
-        (Self::RDSEED, "RDSEED"),
-        (Self::XSAVE, "XSAVE"),
-        (Self::PCID, "PCID"),
-    ];
-
-    /// Mask of every known feature bit.
-    pub const KNOWN: u64 = (1 << 16) - 1;
-
-    /// The name of a single feature bit, if known.
-    pub fn name(bit: u64) -> Option<&'static str> {
-        Self::ALL.iter().find(|(b, _)| *b == bit).map(|(_, n)| *n)
-    }
-}
-
-/// Names of the features the guest sees that the host lacks, in bit order.
-///
-/// Unknown bits the host lacks are reported once, as `"unknown"`.
-pub fn missing_features(guest: u64, host: u64) -> Vec<&'static str> {
-    let missing = guest & !host;
-    let mut out: Vec<&'static str> = CpuFeature::ALL
-        .iter()
-        .filter(|(b, _)| missing & b != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    if missing & !CpuFeature::KNOWN != 0 {
-        out.push("unknown");
-    }
     out
 }

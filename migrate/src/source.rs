@@ -100,8 +100,8 @@ pub struct VmDescription {
     pub vm: String,
     /// Guest RAM in bytes.
     pub mem_bytes: u64,
-    /// CPU features the guest sees ([`proto::CpuFeature`] bits).
-    pub cpu_features: u64,
+    /// The guest's CPU profile (the destination must offer all of it).
+    pub profile: vcpu::profile::Profile,
     /// Names of the guest's device models.
     pub devices: Vec<String>,
 }
@@ -139,7 +139,7 @@ impl VmDescription {
             version: PROTOCOL_VERSION,
             vm: self.vm.clone(),
             mem_bytes: self.mem_bytes,
-            cpu_features: self.cpu_features,
+            profile: self.profile.clone(),
             devices: self.devices.clone(),
         }
     }
@@ -150,7 +150,7 @@ impl VmDescription {
             version: PROTOCOL_VERSION,
             vm: self.vm.clone(),
             mem_bytes: self.mem_bytes,
-            cpu_features: self.cpu_features,
+            profile: self.profile.clone(),
             devices: self.devices.clone(),
         }
     }

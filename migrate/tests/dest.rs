@@ -70,9 +70,9 @@ fn a_refusal_with_many_blockers_still_decodes() {
     // Every CPU feature missing, 16 unknown devices, a bad name and no RAM.
     let mut d = desc(1 << 20);
     d.vm = "bad name".into();
-    d.cpu_features = u64::MAX;
+    d.profile = vcpu::profile::Profile::baseline("skylake-server").unwrap();
     d.devices = (0..16).map(|i| format!("dev{i}")).collect();
-    let host = SimHost::new(0, 0, vec![]);
+    let host = SimHost::new(0, common::bare_offer(), vec![]);
     let mut dst = Dest::new();
     let out = dst.on_message(d.hello(), None, &host);
     let Some(DestAction::Send(refuse)) = out.first() else {
@@ -240,7 +240,11 @@ fn a_probe_before_hello_is_answered_and_reserves_nothing() {
     assert!(dst.on_message(desc(16).hello(), None, &host()).is_empty());
 
     let mut dst = Dest::new();
-    let poor = SimHost::new(4096, u64::MAX, desc(16).devices);
+    let poor = SimHost::new(
+        4096,
+        vcpu::profile::HostOffer::everything(),
+        desc(16).devices,
+    );
     let out = dst.on_message(desc(16).probe(), None, &poor);
     let [
         DestAction::Send(Message::Refuse { reasons }),
@@ -304,8 +308,8 @@ fn host_blockers_refuse_hello_and_probe() {
         fn free_bytes(&self) -> u64 {
             u64::MAX
         }
-        fn cpu_features(&self) -> u64 {
-            u64::MAX
+        fn cpu_offer(&self) -> vcpu::profile::HostOffer {
+            vcpu::profile::HostOffer::everything()
         }
         fn devices(&self) -> Vec<String> {
             desc(16).devices
@@ -543,7 +547,67 @@ fn an_older_protocol_is_refused_by_its_version() {
         };
         assert_eq!(
             reasons,
-            &["protocol version mismatch: we speak 2, the peer speaks 1"]
+            &["protocol version mismatch: we speak 3, the peer speaks 1"]
         );
     }
+}
+
+#[test]
+fn a_host_without_avx512f_refuses_skylake_server_naming_it() {
+    let mut d = desc(16);
+    d.profile = vcpu::profile::Profile::baseline("skylake-server").unwrap();
+    let mut host = host();
+    host.offer = common::offer_without(&["avx512f", "avx512bw"], 0);
+    for msg in [d.hello(), d.probe()] {
+        // Through the codec, as it arrives.
+        let (ty, payload) = migrate::proto::encode(&msg);
+        let mut dst = Dest::new();
+        let out = dst.on_frame(ty, &payload, None, &host);
+        let [
+            DestAction::Send(Message::Refuse { reasons }),
+            DestAction::Close(_),
+        ] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            reasons,
+            &["CPU profile skylake-server: this host lacks avx512f, avx512bw"]
+        );
+    }
+    // Missing XSAVE state is named too.
+    host.offer = common::offer_without(&[], vcpu::xcr0::AVX512);
+    let reasons = dest::check(&d.hello(), &host);
+    assert_eq!(
+        reasons,
+        ["CPU profile skylake-server: this host lacks xcr0:opmask, xcr0:zmm_hi256, xcr0:hi16_zmm"]
+    );
+    // A host that has it all takes it.
+    host.offer = vcpu::profile::HostOffer::everything();
+    assert!(dest::check(&d.hello(), &host).is_empty());
+}
+
+#[test]
+fn a_source_of_another_version_is_refused_by_version() {
+    // A version-2 Hello: version, name, RAM, a u64 feature mask, no devices.
+    let mut p = Vec::new();
+    p.extend_from_slice(&2u16.to_le_bytes());
+    p.extend_from_slice(&4u32.to_le_bytes());
+    p.extend_from_slice(b"web1");
+    p.extend_from_slice(&(1u64 << 16).to_le_bytes());
+    p.extend_from_slice(&0u64.to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    let mut dst = Dest::new();
+    let out = dst.on_frame(32, &p, None, &host());
+    let [
+        DestAction::Send(Message::Refuse { reasons }),
+        DestAction::Close(_),
+    ] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        reasons,
+        &["protocol version mismatch: we speak 3, the peer speaks 2"]
+    );
 }

@@ -4,7 +4,7 @@ mod common;
 
 use common::{Config, Fault, Sim, SimHost, desc, expect_abort, zero_pages};
 use migrate::dest::{self, Dest, DestAction};
-use migrate::proto::{CpuFeature, Message, PAGE_SIZE, PROTOCOL_VERSION};
+use migrate::proto::{Message, PAGE_SIZE, PROTOCOL_VERSION};
 use migrate::source::{
     Action, NoConvergence, Policy, RoundReport, STATE_ESTIMATE_BYTES, Source, estimate_downtime_us,
 };
@@ -212,7 +212,11 @@ fn bandwidth_limit_is_respected() {
 #[test]
 fn refuse_lists_every_blocker() {
     let d = desc(1024);
-    let host = SimHost::new(1024 * 1024, CpuFeature::SSE4_2, vec!["serial".into()]);
+    let host = SimHost::new(
+        1024 * 1024,
+        common::offer_without(&["avx"], 0),
+        vec!["serial".into()],
+    );
     let mut hello = d.hello();
     if let Message::Hello { version, .. } = &mut hello {
         *version = PROTOCOL_VERSION + 1;
@@ -224,7 +228,7 @@ fn refuse_lists_every_blocker() {
         reasons[1],
         "not enough memory: the guest needs 4 MiB, 1 MiB free"
     );
-    assert_eq!(reasons[2], "CPU feature AVX missing on this host");
+    assert_eq!(reasons[2], "CPU profile haswell: this host lacks avx");
     assert_eq!(
         reasons[3],
         "device model virtio-net not available on this host"
@@ -247,7 +251,7 @@ fn refuse_lists_every_blocker() {
         panic!("{acts:?}")
     };
     assert!(
-        why.contains("1 MiB free") && why.contains("AVX") && why.contains("virtio-net"),
+        why.contains("1 MiB free") && why.contains("lacks avx") && why.contains("virtio-net"),
         "{why}"
     );
     assert!(!why.contains("version"));

@@ -1,11 +1,35 @@
 //! Wire protocol: round trips, fuzzing, size limits.
 
 use migrate::proto::{
-    self, CpuFeature, MAX_MESSAGE, MAX_PAGES_PER_MESSAGE, Message, PAGE_SIZE, PAGES_HEADER_WIRE,
-    Page, PageRun, PageRuns, PagesBuilder, ProtoError, RUN_HEADER_WIRE, decode, encode,
-    encoded_len, missing_features, pages_messages,
+    self, MAX_MESSAGE, MAX_PAGES_PER_MESSAGE, Message, PAGE_SIZE, PAGES_HEADER_WIRE, Page, PageRun,
+    PageRuns, PagesBuilder, ProtoError, RUN_HEADER_WIRE, decode, encode, encoded_len,
+    pages_messages,
 };
 use proptest::prelude::*;
+use vcpu::profile::{FEATURES, FeatureSet, HostOffer, Profile, ProfileError, RandExits};
+
+/// A CPU profile: a baseline as defined, or `host` on a host with any
+/// subset of the known features and XCR0 components.
+fn profile() -> impl Strategy<Value = Profile> {
+    let names: Vec<&'static str> = FEATURES.iter().map(|f| f.name).collect();
+    prop_oneof![
+        prop::sample::select(vec!["x86-64", "haswell", "skylake-server"])
+            .prop_map(|n| Profile::baseline(n).unwrap()),
+        (
+            prop::sample::subsequence(names, 0..=FEATURES.len()),
+            any::<u64>(),
+            any::<u32>()
+        )
+            .prop_map(|(features, xcr0, signature)| {
+                let host = HostOffer {
+                    features: FeatureSet::from_names(features).unwrap(),
+                    xcr0: xcr0 & vcpu::xcr0::OFFERABLE | 3,
+                    signature,
+                };
+                Profile::resolve("host", &host, RandExits::BOTH).unwrap()
+            }),
+    ]
+}
 
 /// A raw page that is not all zeros.
 fn raw_page(fill: u8, x: u64) -> [u8; PAGE_SIZE] {
@@ -70,32 +94,33 @@ fn message() -> impl Strategy<Value = Message> {
     let s = || ".{0,12}";
     let name = || ".{0,4}";
     let device = || ".{0,8}";
-    // Hello and Probe carry the same fields.
+    // Hello and Probe carry the same fields. Only our version decodes
+    // (the rest of another version's Hello may be laid out differently).
     let intro = || {
         (
-            any::<u16>(),
+            Just(proto::PROTOCOL_VERSION),
             name(),
             any::<u64>(),
-            any::<u64>(),
+            profile(),
             prop::collection::vec(device(), 0..4),
         )
     };
     prop_oneof![
         intro().prop_map(
-            |(version, vm, mem_bytes, cpu_features, devices)| Message::Hello {
+            |(version, vm, mem_bytes, profile, devices)| Message::Hello {
                 version,
                 vm,
                 mem_bytes,
-                cpu_features,
+                profile,
                 devices
             }
         ),
         intro().prop_map(
-            |(version, vm, mem_bytes, cpu_features, devices)| Message::Probe {
+            |(version, vm, mem_bytes, profile, devices)| Message::Probe {
                 version,
                 vm,
                 mem_bytes,
-                cpu_features,
+                profile,
                 devices
             }
         ),
@@ -247,7 +272,7 @@ fn frame_types_are_distinct_and_above_reserved() {
             version: 1,
             vm: String::new(),
             mem_bytes: 0,
-            cpu_features: 0,
+            profile: x86_64(),
             devices: vec![],
         },
         Message::Ready,
@@ -277,7 +302,7 @@ fn frame_types_are_distinct_and_above_reserved() {
             version: 1,
             vm: String::new(),
             mem_bytes: 0,
-            cpu_features: 0,
+            profile: x86_64(),
             devices: vec![],
         },
     ];
@@ -343,7 +368,7 @@ fn precise_errors() {
     );
     assert_eq!(
         proto::check_version(1).unwrap_err().to_string(),
-        "protocol version mismatch: we speak 2, the peer speaks 1"
+        "protocol version mismatch: we speak 3, the peer speaks 1"
     );
 }
 
@@ -501,17 +526,75 @@ fn builder_respects_a_small_limit() {
     assert!(b.try_push(5, Page::Raw(&raw)).is_err());
 }
 
+fn x86_64() -> Profile {
+    Profile::baseline("x86-64").unwrap()
+}
+
 #[test]
-fn missing_features_by_name() {
-    let guest = CpuFeature::AVX | CpuFeature::AVX2 | CpuFeature::AES | 1 << 40;
-    let host = CpuFeature::AES;
-    assert_eq!(missing_features(guest, host), ["AVX", "AVX2", "unknown"]);
-    assert!(missing_features(host, guest).is_empty());
-    assert_eq!(CpuFeature::name(CpuFeature::PCID), Some("PCID"));
+fn a_hello_of_another_version_is_refused_by_version() {
+    for (ty, what) in [(32, "Hello"), (44, "Probe")] {
+        for theirs in [2, 4] {
+            // What a version-2 source sent: version, name, RAM, a u64
+            // feature mask, no devices.
+            let mut p = Vec::new();
+            p.extend_from_slice(&u16::to_le_bytes(theirs));
+            p.extend_from_slice(&4u32.to_le_bytes());
+            p.extend_from_slice(b"web1");
+            p.extend_from_slice(&(1u64 << 20).to_le_bytes());
+            p.extend_from_slice(&0x1ffu64.to_le_bytes());
+            p.extend_from_slice(&0u32.to_le_bytes());
+            assert_eq!(
+                decode(ty, &p),
+                Err(ProtoError::Version { ours: 3, theirs }),
+                "{what} v{theirs}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_profile_in_hello_is_bounded() {
+    let mut p = Vec::new();
+    p.extend_from_slice(&proto::PROTOCOL_VERSION.to_le_bytes());
+    p.extend_from_slice(&4u32.to_le_bytes());
+    p.extend_from_slice(b"web1");
+    p.extend_from_slice(&(1u64 << 20).to_le_bytes());
+    let mut bad_name = p.clone();
+    bad_name.push(33);
+    bad_name.extend_from_slice(&[b'a'; 33]);
     assert_eq!(
-        CpuFeature::ALL.iter().fold(0, |a, (b, _)| a | b),
-        CpuFeature::KNOWN
+        decode(32, &bad_name),
+        Err(ProtoError::Profile {
+            what: "Hello CPU profile",
+            err: ProfileError::BadLength {
+                what: "profile name",
+                len: 33,
+                max: 32
+            }
+        })
     );
+    p.push(7);
+    p.extend_from_slice(b"haswell");
+    p.extend_from_slice(&257u16.to_le_bytes());
+    for _ in 0..257 {
+        p.extend_from_slice(b"\x03sse");
+    }
+    assert_eq!(
+        decode(44, &p),
+        Err(ProtoError::Profile {
+            what: "Probe CPU profile",
+            err: ProfileError::TooManyFeatures {
+                count: 257,
+                max: 256
+            }
+        })
+    );
+    let hello = hello("web1", vec![]);
+    let (ty, p) = encode(&hello);
+    for cut in 0..p.len() {
+        assert!(decode(ty, &p[..cut]).is_err(), "cut at {cut}");
+    }
+    assert_eq!(decode(ty, &p), Ok(hello));
 }
 
 #[test]
@@ -532,7 +615,7 @@ fn hello(vm: &str, devices: Vec<String>) -> Message {
         version: proto::PROTOCOL_VERSION,
         vm: vm.into(),
         mem_bytes: 1 << 20,
-        cpu_features: 0,
+        profile: Profile::baseline("skylake-server").unwrap(),
         devices,
     }
 }

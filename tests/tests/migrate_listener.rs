@@ -47,9 +47,23 @@ fn hello(vm: &str, mem_bytes: u64) -> Message {
         version: migrate::proto::PROTOCOL_VERSION,
         vm: vm.to_string(),
         mem_bytes,
-        cpu_features: 0,
+        profile: no_features(),
         devices: Vec::new(),
     }
+}
+
+/// A CPU profile with no feature and only x87/SSE state, which every
+/// host can offer: `none`, 0 features, signature 0, XCR0 mask 3, in the
+/// profile's wire form.
+fn no_features() -> vcpu::profile::Profile {
+    let mut wire = vec![4];
+    wire.extend_from_slice(b"none");
+    wire.extend_from_slice(&0u16.to_le_bytes());
+    wire.extend_from_slice(&0u32.to_le_bytes());
+    wire.extend_from_slice(&3u64.to_le_bytes());
+    vcpu::profile::Profile::decode(&wire)
+        .expect("a minimal profile decodes")
+        .0
 }
 
 // ---------------------------------------------------------------------
@@ -737,7 +751,7 @@ fn qemu_malformed_migration_frames_close_only_that_connection() {
         version: migrate::proto::PROTOCOL_VERSION,
         vm: "probe".to_string(),
         mem_bytes: 16 << 20,
-        cpu_features: 0,
+        profile: no_features(),
         devices: Vec::new(),
     });
     p.send(probe_ty, &probe).unwrap();

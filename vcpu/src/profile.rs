@@ -19,8 +19,9 @@
 //!
 //! Only features in [`FEATURES`] ever reach a guest; every leaf not listed
 //! at [`Profile::cpuid`] reads as zeros, so nothing host-specific leaks
-//! through. Bit positions are those of SDM Vol. 2A, CPUID, tables 3-8
-//! (leaf 1), 3-8 (leaf 7), 3-8 (leaf 0DH) and 3-8 (leaf 80000001H).
+//! through. Bit positions are those of SDM Vol. 2A, CPUID: table 3-10
+//! (leaf 1 ECX), table 3-11 (leaf 1 EDX) and table 3-8 (leaves 7, 0DH,
+//! 80000001H).
 //!
 //! Never offered, whatever the host has: VMX (no nested virtualization),
 //! the hypervisor bit and OSXSAVE (set by [`Profile::cpuid`] itself),
@@ -131,7 +132,7 @@ pub const FEATURES: &[Feature] = &[
     f("avx", L1, 0, Reg::Ecx, 28),
     f("f16c", L1, 0, Reg::Ecx, 29),
     f("rdrand", L1, 0, Reg::Ecx, 30),
-    // CPUID.(EAX=07H,ECX=0):EBX (table 3-8, leaf 07H).
+    // CPUID.(EAX=07H,ECX=0):EBX (table 3-8).
     f("fsgsbase", L7, 0, Reg::Ebx, 0),
     f("bmi1", L7, 0, Reg::Ebx, 3),
     f("avx2", L7, 0, Reg::Ebx, 5),
@@ -581,13 +582,13 @@ pub struct Profile {
 /// Per-vCPU, per-moment inputs of [`Profile::cpuid`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Dynamic {
-    /// Initial APIC ID of the vCPU (CPUID.01H:EBX[31:24]).
+    /// Initial APIC ID of the vCPU (`CPUID.01H:EBX[31:24]`).
     pub apic_id: u32,
     /// Guest TSC frequency in kHz (leaf 4000_0010H EAX).
     pub tsc_khz: u32,
     /// The guest's current XCR0 (for CPUID.(0DH,0):EBX).
     pub xcr0: u64,
-    /// The guest's CR4.OSXSAVE (mirrored in CPUID.01H:ECX[27]).
+    /// The guest's CR4.OSXSAVE (mirrored in `CPUID.01H:ECX[27]`).
     pub cr4_osxsave: bool,
 }
 
@@ -605,7 +606,7 @@ pub const BRAND_PREFIX: &str = "hv virtual CPU ";
 
 /// Hypervisor-present bit, CPUID.01H:ECX[31].
 const ECX_HYPERVISOR: u32 = 1 << 31;
-/// OSXSAVE, CPUID.01H:ECX[27].
+/// OSXSAVE, `CPUID.01H:ECX[27]`.
 const ECX_OSXSAVE: u32 = 1 << 27;
 
 /// Features that need the XSAVE feature set; without the XCR0 component
@@ -828,8 +829,8 @@ impl Profile {
     /// | 4000_0010H    | EAX = guest TSC kHz                                            |
     /// | 8000_0000H    | max extended leaf min(host, 8000_0008H)                        |
     /// | 8000_0001H    | profile features                                               |
-    /// | 8000_0002-4H  | brand string "hv virtual CPU <name>"                           |
-    /// | 8000_0008H    | the host's address sizes (EAX[15:0])                           |
+    /// | 8000_0002-4H  | brand string `hv virtual CPU <name>`                           |
+    /// | 8000_0008H    | the host's address sizes (`EAX[15:0]`)                           |
     ///
     /// Every other leaf and sub-leaf reads as zeros, on every host.
     pub fn cpuid(

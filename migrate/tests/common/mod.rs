@@ -8,6 +8,7 @@ use migrate::{
     Action, Dest, DestAction, DestHost, GuestMemory, GuestMemoryMut, Policy, RoundReport,
     SaveRestore, Source, Summary, VmDescription,
 };
+use vcpu::profile::{HostOffer, Profile};
 
 /// Source RAM with dirty tracking.
 #[derive(Clone)]
@@ -79,7 +80,7 @@ impl GuestMemoryMut for DestMemory {
 
 pub struct SimHost {
     pub free: u64,
-    pub features: u64,
+    pub offer: HostOffer,
     pub devices: Vec<String>,
     /// VMs that exist on this host.
     pub vms: Vec<String>,
@@ -88,10 +89,10 @@ pub struct SimHost {
 }
 
 impl SimHost {
-    pub fn new(free: u64, features: u64, devices: Vec<String>) -> SimHost {
+    pub fn new(free: u64, offer: HostOffer, devices: Vec<String>) -> SimHost {
         SimHost {
             free,
-            features,
+            offer,
             devices,
             vms: Vec::new(),
             migrations: 0,
@@ -103,8 +104,8 @@ impl DestHost for SimHost {
     fn free_bytes(&self) -> u64 {
         self.free
     }
-    fn cpu_features(&self) -> u64 {
-        self.features
+    fn cpu_offer(&self) -> HostOffer {
+        self.offer
     }
     fn devices(&self) -> Vec<String> {
         self.devices.clone()
@@ -214,15 +215,38 @@ impl Default for Config {
     }
 }
 
+/// A host whose CPU lacks `features` (and the XCR0 components `xcr0`).
+pub fn offer_without(features: &[&str], xcr0: u64) -> HostOffer {
+    let mut o = HostOffer::everything();
+    for f in features {
+        o.features.remove(f);
+    }
+    o.xcr0 &= !xcr0;
+    o
+}
+
+/// A host CPU with no feature at all.
+pub fn bare_offer() -> HostOffer {
+    HostOffer {
+        features: vcpu::profile::FeatureSet::empty(),
+        xcr0: 3,
+        signature: 0,
+    }
+}
+
 pub fn host_for(desc: &VmDescription) -> SimHost {
-    SimHost::new(desc.mem_bytes * 2, desc.cpu_features, desc.devices.clone())
+    SimHost::new(
+        desc.mem_bytes * 2,
+        HostOffer::everything(),
+        desc.devices.clone(),
+    )
 }
 
 pub fn desc(pages: u64) -> VmDescription {
     VmDescription {
         vm: "web1".into(),
         mem_bytes: pages * PAGE_SIZE as u64,
-        cpu_features: proto::CpuFeature::SSE4_2 | proto::CpuFeature::AVX,
+        profile: Profile::baseline("haswell").unwrap(),
         devices: vec!["serial".into(), "virtio-net".into()],
     }
 }
