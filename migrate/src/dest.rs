@@ -61,6 +61,8 @@ pub enum DestAction {
         vm: String,
         /// Bytes to reserve.
         mem_bytes: u64,
+        /// The CPU the guest sees (checked: this host can offer it).
+        profile: vcpu::profile::Profile,
     },
     /// After `Commit`: restore the state and run the guest (the next action sends
     /// `Committed`). On failure drop the rest of the batch and call [`Dest::start_failed`].
@@ -281,6 +283,7 @@ impl Dest {
             vm,
             mem_bytes,
             devices,
+            profile,
             ..
         } = msg
         else {
@@ -300,6 +303,7 @@ impl Dest {
             DestAction::Reserve {
                 vm: vm.clone(),
                 mem_bytes: *mem_bytes,
+                profile: profile.clone(),
             },
             DestAction::Send(Message::Ready),
         ]

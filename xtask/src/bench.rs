@@ -104,8 +104,9 @@ fn vmx(args: &[String]) -> Result {
     }
     setup::setup()?;
     make_image()?;
-    let line = Regex::new(r"\[(\w+)\] exitbench: (\w+) (\d+) exits, (\d+) cycles/exit, (\d+) exits/s")
-        .expect("static regex");
+    let line =
+        Regex::new(r"\[(\w+)\] exitbench: (\w+) (\d+) exits, (\d+) cycles/exit, (\d+) exits/s")
+            .expect("static regex");
     let switches = Regex::new(r"guest context switches \(all VMs\): (\d+), (\d+) TSC cycles each")
         .expect("static regex");
     let mut rows = Vec::new();
@@ -156,9 +157,7 @@ fn vmx(args: &[String]) -> Result {
                 .map_err(|e| e.to_string())?;
         }
         std::thread::sleep(Duration::from_secs(10));
-        let stats = m
-            .try_command("vm stats f1", t)
-            .map_err(|e| e.to_string())?;
+        let stats = m.try_command("vm stats f1", t).map_err(|e| e.to_string())?;
         if let Some(c) = switches.captures(&stats) {
             switch_rows.push((model, c[1].to_string(), c[2].to_string()));
         }
@@ -176,9 +175,14 @@ fn vmx(args: &[String]) -> Result {
         println!("{model:<28} {what:<16} {cycles:>12} {rate:>14}");
     }
     println!();
-    println!("guest context switch (XSAVE + XRSTOR, DR0-3/DR6, SYSCALL MSRs), two fpu guests for 10 s");
+    println!(
+        "guest context switch (XSAVE + XRSTOR, DR0-3/DR6, SYSCALL MSRs), two fpu guests for 10 s"
+    );
     println!();
-    println!("{:<28} {:>10} {:>16}", "cpu model", "switches", "cycles/switch");
+    println!(
+        "{:<28} {:>10} {:>16}",
+        "cpu model", "switches", "cycles/switch"
+    );
     for (model, n, cycles) in &switch_rows {
         println!("{model:<28} {n:>10} {cycles:>16}");
     }

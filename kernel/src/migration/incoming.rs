@@ -13,8 +13,8 @@ impl DestHost for ThisHost {
     fn free_bytes(&self) -> u64 {
         crate::vmm::free_ram_bytes()
     }
-    fn cpu_features(&self) -> u64 {
-        cpu_features()
+    fn cpu_offer(&self) -> vcpu::profile::HostOffer {
+        crate::vmm::cpu_offer()
     }
     fn devices(&self) -> Vec<String> {
         crate::vmm::DEVICES
@@ -268,10 +268,12 @@ pub(super) fn run_dest_actions(
                     );
                 }
             }
-            DestAction::Reserve { vm, mem_bytes } => {
-                let reserved = crate::vmm::resolve_profile(vcpu::profile::HOST)
-                    .and_then(|p| crate::vmm::reserve_incoming(&vm, mem_bytes, p));
-                if let Err(e) = reserved {
+            DestAction::Reserve {
+                vm,
+                mem_bytes,
+                profile,
+            } => {
+                if let Err(e) = crate::vmm::reserve_incoming(&vm, mem_bytes, profile) {
                     async_line(format_args!(
                         "migrate: refusing {} from {}: {}",
                         crate::text::peer(&vm),

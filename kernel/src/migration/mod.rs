@@ -11,7 +11,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use migrate::dest::{Dest, DestAction, DestHost};
-use migrate::proto::{CpuFeature, Message, decode, encode};
+use migrate::proto::{Message, decode, encode};
 use migrate::source::{Action, Policy, Source, VmDescription};
 use migrate::{GuestMemory, GuestMemoryMut};
 use netstack::channel::{Channel, ChannelOptions, Listener};
@@ -43,33 +43,6 @@ pub(super) fn options() -> ChannelOptions {
         timeout_us: 5_000_000,
         tx_limit: 512 * 1024,
     }
-}
-
-/// The CPU features a guest sees here (CPUID passes them through).
-pub fn cpu_features() -> u64 {
-    let (_, _, c1, _) = crate::arch::cpuid(1, 0);
-    let (_, b7, _, _) = if crate::arch::cpuid(0, 0).0 >= 7 {
-        crate::arch::cpuid(7, 0)
-    } else {
-        (0, 0, 0, 0)
-    };
-    let bit = |reg: u32, n: u32, f: u64| if reg & (1 << n) != 0 { f } else { 0 };
-    bit(c1, 0, CpuFeature::SSE3)
-        | bit(c1, 9, CpuFeature::SSSE3)
-        | bit(c1, 19, CpuFeature::SSE4_1)
-        | bit(c1, 20, CpuFeature::SSE4_2)
-        | bit(c1, 23, CpuFeature::POPCNT)
-        | bit(c1, 25, CpuFeature::AES)
-        | bit(c1, 1, CpuFeature::PCLMULQDQ)
-        | bit(c1, 28, CpuFeature::AVX)
-        | bit(b7, 5, CpuFeature::AVX2)
-        | bit(c1, 12, CpuFeature::FMA)
-        | bit(b7, 3, CpuFeature::BMI1)
-        | bit(b7, 8, CpuFeature::BMI2)
-        | bit(c1, 30, CpuFeature::RDRAND)
-        | bit(b7, 18, CpuFeature::RDSEED)
-        | bit(c1, 26, CpuFeature::XSAVE)
-        | bit(c1, 17, CpuFeature::PCID)
 }
 
 mod incoming;

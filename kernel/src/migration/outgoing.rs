@@ -89,7 +89,7 @@ impl Outbound {
         let desc = VmDescription {
             vm: String::from(o.vm),
             mem_bytes: info.mem_bytes,
-            cpu_features: cpu_features(),
+            profile: info.profile,
             devices: crate::vmm::DEVICES
                 .iter()
                 .map(|d| String::from(*d))
@@ -364,8 +364,10 @@ pub fn check_out(
     target: Ipv4Address,
     port: u16,
 ) {
-    let mem_bytes = match crate::vmm::running_ram(vm) {
-        Ok(b) => b,
+    let (mem_bytes, profile) = match crate::vmm::running_ram(vm)
+        .and_then(|b| crate::vmm::profile_of(vm).map(|p| (b, p)))
+    {
+        Ok(v) => v,
         Err(e) => return println!("error: migrate check: {e}"),
     };
     let now = net.wait_turn();
@@ -377,7 +379,7 @@ pub fn check_out(
     let probe = VmDescription {
         vm: String::from(vm),
         mem_bytes,
-        cpu_features: cpu_features(),
+        profile,
         devices: crate::vmm::DEVICES
             .iter()
             .map(|d| String::from(*d))

@@ -74,6 +74,8 @@ pub const DEVICES: &[&str] = &[
 /// What a migration needs to know about a VM before it starts.
 pub struct MigrationSource {
     pub mem_bytes: u64,
+    /// The CPU the guest sees; the destination must offer all of it.
+    pub profile: Profile,
 }
 
 pub(super) fn with_vm<T>(
@@ -148,18 +150,6 @@ pub fn profile_of(name: &str) -> Result<Profile, String> {
     Ok(m.vms[i].profile.clone())
 }
 
-/// A profile resolved on this host (`host` for a guest from an older
-/// source that names none).
-pub fn resolve_profile(name: &str) -> Result<Profile, String> {
-    let offer = cpu_offer();
-    let m = MANAGER.lock();
-    let exits = m
-        .host
-        .as_ref()
-        .map_or_else(Default::default, |h| h.rand_exits);
-    Profile::resolve(name, &offer, exits).map_err(|e| e.to_string())
-}
-
 /// RAM of a running VM, for `migrate check`.
 pub fn running_ram(name: &str) -> Result<u64, String> {
     let mut m = MANAGER.lock();
@@ -189,6 +179,7 @@ pub fn migration_begin(name: &str) -> Result<MigrationSource, String> {
         vm.migrating = true;
         Ok(MigrationSource {
             mem_bytes: vm.ram_bytes(),
+            profile: vm.profile.clone(),
         })
     })
 }
