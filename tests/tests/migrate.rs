@@ -156,9 +156,12 @@ fn bochs_failed_migrations_leave_the_guest_on_the_source() {
         r"  blocker: not enough memory: the guest needs 96 MiB, \d+ MiB free",
         secs(10),
     );
-    a.expect_line(
-        r"  blocker: CPU feature AVX2 missing on this host",
-        secs(10),
+    // The guest's CPU profile (host: the source's own features) against
+    // what the destination can offer, features named as in /proc/cpuinfo.
+    let cpu = a.expect_line(r"  blocker: CPU profile host: this host lacks (.*)", secs(10));
+    a.check(
+        cpu.text.contains("avx2") && cpu.text.contains("bmi1"),
+        || cpu.text.clone(),
     );
     a.expect_prompt(a.command_timeout());
     a.send_line("migrate spin 10.0.0.2");
@@ -167,9 +170,28 @@ fn bochs_failed_migrations_leave_the_guest_on_the_source() {
         e.text.contains("not enough memory: the guest needs 96 MiB"),
         || e.text.clone(),
     );
-    a.check(e.text.contains("AVX2") && e.text.contains("BMI1"), || {
+    a.check(e.text.contains("avx2") && e.text.contains("bmi1"), || {
         e.text.clone()
     });
+    a.expect_prompt(a.command_timeout());
+    // A VM on a named baseline: the destination names what it lacks of it.
+    a.cmd("vm create sky mem=8 image=ticks arg=1 cpu=skylake-server");
+    a.send_line("vm show sky");
+    a.expect_line(r"  cpu skylake-server \(\d+ features\)", secs(30));
+    a.expect_prompt(a.command_timeout());
+    a.send_line("vm start sky");
+    a.expect_line(r"\[sky\] ticks: alive 1", secs(60));
+    a.expect_prompt(a.command_timeout());
+    a.send_line("migrate check sky 10.0.0.2");
+    a.expect_line(r"migrate check: sky cannot move to 10\.0\.0\.2:", secs(120));
+    let sky = a.expect_line(
+        r"  blocker: CPU profile skylake-server: this host lacks (.*)",
+        secs(10),
+    );
+    a.check(
+        sky.text.contains("avx512f") && sky.text.contains("avx2"),
+        || sky.text.clone(),
+    );
     a.expect_prompt(a.command_timeout());
     // The destination holds nothing afterwards.
     b.send_line("vm list");
@@ -179,6 +201,7 @@ fn bochs_failed_migrations_leave_the_guest_on_the_source() {
     a.send_line("vm list");
     a.expect_line(r"d +(running|halted) +16 MiB dirty +-", secs(30));
     a.expect_line(r"spin +(running|halted) +96 MiB ticks +-", secs(30));
+    a.expect_line(r"sky +(running|halted) +8 MiB ticks +-", secs(30));
 }
 
 #[test]
