@@ -158,17 +158,33 @@ impl XsaveArea {
         }
     }
 
-    /// Takes an image from a migration stream: it must be exactly this
-    /// host's size, its header's XSTATE_BV within `xcr0`, XCOMP_BV zero
-    /// (standard format) and the rest of the header and MXCSR's reserved
-    /// bits clear, or XRSTOR would fault in the hypervisor.
+    /// The image as it travels (migration): only the components of
+    /// `allowed` (the VM's profile), so its size is the same on every host
+    /// that offers the profile whatever else each host supports, and the
+    /// header's XSTATE_BV without components the guest could never have
+    /// enabled (a CPU may report them in use, holding initial values).
+    pub fn to_image(&self, host: &XstateHost, allowed: u64) -> Vec<u8> {
+        let len = image_len(host, allowed).min(self.bytes().len());
+        let mut v = self.bytes()[..len].to_vec();
+        if host.xsave && len >= XSAVE_MIN {
+            let bv = u64::from_le_bytes(v[512..520].try_into().unwrap_or_default()) & allowed;
+            v[512..520].copy_from_slice(&bv.to_le_bytes());
+        }
+        v
+    }
+
+    /// Takes an image from a migration stream ([`Self::to_image`] of the
+    /// source): exactly this host's size for `allowed`, XSTATE_BV within
+    /// it, XCOMP_BV zero (standard format), the rest of the header and
+    /// MXCSR's reserved bits clear, or XRSTOR would fault in the
+    /// hypervisor. Components outside the image start initialised.
     pub fn from_image(
         host: &XstateHost,
-        xcr0: u64,
+        allowed: u64,
         image: &[u8],
     ) -> Result<XsaveArea, &'static str> {
-        if image.len() != host.area_size {
-            return Err("XSAVE image size differs from this host's");
+        if image.len() != image_len(host, allowed) {
+            return Err("XSAVE image size differs from this host's for the guest's CPU profile");
         }
         let mxcsr = u32::from_le_bytes([image[24], image[25], image[26], image[27]]);
         if mxcsr & !0xffff != 0 {
@@ -177,12 +193,12 @@ impl XsaveArea {
         if host.xsave {
             let header = &image[512..576];
             let xstate_bv = u64::from_le_bytes(header[0..8].try_into().unwrap_or_default());
-            if xstate_bv & !xcr0 != 0 || header[8..].iter().any(|&b| b != 0) {
+            if xstate_bv & !allowed != 0 || header[8..].iter().any(|&b| b != 0) {
                 return Err("bad XSAVE header");
             }
         }
         let mut a = XsaveArea::reset(host.area_size);
-        a.bytes_mut().copy_from_slice(image);
+        a.bytes_mut()[..image.len()].copy_from_slice(image);
         Ok(a)
     }
 }
@@ -256,6 +272,24 @@ impl GuestContext {
             unsafe { arch::wrmsr(msr, v) };
         }
     }
+}
+
+/// Bytes of a standard-format image holding the components of `allowed`
+/// on this host: the end of the furthest one (offsets and sizes from
+/// CPUID leaf 0xD), at least the legacy region and header; 512 without
+/// XSAVE.
+pub fn image_len(host: &XstateHost, allowed: u64) -> usize {
+    if !host.xsave {
+        return 512;
+    }
+    let mut len = XSAVE_MIN;
+    for i in 2..64 {
+        if allowed & host.xcr0_max & (1 << i) != 0 {
+            let (size, offset, _, _) = arch::cpuid(0xd, i);
+            len = len.max(offset as usize + size as usize);
+        }
+    }
+    len.min(host.area_size)
 }
 
 fn set_xcr0(v: u64) {

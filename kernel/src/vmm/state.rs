@@ -247,7 +247,7 @@ pub fn save_state(name: &str) -> Result<(Vec<u8>, DeviceStates), String> {
             halted: vm.state == State::Halted,
             vmcs: MIGRATED_FIELDS.iter().map(|&f| (f.0, vmread(f))).collect(),
             xcr0: vm.ctx.xcr0,
-            xsave: vm.ctx.xsave.bytes().to_vec(),
+            xsave: vm.ctx.xsave.to_image(&host.xstate, vm.xcr0_allowed),
             dr: vm.ctx.dr,
             dr6: vm.ctx.dr6,
             msrs: context::SYSCALL_MSRS
@@ -420,13 +420,15 @@ pub fn start_incoming(
     {
         return Err(String::from("vcpu state: bad SYSCALL MSRs"));
     }
-    if state.xcr0 & !vm.xcr0_allowed != 0 && state.xcr0 != 1 {
-        return Err(format!(
-            "vcpu state: the guest uses XCR0 {:#x}, this host offers {:#x}",
-            state.xcr0, vm.xcr0_allowed
-        ));
+    // XCR0 as XSETBV would have to accept it here (a lying source cannot
+    // make the hypervisor load a value the CPU refuses).
+    if host.xstate.xsave {
+        vcpu::xcr0::check_xsetbv(0, state.xcr0, vm.xcr0_allowed)
+            .map_err(|e| format!("vcpu state: {e}"))?;
+    } else if state.xcr0 != 1 {
+        return Err(format!("vcpu state: XCR0 {:#x} on a host without XSAVE", state.xcr0));
     }
-    let xsave = context::XsaveArea::from_image(&host.xstate, state.xcr0, &state.xsave)
+    let xsave = context::XsaveArea::from_image(&host.xstate, vm.xcr0_allowed, &state.xsave)
         .map_err(|e| format!("vcpu state: {e}"))?;
     let g = &state.gprs;
     let regs = GuestRegs {
