@@ -254,9 +254,9 @@ fn migrate_command(cmd: crate::console::shell::MigrateCommand) {
     use crate::console::shell::MigrateCommand as M;
     match cmd {
         M::Help => print_family_help("migrate"),
-        M::Listen(on) => crate::net::migrate_listen(on),
-        M::Status => crate::net::migrate_status(),
-        M::Check { vm, target, port } => crate::net::migrate_check(&vm, target, port),
+        M::Listen(on) => crate::migration::listen(on),
+        M::Status => crate::migration::status(),
+        M::Check { vm, target, port } => crate::migration::check(&vm, target, port),
         M::Out {
             vm,
             target,
@@ -264,7 +264,7 @@ fn migrate_command(cmd: crate::console::shell::MigrateCommand) {
             downtime_ms,
             bandwidth_mib,
             background,
-        } => crate::net::migrate_out(
+        } => crate::migration::out(
             &crate::migration::Outgoing {
                 vm: &vm,
                 target,
@@ -274,7 +274,7 @@ fn migrate_command(cmd: crate::console::shell::MigrateCommand) {
             },
             background,
         ),
-        M::Cancel(vm) => crate::net::migrate_cancel(&vm),
+        M::Cancel(vm) => crate::migration::cancel(&vm),
     }
 }
 
