@@ -73,11 +73,13 @@ pub fn cpu_features() -> u64 {
 }
 
 mod commands;
+mod error;
 mod incoming;
 mod outgoing;
 mod service;
 
 pub use commands::{cancel, check, listen, out, status};
+pub use error::MigrationError;
 pub use incoming::MigrationService;
 pub use outgoing::{Outbound, Outgoing, check_out};
 pub use service::Migrations;

@@ -25,6 +25,10 @@ use crate::drivers::e1000::{Dma, DmaRegion, E1000, Regs};
 use crate::drivers::pci::{Bar, ConfigSpace, Function};
 use crate::println;
 
+mod error;
+
+pub use error::NetError;
+
 /// Intel 82540EM, as QEMU and Bochs emulate it.
 const E1000_IDS: (u16, u16) = (0x8086, 0x100e);
 
@@ -137,18 +141,16 @@ impl Net {
     }
 
     /// The channel key, or the error line for the operator.
-    pub fn channel_key(&self) -> Result<Key, &'static str> {
-        self.key
-            .clone()
-            .ok_or("no channel key: set one with net key <hex> first")
+    pub fn channel_key(&self) -> Result<Key, NetError> {
+        self.key.clone().ok_or(NetError::NoKey)
     }
 
     /// What a listening service needs: a key and an address.
-    pub fn can_listen(&self) -> Result<(), &'static str> {
+    pub fn can_listen(&self) -> Result<(), NetError> {
         self.channel_key()?;
         match self.stack.ip() {
             Some(_) => Ok(()),
-            None => Err("no IP address: net set ip=<a.b.c.d/len> first"),
+            None => Err(NetError::NoAddress),
         }
     }
 
@@ -172,7 +174,7 @@ impl Net {
 
 static NET: Mutex<Option<Net>> = Mutex::new(None);
 /// Why there is no network, for `net show`.
-static ABSENT: Mutex<Option<String>> = Mutex::new(None);
+static ABSENT: Mutex<Option<NetError>> = Mutex::new(None);
 
 /// Finds the e1000, brings it up and applies the boot configuration.
 pub fn init(
@@ -211,11 +213,11 @@ pub fn init(
     }
 }
 
-fn bring_up(pci: &[Function], cs: &mut dyn ConfigSpace) -> Result<Net, String> {
+fn bring_up(pci: &[Function], cs: &mut dyn ConfigSpace) -> Result<Net, NetError> {
     let f = pci
         .iter()
         .find(|f| (f.vendor_id, f.device_id) == E1000_IDS)
-        .ok_or_else(|| String::from("no e1000 (8086:100e) on PCI: networking is off"))?;
+        .ok_or(NetError::NoNic)?;
     let base = f
         .bars
         .iter()
@@ -224,17 +226,16 @@ fn bring_up(pci: &[Function], cs: &mut dyn ConfigSpace) -> Result<Net, String> {
             Bar::Mem64 { index: 0, addr, .. } if addr < (1 << 32) => Some(addr),
             _ => None,
         })
-        .ok_or_else(|| alloc::format!("e1000 at {}: BAR0 is not memory below 4 GiB", f.addr))?;
+        .ok_or(NetError::Bar0(f.addr))?;
     // Memory space and bus mastering (PCI command register bits 1 and 2).
     let cmd = cs.read32(f.addr, 4);
     cs.write32(f.addr, 4, (cmd & 0xffff) | 0b110);
-    let nic = E1000::new(Bar0 { base }, &mut FrameDma)
-        .map_err(|e| alloc::format!("e1000 at {}: {e}", f.addr))?;
+    let nic = E1000::new(Bar0 { base }, &mut FrameDma).map_err(|e| NetError::Nic(f.addr, e))?;
     let mut nic = HostNic(nic);
     // smoltcp draws TCP initial sequence numbers from this seed.
     let seed = crate::arch::entropy::u64();
     let stack = Stack::new(&mut nic, seed, crate::arch::time::now_us())
-        .map_err(|e| alloc::format!("e1000 at {}: {e}", f.addr))?;
+        .map_err(|e| NetError::Stack(f.addr, e))?;
     Ok(Net {
         nic,
         stack,
@@ -344,10 +345,7 @@ pub fn with_net(f: impl FnOnce(&mut Net)) {
         Some(net) => f(net),
         None => println!(
             "error: {}",
-            ABSENT
-                .lock()
-                .clone()
-                .unwrap_or_else(|| String::from("network not initialised"))
+            ABSENT.lock().clone().unwrap_or(NetError::NotInitialised)
         ),
     }
 }
