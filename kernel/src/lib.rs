@@ -7,11 +7,13 @@
 //! | [`drivers`] | the host's own devices: COM1, PCI, the e1000 NIC |
 //! | [`vmm`] | guests under VT-x/EPT: lifecycle, run loop, exits, device bus and models, vCPU state |
 //! | [`net`] | the host's network stack and its services (sink, bench, ping) |
-//! | [`migration`] | live migration: the source and destination engines on the wire |
+//! | [`migration`] | live migration: the source and destination engines on the wire, the `migrate` commands |
 //! | [`console`] | the operator's shell: line editor, parser, command output |
 //!
 //! Dependencies point down the table's reverse: the console uses every
-//! service; `vmm`, `net` and `migration` never call the console. What they
+//! service; `vmm`, `net` and `migration` never call the console, and
+//! `migration` runs on `net` as a registered [`net::Service`] that `net`
+//! knows only through that trait. What they
 //! have to say on their own (guest output, a VM stopping, a peer dropped)
 //! goes through [`events`], which the console drains.
 //!

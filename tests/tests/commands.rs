@@ -27,6 +27,21 @@ fn qemu_information_commands() {
     m.check(help.lines().all(|l| l.starts_with("  ")), || {
         format!("every `help` line starts with two spaces:\n{help}")
     });
+    // Each family of commands details itself; nothing is wider than the console.
+    for (what, out) in [
+        ("help", help.clone()),
+        ("vm help", m.cmd("vm help")),
+        ("net help", m.cmd("net help")),
+        ("migrate help", m.cmd("migrate help")),
+    ] {
+        m.check(
+            out.lines().count() > 1
+                && out
+                    .lines()
+                    .all(|l| l.starts_with("  ") && l.chars().count() <= 80),
+            || format!("`{what}`: lines of two spaces and at most 80 columns:\n{out}"),
+        );
+    }
 
     let version = m.cmd("version");
     let v = caps(&m, &version, r"^hv (\S+) \(boot abi (\d+)\)$");

@@ -158,7 +158,10 @@ fn bochs_failed_migrations_leave_the_guest_on_the_source() {
     );
     // The guest's CPU profile (host: the source's own features) against
     // what the destination can offer, features named as in /proc/cpuinfo.
-    let cpu = a.expect_line(r"  blocker: CPU profile host: this host lacks (.*)", secs(10));
+    let cpu = a.expect_line(
+        r"  blocker: CPU profile host: this host lacks (.*)",
+        secs(10),
+    );
     a.check(
         cpu.text.contains("avx2") && cpu.text.contains("bmi1"),
         || cpu.text.clone(),

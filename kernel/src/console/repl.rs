@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::console::lineedit::{Action, LineEditor};
-use crate::console::shell::{COMMANDS, Command};
+use crate::console::shell::{Command, family_help};
 use crate::{print, println};
 
 /// Longest command line accepted.
@@ -95,8 +95,8 @@ fn execute(sys: &System, cmd: Command) {
     match cmd {
         Command::Empty => {}
         Command::Help => {
-            for (_, usage, what) in COMMANDS {
-                println!("  {usage:<40} {what}");
+            for line in crate::console::shell::help() {
+                println!("{line}");
             }
         }
         Command::Version => {
@@ -230,14 +230,17 @@ fn execute(sys: &System, cmd: Command) {
     }
 }
 
+/// `<family> help`: its sub-commands, one per line.
+fn print_family_help(family: &str) {
+    for line in family_help(family).unwrap_or_default() {
+        println!("{line}");
+    }
+}
+
 fn net_command(cmd: crate::console::shell::NetCommand) {
     use crate::console::shell::NetCommand as N;
     match cmd {
-        N::Help => {
-            for line in crate::console::shell::NET_USAGE {
-                println!("  {line}");
-            }
-        }
+        N::Help => print_family_help("net"),
         N::Show => crate::net::show(),
         N::Set(cfg) => crate::net::set(cfg),
         N::Ping { target, count } => crate::net::ping(target, count),
@@ -250,9 +253,10 @@ fn net_command(cmd: crate::console::shell::NetCommand) {
 fn migrate_command(cmd: crate::console::shell::MigrateCommand) {
     use crate::console::shell::MigrateCommand as M;
     match cmd {
-        M::Listen(on) => crate::net::migrate_listen(on),
-        M::Status => crate::net::migrate_status(),
-        M::Check { vm, target, port } => crate::net::migrate_check(&vm, target, port),
+        M::Help => print_family_help("migrate"),
+        M::Listen(on) => crate::migration::listen(on),
+        M::Status => crate::migration::status(),
+        M::Check { vm, target, port } => crate::migration::check(&vm, target, port),
         M::Out {
             vm,
             target,
@@ -260,7 +264,7 @@ fn migrate_command(cmd: crate::console::shell::MigrateCommand) {
             downtime_ms,
             bandwidth_mib,
             background,
-        } => crate::net::migrate_out(
+        } => crate::migration::out(
             &crate::migration::Outgoing {
                 vm: &vm,
                 target,
@@ -270,7 +274,7 @@ fn migrate_command(cmd: crate::console::shell::MigrateCommand) {
             },
             background,
         ),
-        M::Cancel(vm) => crate::net::migrate_cancel(&vm),
+        M::Cancel(vm) => crate::migration::cancel(&vm),
     }
 }
 
@@ -278,10 +282,16 @@ fn vm_command(cmd: crate::console::shell::VmCommand) {
     use crate::console::shell::VmCommand as V;
     let r = match cmd {
         V::Help => {
-            for line in crate::console::shell::VM_USAGE {
-                println!("  {line}");
+            print_family_help("vm");
+            // The modules on the ESP, cut to the console's width.
+            let modules = crate::vmm::module_names();
+            let mut names: Vec<&str> = modules.iter().map(String::as_str).collect();
+            if names.is_empty() {
+                names.push("none");
             }
-            println!("  {}", crate::vmm::describe_images());
+            for line in crate::console::shell::wrap_list("images: ", &names) {
+                println!("{line}");
+            }
             Ok(())
         }
         V::List => {

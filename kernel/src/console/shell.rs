@@ -5,9 +5,15 @@
 use alloc::format;
 use alloc::string::String;
 
-/// Every console command: (name, usage, one-line description).
+/// Every console command, or family of commands: (name, usage, one-line
+/// summary). `help` prints these; the families (`vm`, `net`, `migrate`)
+/// detail their sub-commands in `<family> help` ([`FAMILIES`]).
 pub const COMMANDS: &[(&str, &str, &str)] = &[
-    ("help", "help", "this list"),
+    (
+        "help",
+        "help",
+        "this list; vm help, net help, migrate help for more",
+    ),
     ("version", "version", "hypervisor version and boot ABI"),
     ("status", "status", "host name, uptime, memory, CPUs, VT-x"),
     ("mem", "mem", "physical frames and kernel heap"),
@@ -16,29 +22,111 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     (
         "vmx",
         "vmx [msrs]",
-        "VT-x capabilities of this CPU (msrs: the raw capability MSRs)",
+        "VT-x capabilities (msrs: the raw capability MSRs)",
     ),
     (
         "log",
-        "log [off|error|warn|info|debug|trace]",
-        "show or set the log level",
+        "log [<level>]",
+        "show or set the log level (off ... trace)",
+    ),
+    (
+        "vm",
+        "vm <command>",
+        "guests: create, start, stop, list... (vm help)",
     ),
     (
         "net",
-        "net [show|set|ping|key|bench|sink]",
-        "host network: address, ping, channel key, throughput (net help)",
+        "net <command>",
+        "host network: address, ping, key... (net help)",
     ),
     (
         "migrate",
-        "migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] [background] | cancel <vm> | check <vm> <ip> | listen [stop] | status",
-        "live migration of a running guest to another host",
+        "migrate <command>",
+        "live migration to another host (migrate help)",
     ),
     ("reboot", "reboot", "reset the machine"),
     (
         "crash",
         "crash pf|gp|ud|de",
-        "fault on purpose to test the crash report (halts the host)",
+        "fault on purpose to test the crash report",
     ),
+];
+
+/// The console's width: no help line is longer.
+pub const HELP_WIDTH: usize = 80;
+
+/// A usage longer than this gets a line of its own, its description on
+/// the next one, so one long usage does not push every description right.
+const USAGE_COLUMN_MAX: usize = 40;
+
+/// Lays out (usage, description) pairs as help lines: two spaces, the
+/// usage padded to the family's column, a space, the description.
+pub fn help_lines(entries: &[(&str, &str)]) -> alloc::vec::Vec<String> {
+    let column = entries
+        .iter()
+        .map(|(usage, _)| usage.len())
+        .filter(|n| *n <= USAGE_COLUMN_MAX)
+        .max()
+        .unwrap_or(0);
+    let mut lines = alloc::vec::Vec::new();
+    for (usage, what) in entries {
+        if usage.len() <= column {
+            lines.push(format!("  {usage:<column$} {what}"));
+        } else {
+            lines.push(format!("  {usage}"));
+            lines.push(format!("  {:<column$} {what}", ""));
+        }
+    }
+    lines
+}
+
+/// What `help` prints: one line per command or family.
+pub fn help() -> alloc::vec::Vec<String> {
+    let entries: alloc::vec::Vec<(&str, &str)> = COMMANDS
+        .iter()
+        .map(|(_, usage, what)| (*usage, *what))
+        .collect();
+    help_lines(&entries)
+}
+
+/// What `<family> help` prints (without `vm help`'s list of images).
+pub fn family_help(family: &str) -> Option<alloc::vec::Vec<String>> {
+    FAMILIES
+        .iter()
+        .find(|(name, _)| *name == family)
+        .map(|(_, entries)| help_lines(entries))
+}
+
+/// Cuts `items` joined by `, ` after `label` into lines of at most
+/// [`HELP_WIDTH`] columns, each starting with two spaces (`vm help`'s
+/// list of images, which grows with the modules on the ESP).
+pub fn wrap_list(label: &str, items: &[&str]) -> alloc::vec::Vec<String> {
+    let mut lines = alloc::vec::Vec::new();
+    let mut line = format!("  {label}");
+    let indent = line.len();
+    for (i, item) in items.iter().enumerate() {
+        let sep = if i + 1 < items.len() { "," } else { "" };
+        let fresh = line.len() == indent;
+        if !fresh && line.len() + 1 + item.len() + sep.len() > HELP_WIDTH {
+            lines.push(line);
+            line = format!("{:indent$}", "");
+        }
+        if line.len() > indent {
+            line.push(' ');
+        }
+        line.push_str(item);
+        line.push_str(sep);
+    }
+    lines.push(line);
+    lines
+}
+
+/// The families of commands with sub-commands, and what `<family> help`
+/// lists for each.
+pub const FAMILIES: &[(&str, &[(&str, &str)])] = &[
+    ("vm", VM_USAGE),
+    ("net", NET_USAGE),
+    ("migrate", MIGRATE_USAGE),
 ];
 
 pub use crate::arch::Fault;
@@ -47,16 +135,33 @@ pub use crate::vmm::{MAX_VM_MIB, MIN_VM_MIB};
 /// Longest VM name.
 pub const MAX_VM_NAME: usize = migrate::names::MAX_VM_NAME;
 
-/// The `vm` sub-commands.
-pub const VM_USAGE: &[&str] = &[
-    "vm list                                       name, state, RAM, exit code",
-    "vm create <name> mem=<MiB> image=<module> [arg=<n>]",
-    "vm start <name>                               run it (again, from the image, if it stopped)",
-    "vm stop <name>                                stop it; its RAM stays allocated",
-    "vm delete <name>                              stop it and free its RAM",
-    "vm stats <name>                               exits by reason, run time",
-    "vm checksum <name>                            ask the guest for its memory checksum (port 0xF5)",
-    "vm dirty <name>                               dirty-page tracking: turn on, then pages written since the last look",
+/// The `vm` sub-commands: (usage, description).
+pub const VM_USAGE: &[(&str, &str)] = &[
+    ("vm list", "name, state, RAM, exit code"),
+    (
+        "vm create <name> mem=<MiB> image=<module> [arg=<n>]",
+        "reserve RAM for a guest (4 to 3072 MiB)",
+    ),
+    (
+        "  [cpu=host|x86-64|haswell|skylake-server] [rdtsc=exit]",
+        "CPU profile (default host); RDTSC exits",
+    ),
+    (
+        "vm start <name>",
+        "run it (again, from the image, if it stopped)",
+    ),
+    ("vm stop <name>", "stop it; its RAM stays allocated"),
+    ("vm delete <name>", "stop it and free its RAM"),
+    ("vm show <name>", "its RAM, image, CPU profile and features"),
+    ("vm stats <name>", "exits by reason, run time"),
+    (
+        "vm checksum <name>",
+        "ask the guest for its memory checksum (port 0xF5)",
+    ),
+    (
+        "vm dirty <name>",
+        "dirty pages: tracking on, then written since last look",
+    ),
 ];
 
 /// A parsed `vm` command.
@@ -83,14 +188,23 @@ pub enum VmCommand {
     Dirty(String),
 }
 
-/// The `net` sub-commands.
-pub const NET_USAGE: &[&str] = &[
-    "net show                                      MAC, link, address, key fingerprint, counters",
-    "net set ip=<a.b.c.d/len> [gw=<a.b.c.d>]       set the host's address",
-    "net ping <a.b.c.d> [count]                    ICMP echo, prints round-trip times (1-100, default 4)",
-    "net key <hex>                                 channel key, 32-128 hex digits (never shown)",
-    "net bench <a.b.c.d>[:port] [MiB]              send MiB (default 16) to a peer's sink, verified",
-    "net sink [stop]                               accept bench transfers on port 7001",
+/// The `net` sub-commands: (usage, description).
+pub const NET_USAGE: &[(&str, &str)] = &[
+    ("net show", "MAC, link, address, key, counters"),
+    (
+        "net set ip=<a.b.c.d/len> [gw=<a.b.c.d>]",
+        "set the host's address",
+    ),
+    (
+        "net ping <a.b.c.d> [count]",
+        "ICMP echo (count 1-100, default 4)",
+    ),
+    ("net key <hex>", "channel key, 32-128 hex digits, hidden"),
+    (
+        "net bench <a.b.c.d>[:port] [MiB]",
+        "send MiB (default 16) to a sink",
+    ),
+    ("net sink [stop]", "accept bench transfers on port 7001"),
 ];
 
 /// Default and largest `net bench` size (MiB).
@@ -116,9 +230,43 @@ pub enum NetCommand {
     Sink(bool),
 }
 
+/// The `migrate` sub-commands: (usage, description).
+pub const MIGRATE_USAGE: &[(&str, &str)] = &[
+    (
+        "migrate <vm> <ip>[:port] [downtime=<ms>] [bandwidth=<MiB/s>] [background]",
+        "move a running guest there; Ctrl-C cancels",
+    ),
+    (
+        "  downtime=<ms>",
+        "longest guest pause (1-60000, default 300)",
+    ),
+    ("  bandwidth=<MiB/s>", "most of the link to use (1-100000)"),
+    (
+        "  background",
+        "back to the prompt at once; progress follows",
+    ),
+    (
+        "migrate cancel <vm>",
+        "stop a migration; the guest stays here",
+    ),
+    (
+        "migrate check <vm> <ip>[:port]",
+        "could the guest move there? (lists blockers)",
+    ),
+    (
+        "migrate listen [stop]",
+        "accept incoming guests on port 7002",
+    ),
+    (
+        "migrate [status]",
+        "listening, incoming and outgoing migrations",
+    ),
+];
+
 /// A parsed `migrate` command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MigrateCommand {
+    Help,
     Listen(bool),
     Status,
     Check {
@@ -176,6 +324,7 @@ fn parse_migrate(args: &[&str]) -> Result<MigrateCommand, String> {
         ["check", ..] => Err(String::from("usage: migrate check <vm> <ip>[:port]")),
         ["cancel", vm] => Ok(MigrateCommand::Cancel(check_vm_name(vm)?)),
         ["cancel", ..] => Err(String::from("usage: migrate cancel <vm>")),
+        ["help"] => Ok(MigrateCommand::Help),
         [] | ["status"] => Ok(MigrateCommand::Status),
         ["listen"] => Ok(MigrateCommand::Listen(true)),
         ["listen", "stop"] => Ok(MigrateCommand::Listen(false)),
@@ -780,5 +929,101 @@ mod tests {
             Ok(Command::Migrate(MigrateCommand::Status))
         );
         assert!(parse("migrate d").is_err());
+    }
+
+    fn check_width(what: &str, lines: &[String]) {
+        for l in lines {
+            assert!(l.starts_with("  "), "{what}: {l:?}");
+            assert!(l.len() <= HELP_WIDTH, "{what}: {} columns: {l:?}", l.len());
+        }
+    }
+
+    #[test]
+    fn help_fits_and_lists_every_command_and_family() {
+        let help = help();
+        check_width("help", &help);
+        assert_eq!(help.len(), COMMANDS.len(), "one line each:\n{help:#?}");
+        // As the system test reads it: two spaces, then the name.
+        for (name, _, _) in COMMANDS {
+            assert!(
+                help.iter().any(|l| l[2..]
+                    .strip_prefix(name)
+                    .is_some_and(|r| r.is_empty() || r.starts_with(' '))),
+                "help does not list {name}:\n{help:#?}"
+            );
+        }
+        for (family, _) in FAMILIES {
+            assert!(COMMANDS.iter().any(|c| c.0 == *family), "{family}");
+            assert!(
+                help.iter().any(|l| l.contains(&format!("{family} help"))),
+                "help does not point at `{family} help`"
+            );
+        }
+    }
+
+    #[test]
+    fn family_help_fits_and_parses() {
+        for (family, entries) in FAMILIES {
+            let lines = family_help(family).unwrap();
+            check_width(family, &lines);
+            assert!(lines.len() >= entries.len(), "{family}");
+            for (usage, _) in *entries {
+                assert!(lines.iter().any(|l| l.contains(usage)), "{family}: {usage}");
+            }
+            let expected = match *family {
+                "vm" => Command::Vm(VmCommand::Help),
+                "net" => Command::Net(NetCommand::Help),
+                "migrate" => Command::Migrate(MigrateCommand::Help),
+                other => panic!("a family without a help command: {other}"),
+            };
+            assert_eq!(parse(&format!("{family} help")), Ok(expected));
+        }
+        assert_eq!(family_help("mem"), None);
+        // The system test counts `net help`'s lines: one per sub-command.
+        assert_eq!(family_help("net").unwrap().len(), NET_USAGE.len());
+        // Numbers written into the help text follow the code.
+        let all: String = FAMILIES
+            .iter()
+            .flat_map(|(_, e)| e.iter())
+            .map(|(u, w)| format!("{u} {w}\n"))
+            .collect();
+        assert!(all.contains(&format!("port {}", netstack::bench::SINK_PORT)));
+        assert!(all.contains(&format!("port {MIGRATE_PORT}")));
+        assert!(all.contains(&format!("({MIN_VM_MIB} to {MAX_VM_MIB} MiB)")));
+        assert!(all.contains(&format!("default {DEFAULT_DOWNTIME_MS})")));
+        assert!(all.contains(&format!("default {BENCH_DEFAULT_MIB})")));
+    }
+
+    #[test]
+    fn long_usages_take_a_line_of_their_own() {
+        let lines = help_lines(&[("a", "first"), (&"b".repeat(50), "second")]);
+        assert_eq!(
+            lines,
+            [
+                String::from("  a first"),
+                format!("  {}", "b".repeat(50)),
+                String::from("    second"),
+            ]
+        );
+    }
+
+    #[test]
+    fn image_lists_wrap_at_80_columns() {
+        assert_eq!(
+            wrap_list("images: ", &["hello", "dirty"]),
+            ["  images: hello, dirty"]
+        );
+        assert_eq!(wrap_list("images: ", &[]), ["  images: "]);
+        let many: alloc::vec::Vec<String> = (0..40).map(|i| format!("guest{i}")).collect();
+        let names: alloc::vec::Vec<&str> = many.iter().map(String::as_str).collect();
+        let lines = wrap_list("images: ", &names);
+        check_width("images", &lines);
+        assert!(lines.len() > 1);
+        let joined: String = lines
+            .iter()
+            .map(|l| l.trim())
+            .collect::<alloc::vec::Vec<_>>()
+            .join(" ");
+        assert_eq!(joined, format!("images: {}", names.join(", ")));
     }
 }

@@ -74,9 +74,9 @@ pub struct MigrationService {
     incoming: Vec<Incoming>,
 }
 
-pub(super) fn send(chan: &mut Channel, msg: &Message) -> Result<(), String> {
+pub(super) fn send(chan: &mut Channel, msg: &Message) -> Result<(), netstack::channel::SendError> {
     let (ty, payload) = encode(msg);
-    chan.send(ty, &payload).map_err(|e| alloc::format!("{e}"))
+    chan.send(ty, &payload)
 }
 
 pub(super) fn peer(chan: &Channel) -> String {
@@ -87,10 +87,9 @@ pub(super) fn peer(chan: &Channel) -> String {
 
 impl MigrationService {
     /// Listens on [`MIGRATE_PORT`].
-    pub fn new(stack: &mut Stack, max_pending: usize) -> Result<MigrationService, String> {
+    pub fn new(stack: &mut Stack, max_pending: usize) -> Result<MigrationService, MigrationError> {
         Ok(MigrationService {
-            listener: Listener::new(stack, MIGRATE_PORT, max_pending)
-                .map_err(|e| alloc::format!("{e}"))?,
+            listener: Listener::new(stack, MIGRATE_PORT, max_pending)?,
             incoming: Vec::new(),
         })
     }

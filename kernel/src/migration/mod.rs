@@ -3,7 +3,7 @@
 //! that drives one [`migrate::Dest`] per incoming guest.
 //!
 //! Frames travel on an authenticated [`netstack::channel::Channel`]; the VM
-//! manager ([`crate::vm`]) supplies pages, dirty sets, pause and state. The
+//! manager ([`crate::vmm`]) supplies pages, dirty sets, pause and state. The
 //! destination owns nothing until `Commit`: an incoming guest is a VM in
 //! state `incoming`, freed again on any abort or lost link.
 
@@ -45,8 +45,14 @@ pub(super) fn options() -> ChannelOptions {
     }
 }
 
+mod commands;
+mod error;
 mod incoming;
 mod outgoing;
+mod service;
 
+pub use commands::{cancel, check, listen, out, status};
+pub use error::MigrationError;
 pub use incoming::MigrationService;
 pub use outgoing::{Outbound, Outgoing, check_out};
+pub use service::Migrations;

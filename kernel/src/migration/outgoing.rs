@@ -65,25 +65,18 @@ pub struct Outbound {
 impl Outbound {
     /// Starts moving `o.vm`: dirty tracking on, the channel connecting.
     pub fn start(
-        net: &mut crate::net::Net,
+        stack: &mut Stack,
         key: &netstack::codec::Key,
         nonce: [u8; 32],
         o: &Outgoing<'_>,
-    ) -> Result<Outbound, String> {
-        let info = crate::vmm::migration_begin(o.vm)?;
+    ) -> Result<Outbound, MigrationError> {
+        let info = crate::vmm::migration_begin(o.vm).map_err(MigrationError::Vm)?;
         let now = crate::arch::time::now_us();
-        let chan = match Channel::connect(
-            &mut net.stack,
-            (o.target, o.port),
-            key,
-            nonce,
-            options(),
-            now,
-        ) {
+        let chan = match Channel::connect(stack, (o.target, o.port), key, nonce, options(), now) {
             Ok(c) => c,
             Err(e) => {
                 crate::vmm::migration_end(o.vm, false);
-                return Err(alloc::format!("{e}"));
+                return Err(MigrationError::Network(e));
             }
         };
         let desc = VmDescription {

@@ -3,9 +3,16 @@
 //!
 //! One NIC, polled: from the console loop between keystrokes and guest
 //! slices, and continuously while a command (ping, bench) waits on it.
+//!
+//! Services of other subsystems (live migration) run on it through the
+//! [`Service`] trait: the network polls what is registered and knows
+//! nothing of what it does, so dependencies point one way (migration uses
+//! the network, never the reverse).
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::any::Any;
 use core::fmt::Write;
 
 use netstack::bench::{BenchSender, BenchStatus, Sink, SinkEvent};
@@ -17,6 +24,10 @@ use spin::Mutex;
 use crate::drivers::e1000::{Dma, DmaRegion, E1000, Regs};
 use crate::drivers::pci::{Bar, ConfigSpace, Function};
 use crate::println;
+
+mod error;
+
+pub use error::NetError;
 
 /// Intel 82540EM, as QEMU and Bochs emulate it.
 const E1000_IDS: (u16, u16) = (0x8086, 0x100e);
@@ -83,15 +94,40 @@ impl Nic for HostNic {
     }
 }
 
+/// What one turn of a [`Service`] left behind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Turn {
+    /// Work in progress: the console loop should poll again soon rather
+    /// than sleep until the next tick.
+    pub busy: bool,
+    /// The service has sockets that may have queued frames: the network
+    /// sends them this turn rather than the next.
+    pub queued: bool,
+}
+
+/// A service of another subsystem that runs on the network in the
+/// background (live migration), registered with [`Net::add_service`].
+pub trait Service: Any + Send {
+    /// One turn, after the NIC was polled: `key` is the channel key (none
+    /// set: `None`), `nonce` draws fresh channel nonces, `now` is the time
+    /// in microseconds.
+    fn poll(
+        &mut self,
+        stack: &mut Stack,
+        key: Option<&Key>,
+        nonce: &mut dyn FnMut() -> [u8; 32],
+        now: u64,
+    ) -> Turn;
+}
+
 /// The host network (one NIC) and the services on it.
 pub struct Net {
     nic: HostNic,
     pub(crate) stack: Stack,
     key: Option<Key>,
     sink: Option<Sink>,
-    migrations: Option<crate::migration::MigrationService>,
-    /// Guests leaving this host (foreground or background).
-    outgoing: Vec<crate::migration::Outbound>,
+    /// Other subsystems' services, polled every turn in order.
+    services: Vec<Box<dyn Service>>,
     pci: String,
     /// Unauthenticated connections each listener keeps (`net.max_pending`).
     max_pending: usize,
@@ -105,25 +141,40 @@ impl Net {
     }
 
     /// The channel key, or the error line for the operator.
-    fn channel_key(&self) -> Result<Key, &'static str> {
-        self.key
-            .clone()
-            .ok_or("no channel key: set one with net key <hex> first")
+    pub fn channel_key(&self) -> Result<Key, NetError> {
+        self.key.clone().ok_or(NetError::NoKey)
     }
 
     /// What a listening service needs: a key and an address.
-    fn can_listen(&self) -> Result<(), &'static str> {
+    pub fn can_listen(&self) -> Result<(), NetError> {
         self.channel_key()?;
         match self.stack.ip() {
             Some(_) => Ok(()),
-            None => Err("no IP address: net set ip=<a.b.c.d/len> first"),
+            None => Err(NetError::NoAddress),
         }
+    }
+
+    /// Unauthenticated connections a listener may keep (`net.max_pending`).
+    pub fn max_pending(&self) -> usize {
+        self.max_pending
+    }
+
+    /// Registers a background service; it is polled every turn from now on.
+    pub fn add_service(&mut self, service: Box<dyn Service>) {
+        self.services.push(service);
+    }
+
+    /// The registered service of type `T`, if there is one.
+    pub fn service_mut<T: Service>(&mut self) -> Option<&mut T> {
+        self.services
+            .iter_mut()
+            .find_map(|s| (&mut **s as &mut dyn Any).downcast_mut::<T>())
     }
 }
 
 static NET: Mutex<Option<Net>> = Mutex::new(None);
 /// Why there is no network, for `net show`.
-static ABSENT: Mutex<Option<String>> = Mutex::new(None);
+static ABSENT: Mutex<Option<NetError>> = Mutex::new(None);
 
 /// Finds the e1000, brings it up and applies the boot configuration.
 pub fn init(
@@ -162,11 +213,11 @@ pub fn init(
     }
 }
 
-fn bring_up(pci: &[Function], cs: &mut dyn ConfigSpace) -> Result<Net, String> {
+fn bring_up(pci: &[Function], cs: &mut dyn ConfigSpace) -> Result<Net, NetError> {
     let f = pci
         .iter()
         .find(|f| (f.vendor_id, f.device_id) == E1000_IDS)
-        .ok_or_else(|| String::from("no e1000 (8086:100e) on PCI: networking is off"))?;
+        .ok_or(NetError::NoNic)?;
     let base = f
         .bars
         .iter()
@@ -175,24 +226,22 @@ fn bring_up(pci: &[Function], cs: &mut dyn ConfigSpace) -> Result<Net, String> {
             Bar::Mem64 { index: 0, addr, .. } if addr < (1 << 32) => Some(addr),
             _ => None,
         })
-        .ok_or_else(|| alloc::format!("e1000 at {}: BAR0 is not memory below 4 GiB", f.addr))?;
+        .ok_or(NetError::Bar0(f.addr))?;
     // Memory space and bus mastering (PCI command register bits 1 and 2).
     let cmd = cs.read32(f.addr, 4);
     cs.write32(f.addr, 4, (cmd & 0xffff) | 0b110);
-    let nic = E1000::new(Bar0 { base }, &mut FrameDma)
-        .map_err(|e| alloc::format!("e1000 at {}: {e}", f.addr))?;
+    let nic = E1000::new(Bar0 { base }, &mut FrameDma).map_err(|e| NetError::Nic(f.addr, e))?;
     let mut nic = HostNic(nic);
     // smoltcp draws TCP initial sequence numbers from this seed.
     let seed = crate::arch::entropy::u64();
     let stack = Stack::new(&mut nic, seed, crate::arch::time::now_us())
-        .map_err(|e| alloc::format!("e1000 at {}: {e}", f.addr))?;
+        .map_err(|e| NetError::Stack(f.addr, e))?;
     Ok(Net {
         nic,
         stack,
         key: None,
         sink: None,
-        migrations: None,
-        outgoing: Vec::new(),
+        services: Vec::new(),
         max_pending: netstack::channel::DEFAULT_MAX_PENDING,
         pci: alloc::format!("{}", f.addr),
     })
@@ -221,42 +270,31 @@ pub fn poll() -> bool {
 }
 
 impl Net {
-    /// One turn of the network: frames in and out, then the sink. Returns
-    /// the time and whether the sink has transfers in progress.
+    /// One turn of the network: frames in and out, then the registered
+    /// services, then the sink. Returns the time and whether something is
+    /// in progress.
     fn poll_services(&mut self) -> (u64, bool) {
         let now = self.poll();
-        let mut i = 0;
-        while i < self.outgoing.len() {
-            if self.outgoing[i].step(&mut self.stack, now) {
-                let done = self.outgoing.remove(i);
-                done.release(&mut self.stack);
-            } else {
-                i += 1;
+        let mut next_nonce = crate::arch::entropy::bytes32;
+        let mut busy = false;
+        for service in &mut self.services {
+            let turn = service.poll(&mut self.stack, self.key.as_ref(), &mut next_nonce, now);
+            busy |= turn.busy;
+            if turn.queued {
+                // Send what the service queued without waiting for the next turn.
+                self.stack.poll(&mut self.nic, now);
             }
         }
-        let outgoing = self.outgoing.len();
-        if outgoing > 0 {
-            // Send what the migrations queued without waiting for the next turn.
-            self.stack.poll(&mut self.nic, now);
-        }
         let Some(key) = self.key.as_ref() else {
-            return (now, outgoing > 0);
+            return (now, busy);
         };
-        let mut next_nonce = crate::arch::entropy::bytes32;
-        let mut busy = outgoing > 0;
         if let Some(sink) = self.sink.as_mut() {
             let events = sink.poll(&mut self.stack, key, &mut next_nonce, now);
             busy |= sink.busy();
             for e in events {
                 report_sink(e);
             }
-        }
-        if let Some(m) = self.migrations.as_mut() {
-            m.poll(&mut self.stack, key, &mut next_nonce, now, outgoing);
-            busy |= m.busy();
-        }
-        if self.sink.is_some() || self.migrations.is_some() {
-            // Send what the services queued without waiting for the next turn.
+            // Send what the sink queued without waiting for the next turn.
             self.stack.poll(&mut self.nic, now);
         }
         (now, busy)
@@ -301,22 +339,19 @@ fn report_sink(e: SinkEvent) {
 }
 
 /// Runs `f` on the network, or prints why there is none.
-fn with_net(f: impl FnOnce(&mut Net)) {
+pub fn with_net(f: impl FnOnce(&mut Net)) {
     let mut g = NET.lock();
     match g.as_mut() {
         Some(net) => f(net),
         None => println!(
             "error: {}",
-            ABSENT
-                .lock()
-                .clone()
-                .unwrap_or_else(|| String::from("network not initialised"))
+            ABSENT.lock().clone().unwrap_or(NetError::NotInitialised)
         ),
     }
 }
 
 /// True if the operator pressed Ctrl-C (other keys wait for the shell).
-fn interrupted() -> bool {
+pub fn interrupted() -> bool {
     crate::drivers::serial::interrupt_pending()
 }
 
@@ -535,152 +570,5 @@ pub fn bench(target: Ipv4Address, port: u16, mib: u64) {
             }
             Err(why) => println!("error: net bench: {why}"),
         }
-    })
-}
-
-/// `migrate listen` / `migrate listen stop`.
-pub fn migrate_listen(on: bool) {
-    with_net(|net| {
-        if !on {
-            match net.migrations.take() {
-                Some(m) => {
-                    m.close(&mut net.stack);
-                    println!("migrate: no longer listening");
-                }
-                None => println!("error: migrate: not listening"),
-            }
-            return;
-        }
-        if let Err(e) = net.can_listen() {
-            return println!("error: {e}");
-        }
-        if net.migrations.is_some() {
-            return println!(
-                "error: migrate: already listening on port {}",
-                crate::migration::MIGRATE_PORT
-            );
-        }
-        match crate::migration::MigrationService::new(&mut net.stack, net.max_pending) {
-            Ok(m) => {
-                net.migrations = Some(m);
-                println!(
-                    "migrate: listening on port {} (free RAM for guests {} MiB)",
-                    crate::migration::MIGRATE_PORT,
-                    crate::vmm::free_ram_bytes() >> 20
-                );
-            }
-            Err(e) => println!("error: migrate: {e}"),
-        }
-    })
-}
-
-/// `migrate status`.
-pub fn migrate_status() {
-    with_net(|net| {
-        match &net.migrations {
-            Some(m) => {
-                println!(
-                    "migrate: listening on port {}",
-                    crate::migration::MIGRATE_PORT
-                );
-                for line in m.status() {
-                    println!("{line}");
-                }
-            }
-            None => println!("migrate: not listening (migrate listen)"),
-        }
-        for o in &net.outgoing {
-            println!("{}", o.status());
-        }
-    })
-}
-
-/// Migrations running on this host, both ways.
-fn migrations_running(net: &Net) -> usize {
-    net.outgoing
-        .iter()
-        .filter(|o| o.outcome().is_none())
-        .count()
-        + net.migrations.as_ref().map_or(0, |m| m.active())
-}
-
-/// `migrate cancel <vm>`.
-pub fn migrate_cancel(vm: &str) {
-    with_net(|net| {
-        match net
-            .outgoing
-            .iter_mut()
-            .find(|o| o.vm() == vm && o.outcome().is_none())
-        {
-            Some(o) => {
-                o.cancel("by the operator");
-                println!("migrate: cancelling the migration of {vm}");
-            }
-            None => {
-                println!("error: migrate: no outgoing migration of '{vm}' (see migrate status)")
-            }
-        }
-    })
-}
-
-/// `migrate <vm> <ip>[:port] ...`: starts the migration; unless
-/// `background`, waits for its end (Ctrl-C cancels) while the network,
-/// the other migrations and the guests keep running.
-pub fn migrate_out(o: &crate::migration::Outgoing<'_>, background: bool) {
-    with_net(|net| {
-        let key = match net.channel_key() {
-            Ok(k) => k,
-            Err(e) => return println!("error: {e}"),
-        };
-        if let Err(e) = net.stack.route_check(o.target) {
-            return println!("error: migrate: {e}");
-        }
-        let running = migrations_running(net);
-        if running >= crate::migration::MAX_MIGRATIONS {
-            return println!(
-                "error: migrate: this host already runs {running} migrations (the limit is {}); {} keeps running here",
-                crate::migration::MAX_MIGRATIONS,
-                o.vm
-            );
-        }
-        let nonce = crate::arch::entropy::bytes32();
-        let out = match crate::migration::Outbound::start(net, &key, nonce, o) {
-            Ok(out) => out,
-            Err(e) => return println!("error: migrate: {e}"),
-        };
-        net.outgoing.push(out);
-        if background {
-            return println!(
-                "migrate: {} moves in the background (migrate status, migrate cancel {})",
-                o.vm, o.vm
-            );
-        }
-        // Ours is the last one started: wait until it leaves the list.
-        let mut cancelled = false;
-        loop {
-            net.wait_turn();
-            let Some(mine) = net.outgoing.iter_mut().find(|m| m.vm() == o.vm) else {
-                break;
-            };
-            if !cancelled && interrupted() {
-                mine.cancel("by the operator (Ctrl-C)");
-                cancelled = true;
-            }
-        }
-    })
-}
-
-/// `migrate check <vm> <ip>[:port]`.
-pub fn migrate_check(vm: &str, target: Ipv4Address, port: u16) {
-    with_net(|net| {
-        let key = match net.channel_key() {
-            Ok(k) => k,
-            Err(e) => return println!("error: {e}"),
-        };
-        if let Err(e) = net.stack.route_check(target) {
-            return println!("error: migrate check: {e}");
-        }
-        let nonce = crate::arch::entropy::bytes32();
-        crate::migration::check_out(net, &key, nonce, vm, target, port);
     })
 }

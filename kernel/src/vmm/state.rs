@@ -426,7 +426,10 @@ pub fn start_incoming(
         vcpu::xcr0::check_xsetbv(0, state.xcr0, vm.xcr0_allowed)
             .map_err(|e| format!("vcpu state: {e}"))?;
     } else if state.xcr0 != 1 {
-        return Err(format!("vcpu state: XCR0 {:#x} on a host without XSAVE", state.xcr0));
+        return Err(format!(
+            "vcpu state: XCR0 {:#x} on a host without XSAVE",
+            state.xcr0
+        ));
     }
     let xsave = context::XsaveArea::from_image(&host.xstate, vm.xcr0_allowed, &state.xsave)
         .map_err(|e| format!("vcpu state: {e}"))?;

@@ -5,9 +5,9 @@ use hv_tests::regex::Regex;
 use hv_tests::{Found, Machine, secs};
 
 /// Every console command, in the order `help` lists them.
-pub const COMMANDS: [&str; 12] = [
-    "help", "version", "status", "mem", "cpus", "pci", "vmx", "log", "net", "migrate", "reboot",
-    "crash",
+pub const COMMANDS: [&str; 13] = [
+    "help", "version", "status", "mem", "cpus", "pci", "vmx", "log", "vm", "net", "migrate",
+    "reboot", "crash",
 ];
 
 /// The `vmx` command's eight lines, in order.

@@ -1,0 +1,18 @@
+//! Why a migration could not start or a message could not go. Each
+//! message is what the console prints after `error: migrate: `.
+
+use alloc::string::String;
+
+use netstack::stack::StackError;
+
+/// An error of this host's side of a migration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MigrationError {
+    /// The VM manager's answer (no such VM, not running, already moving),
+    /// in its words.
+    #[error("{0}")]
+    Vm(String),
+    /// A socket for the listener or the channel.
+    #[error("{0}")]
+    Network(#[from] StackError),
+}
