@@ -58,6 +58,8 @@ pub struct XstateHost {
     pub xcr0_max: u64,
     /// Bytes of an image holding every component of `xcr0_max`.
     pub area_size: usize,
+    /// MXCSR bits this CPU accepts (FXRSTOR/XRSTOR of any other is #GP).
+    pub mxcsr_mask: u32,
 }
 
 /// What XCR0 holds now (0 before [`host_init`]).
@@ -76,12 +78,14 @@ pub fn host_init() -> XstateHost {
     // OSXSAVE is set only when CPUID reports XSAVE; the kernel's own code
     // uses none of these registers.
     unsafe { arch::write_cr4(cr4) };
+    let mxcsr_mask = read_mxcsr_mask();
     if !xsave {
         CURRENT_XCR0.store(0, Ordering::Relaxed);
         return XstateHost {
             xsave: false,
             xcr0_max: 0x3,
             area_size: 512,
+            mxcsr_mask,
         };
     }
     let supported = {
@@ -116,6 +120,21 @@ pub fn host_init() -> XstateHost {
         xsave: true,
         xcr0_max,
         area_size: size,
+        mxcsr_mask,
+    }
+}
+
+/// The MXCSR bits this CPU supports, from an FXSAVE image's MXCSR_MASK
+/// field (0 there means the default 0xFFBF; SDM Vol. 1 11.6.6).
+fn read_mxcsr_mask() -> u32 {
+    let mut area = XsaveArea::reset(512);
+    // SAFETY: CR4.OSFXSR is set (host_init); the area is 64-byte aligned
+    // and 512 bytes; FXSAVE only stores the registers, it changes none.
+    unsafe { xstate::fxsave(area.bytes_mut().as_mut_ptr()) };
+    let b = area.bytes();
+    match u32::from_le_bytes([b[28], b[29], b[30], b[31]]) {
+        0 => 0xffbf,
+        m => m,
     }
 }
 
@@ -187,8 +206,8 @@ impl XsaveArea {
             return Err("XSAVE image size differs from this host's for the guest's CPU profile");
         }
         let mxcsr = u32::from_le_bytes([image[24], image[25], image[26], image[27]]);
-        if mxcsr & !0xffff != 0 {
-            return Err("reserved MXCSR bits set");
+        if mxcsr & !host.mxcsr_mask != 0 {
+            return Err("MXCSR bits this CPU does not support are set");
         }
         if host.xsave {
             let header = &image[512..576];

@@ -268,7 +268,7 @@ pub(super) fn write_msr(vm: &mut Vm, msr: u32, v: u64) -> bool {
     match msr {
         // Each byte a memory type the PAT can hold (0, 1, 4-7), or VM
         // entry would fail on it.
-        0x277 if v.to_le_bytes().iter().all(|&t| matches!(t, 0 | 1 | 4..=7)) => {
+        0x277 if pat_ok(v) => {
             vmwrite(Field::GUEST_IA32_PAT, v)
         }
         m if context::SYSCALL_MSRS.contains(&m) && context::syscall_msr_ok(m, v) => {
@@ -291,6 +291,12 @@ pub(super) fn write_msr(vm: &mut Vm, msr: u32, v: u64) -> bool {
         _ => return false,
     }
     true
+}
+
+/// Whether every byte of a PAT value is a memory type the PAT can hold
+/// (0, 1, 4-7); VM entry fails on any other.
+pub(super) fn pat_ok(v: u64) -> bool {
+    v.to_le_bytes().iter().all(|&t| matches!(t, 0 | 1 | 4..=7))
 }
 
 /// The value of a guest's RDRAND or RDSEED: the one place random numbers
