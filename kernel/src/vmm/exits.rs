@@ -268,9 +268,7 @@ pub(super) fn write_msr(vm: &mut Vm, msr: u32, v: u64) -> bool {
     match msr {
         // Each byte a memory type the PAT can hold (0, 1, 4-7), or VM
         // entry would fail on it.
-        0x277 if pat_ok(v) => {
-            vmwrite(Field::GUEST_IA32_PAT, v)
-        }
+        0x277 if pat_ok(v) => vmwrite(Field::GUEST_IA32_PAT, v),
         m if context::SYSCALL_MSRS.contains(&m) && context::syscall_msr_ok(m, v) => {
             let Some(k) = context::SYSCALL_MSRS.iter().position(|&x| x == m) else {
                 return false;

@@ -409,7 +409,10 @@ pub fn start_incoming(
     {
         return Err(String::from("vcpu state: wrong field list"));
     }
-    let pat = state.vmcs.iter().find(|&&(f, _)| f == Field::GUEST_IA32_PAT.0);
+    let pat = state
+        .vmcs
+        .iter()
+        .find(|&&(f, _)| f == Field::GUEST_IA32_PAT.0);
     if pat.is_some_and(|&(_, v)| !pat_ok(v)) {
         return Err(String::from("vcpu state: invalid PAT"));
     }
