@@ -1,6 +1,26 @@
-//! Dirty-page tracking for live migration: which guest frames were written
-//! since the last look, by one of three mechanisms behind one interface,
-//! [`DirtyLog`].
+//! Dirty-page tracking for live migration, fault tolerance and the
+//! console: which guest frames were written since a consumer's last look,
+//! by one of three mechanisms behind one interface, [`DirtyLog`].
+//!
+//! Several consumers at once: each opens a view ([`DirtyLog::open_view`])
+//! and takes from it. The hardware keeps one record (dirty flags, write
+//! access, the PML buffer), and re-arming it for one consumer would hide
+//! the same writes from the others; so each take first harvests that record
+//! into every open view's bitmap, then hands out and clears only its own
+//! view's. A page written once is reported once to every view, by that
+//! view's next take, whichever view's take harvested it.
+//!
+//! ```text
+//!  guest writes --> dirty flags / write faults / PML buffer
+//!  hypervisor writes --+           |
+//!                      v           v  harvest (in every take), re-arm
+//!                  +--------------------------+
+//!                  | view #0 | view #1 | ...  |   at most MAX_VIEWS
+//!                  +--------------------------+
+//!                      |           |
+//!   take(#0) ----------+           +---------- take(#1)
+//!   (migration round)                          (FT divergence check)
+//! ```
 //!
 //! - [`Mechanism::Pml`], page-modification logging (SDM 29.3.6): when the
 //!   processor sets the dirty flag of a leaf it also logs the 4 KiB aligned
@@ -213,8 +233,8 @@ impl fmt::Debug for DirtyBitmap {
 /// Counters for `vm stats`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DirtyStats {
-    /// Pages reported by [`DirtyLog::take`] so far (a page reported by two
-    /// takes counts twice).
+    /// Pages reported by [`DirtyLog::take`] so far, over all views (a page
+    /// reported by two takes, of one view or of two, counts twice).
     pub pages_reported: u64,
     /// Write-protection faults handled ([`DirtyLog::on_write_violation`]
     /// returned true).
@@ -235,16 +255,56 @@ impl fmt::Display for DirtyStats {
     }
 }
 
+/// Most views a [`DirtyLog`] keeps open at once: a handful of consumers
+/// (migration, fault tolerance, the console), each costing one bitmap of
+/// guest RAM and one union per harvest.
+pub const MAX_VIEWS: usize = 4;
+
+/// One consumer's handle on a [`DirtyLog`], from [`DirtyLog::open_view`].
+///
+/// Ids are never reused by the log that issued them, so a closed view's id
+/// stays invalid even after another view takes its slot. An id from a
+/// different log means nothing to this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ViewId(u64);
+
+impl fmt::Display for ViewId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Why a [`DirtyLog`] view operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DirtyError {
+    /// The view was closed, or never opened by this log.
+    #[error("Dirty view {0} is not open")]
+    NoSuchView(ViewId),
+    /// [`MAX_VIEWS`] views are open already.
+    #[error("Too many dirty views: {MAX_VIEWS} are open already")]
+    TooManyViews,
+    /// Re-arming the hardware mechanism failed; the view keeps its pages.
+    #[error(transparent)]
+    Ept(#[from] EptError),
+}
+
+/// An open view: its id and the frames written since its last take.
+#[derive(Debug)]
+struct View {
+    id: ViewId,
+    pending: DirtyBitmap,
+}
+
 /// Dirty-page tracker of one VM; see the module documentation.
 #[derive(Debug)]
 pub struct DirtyLog {
     mechanism: Mechanism,
     pages: u64,
     active: bool,
-    /// Frames recorded since the last take: hypervisor writes and write
-    /// faults.
+    /// Frames recorded since the last harvest and not in the hardware's
+    /// own record: hypervisor writes and write faults.
     dirty: DirtyBitmap,
-    /// PML: frames drained from the buffer since the last take.
+    /// PML: frames drained from the buffer since the last harvest.
     logged: DirtyBitmap,
     /// Write protection: the RAM frames that were writable at start, which
     /// tracking protects and stop makes writable again.
@@ -252,6 +312,10 @@ pub struct DirtyLog {
     /// Indexed by frame / 512: the 2 MiB ranges that were one 2 MiB leaf at
     /// start, for stop to merge back.
     huge: DirtyBitmap,
+    /// The open views, at most [`MAX_VIEWS`], in the order they opened.
+    views: Vec<View>,
+    /// The id the next view gets.
+    next_view: u64,
     stats: DirtyStats,
 }
 
@@ -271,6 +335,8 @@ impl DirtyLog {
             logged: DirtyBitmap::new(only(Mechanism::Pml)),
             tracked: DirtyBitmap::new(only(Mechanism::WriteProtect)),
             huge: DirtyBitmap::new(pages.div_ceil(FRAMES_2M)),
+            views: Vec::new(),
+            next_view: 0,
             stats: DirtyStats::default(),
         }
     }
@@ -297,7 +363,8 @@ impl DirtyLog {
     }
 
     /// Starts tracking over guest RAM mapped in `ept`, forgetting anything
-    /// recorded before. Write protection removes write access from every
+    /// recorded before, in the open views too (they stay open, empty).
+    /// Write protection removes write access from every
     /// writable RAM page (remembering which); the A/D mechanisms split the
     /// 2 MiB leaves over RAM (as far as frames last) and clear every dirty
     /// flag. Holes in RAM are skipped. If tracking is on already it is
@@ -368,8 +435,9 @@ impl DirtyLog {
 
     /// Stops tracking: write protection gives write access back to the
     /// pages it protected; every 2 MiB range that was one leaf at start is
-    /// merged back if uniform. Records kept since the last take are
-    /// dropped. Returns whether INVEPT is needed (before the guest runs
+    /// merged back if uniform. Records not yet taken are dropped, from
+    /// every view; the views stay open (with tracking off their takes
+    /// report hypervisor writes only). Returns whether INVEPT is needed (before the guest runs
     /// again and before freed table frames are reused). On error tracking
     /// stays on, partly undone; calling stop again finishes the job.
     pub fn stop(
@@ -389,7 +457,7 @@ impl DirtyLog {
 
     /// Records a write the hypervisor itself made into guest frame `gfn`
     /// (device DMA, loaders), which no mechanism sees. Frames beyond RAM
-    /// are ignored. Reported by the next [`DirtyLog::take`].
+    /// are ignored. Reported by the next [`DirtyLog::take`] of each view.
     pub fn mark_hypervisor_write(&mut self, gfn: u64) {
         self.dirty.mark(gfn);
     }
@@ -484,27 +552,95 @@ impl DirtyLog {
         Self::PML_INDEX_RESET
     }
 
-    /// Everything dirtied since the last take (or start), and re-arms
-    /// tracking for those pages: write protection protects them again, EPT
-    /// dirty flags are scanned and cleared, and for PML the dirty flags of
-    /// the pages drained since the last take are cleared (the caller
-    /// drains the buffer first). A logged or dirty 2 MiB leaf reports all
-    /// of its frames.
+    /// Opens a view for one more consumer and returns its id.
+    ///
+    /// A new view starts empty: it claims nothing about writes made before
+    /// it opened (a migration sends every page in its first round anyway).
+    /// Its first [`DirtyLog::take`] reports the frames written since it
+    /// opened plus those written before that no take (of any view) had
+    /// harvested yet: a few more than asked for, which loses nothing and
+    /// spares opening a trip through the tables.
+    ///
+    /// Works with tracking on or off; views stay open across
+    /// [`DirtyLog::start`] and [`DirtyLog::stop`].
+    pub fn open_view(&mut self) -> Result<ViewId, DirtyError> {
+        if self.views.len() >= MAX_VIEWS {
+            return Err(DirtyError::TooManyViews);
+        }
+        let id = ViewId(self.next_view);
+        self.next_view += 1;
+        self.views.push(View {
+            id,
+            pending: DirtyBitmap::new(self.pages),
+        });
+        Ok(id)
+    }
+
+    /// Closes `view`, dropping the frames pending in it; the other views
+    /// are not touched. Tracking stays on: the caller stops it when
+    /// [`DirtyLog::has_views`] says none is left.
+    pub fn close_view(&mut self, view: ViewId) -> Result<(), DirtyError> {
+        let i = self.view_index(view)?;
+        self.views.remove(i);
+        Ok(())
+    }
+
+    /// Number of open views.
+    pub fn views(&self) -> usize {
+        self.views.len()
+    }
+
+    /// Whether any view is open.
+    pub fn has_views(&self) -> bool {
+        !self.views.is_empty()
+    }
+
+    /// The frames dirtied since `view`'s last take (or since it opened, see
+    /// [`DirtyLog::open_view`]); clears them from `view` only.
+    ///
+    /// First harvests what the mechanism recorded since the last harvest
+    /// into every open view and re-arms it: write protection protects the
+    /// harvested pages again, EPT dirty flags are scanned and cleared, and
+    /// for PML the dirty flags of the pages drained since the last harvest
+    /// are cleared (the caller drains the buffer first). A logged or dirty
+    /// 2 MiB leaf reports all of its frames. The other views keep what was
+    /// harvested until they take it themselves.
     ///
     /// Returns the bitmap and whether INVEPT is needed before the guest
     /// runs again. With tracking off it returns the hypervisor writes only.
-    /// On error the pages are kept for the next take.
+    /// On error nothing is lost: an unknown view changes nothing, and when
+    /// re-arming fails the harvested frames are kept for the next take.
     pub fn take(
+        &mut self,
+        view: ViewId,
+        ept: &mut Ept,
+        mem: &mut impl PhysMem,
+        alloc: &mut impl FrameAlloc,
+    ) -> Result<(DirtyBitmap, bool), DirtyError> {
+        let i = self.view_index(view)?;
+        let invept = self.harvest(ept, mem, alloc)?;
+        let out = mem::replace(&mut self.views[i].pending, DirtyBitmap::new(self.pages));
+        self.stats.pages_reported += out.count();
+        Ok((out, invept))
+    }
+
+    /// Moves everything recorded since the last harvest (software records
+    /// and the hardware's) into every open view and re-arms the mechanism.
+    /// Returns whether INVEPT is needed. On error the records stay here for
+    /// the next harvest.
+    fn harvest(
         &mut self,
         ept: &mut Ept,
         mem: &mut impl PhysMem,
         alloc: &mut impl FrameAlloc,
-    ) -> Result<(DirtyBitmap, bool), EptError> {
+    ) -> Result<bool, EptError> {
         let mut out = mem::replace(&mut self.dirty, DirtyBitmap::new(self.pages));
         match self.rearm(ept, mem, alloc, &mut out) {
             Ok(invept) => {
-                self.stats.pages_reported += out.count();
-                Ok((out, invept))
+                for view in &mut self.views {
+                    view.pending.union_with(&out);
+                }
+                Ok(invept)
             }
             Err(e) => {
                 self.dirty.union_with(&out);
@@ -513,8 +649,16 @@ impl DirtyLog {
         }
     }
 
-    /// The mechanism-specific part of [`DirtyLog::take`]: adds what the
-    /// hardware recorded to `out` and re-arms it.
+    /// Where `view` is in [`DirtyLog::views`], if open.
+    fn view_index(&self, view: ViewId) -> Result<usize, DirtyError> {
+        self.views
+            .iter()
+            .position(|v| v.id == view)
+            .ok_or(DirtyError::NoSuchView(view))
+    }
+
+    /// The mechanism-specific part of a harvest: adds what the hardware
+    /// recorded to `out` and re-arms it.
     fn rearm(
         &mut self,
         ept: &mut Ept,
@@ -593,12 +737,16 @@ impl DirtyLog {
         self.reset();
     }
 
-    /// Forgets every record (not the counters).
+    /// Forgets every record, the views' included (not the views
+    /// themselves, nor the counters).
     fn reset(&mut self) {
         self.dirty.clear();
         self.logged.clear();
         self.tracked.clear();
         self.huge.clear();
+        for view in &mut self.views {
+            view.pending.clear();
+        }
     }
 
     /// Bytes of guest RAM, or `None` if there is none.
@@ -694,6 +842,8 @@ mod tests {
         arena: Arena,
         ept: Ept,
         log: DirtyLog,
+        /// The view [`Guest::take`] takes from, opened with the guest.
+        view: ViewId,
         ad: bool,
         pml: Option<Pml>,
     }
@@ -733,10 +883,13 @@ mod tests {
                 index: DirtyLog::PML_INDEX_RESET,
                 full_exits: 0,
             });
+            let mut log = DirtyLog::new(mechanism, pages);
+            let view = log.open_view().unwrap();
             Guest {
                 arena,
                 ept,
-                log: DirtyLog::new(mechanism, pages),
+                log,
+                view,
                 ad,
                 pml,
             }
@@ -789,13 +942,20 @@ mod tests {
             }
         }
 
-        /// Takes, draining the PML buffer first; the bitmap as a set.
+        /// Takes from the guest's own view, draining the PML buffer first;
+        /// the bitmap as a set.
         fn take(&mut self) -> (BTreeSet<u64>, bool) {
+            self.take_view(self.view).unwrap()
+        }
+
+        /// Takes from `view`, draining the PML buffer first, as the kernel
+        /// does before every take.
+        fn take_view(&mut self, view: ViewId) -> Result<(BTreeSet<u64>, bool), DirtyError> {
             self.drain();
             let (mut mem, mut alloc) = (self.arena.mem(), self.arena.alloc());
-            let (bitmap, invept) = self.log.take(&mut self.ept, &mut mem, &mut alloc).unwrap();
+            let (bitmap, invept) = self.log.take(view, &mut self.ept, &mut mem, &mut alloc)?;
             assert_eq!(bitmap.pages(), self.log.pages());
-            (bitmap.iter().collect(), invept)
+            Ok((bitmap.iter().collect(), invept))
         }
 
         /// A guest write to `gpa` as the processor performs it, with the
