@@ -793,6 +793,8 @@ mod tests {
     use crate::entry::MemType;
     use crate::tables::Translation;
     use crate::testkit::{Access, Arena, hw_access, hw_walk};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
     use std::collections::BTreeSet;
     use std::vec;
     use std::vec::Vec;
@@ -1511,6 +1513,363 @@ mod tests {
                 .dirty()
         );
         assert_eq!(g.ept.clear_dirty(&mut mem, Gpa::new(0x60_0000)), None);
+    }
+
+    const MECHANISMS: [Mechanism; 3] = [
+        Mechanism::WriteProtect,
+        Mechanism::EptDirtyFlags,
+        Mechanism::Pml,
+    ];
+
+    /// Writable RAM frames of the standard layout: 4 KiB pages in the first
+    /// 2 MiB, inside both writable 2 MiB pages, and in the 4 KiB tail.
+    const SPOTS: [u64; 6] = [0x5, 0x1ff, 0x200, 0x3ff, 0x5ff, 0x87f];
+
+    #[test]
+    fn two_views_each_see_every_page_written_since_their_own_last_take() {
+        for mechanism in MECHANISMS {
+            let mut g = Guest::new(mechanism);
+            let a = g.view;
+            g.start();
+            let b = g.log.open_view().unwrap();
+            assert_ne!(a, b);
+            assert_eq!(g.log.views(), 2);
+            let [p1, p2, p3, p4, p5, p6] = SPOTS;
+
+            assert!(g.write(p1 * K4));
+            assert_eq!(
+                g.take_view(a).unwrap().0,
+                BTreeSet::from([p1]),
+                "{mechanism}"
+            );
+            assert!(g.write(p2 * K4));
+            assert!(g.write(p1 * K4), "{mechanism}: re-armed by a's take");
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([p1, p2]),
+                "{mechanism}: b keeps what a's take harvested"
+            );
+            assert_eq!(
+                g.take_view(a).unwrap().0,
+                BTreeSet::from([p1, p2]),
+                "{mechanism}"
+            );
+
+            assert!(g.write(p3 * K4 + 0x10));
+            g.log.mark_hypervisor_write(p4);
+            assert!(g.write(p5 * K4));
+            assert_eq!(g.take_view(b).unwrap().0, BTreeSet::from([p3, p4, p5]));
+            assert!(g.write(p6 * K4));
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([p6]),
+                "{mechanism}"
+            );
+            assert_eq!(
+                g.take_view(a).unwrap().0,
+                BTreeSet::from([p3, p4, p5, p6]),
+                "{mechanism}"
+            );
+            assert_eq!(g.take_view(a).unwrap().0, BTreeSet::new());
+            assert_eq!(g.take_view(b).unwrap().0, BTreeSet::new());
+            // Each view's pages count once per take that reported them.
+            assert_eq!(g.log.stats().pages_reported, 1 + 2 + 2 + 3 + 1 + 4);
+        }
+    }
+
+    #[test]
+    fn closing_a_view_does_not_disturb_another() {
+        for mechanism in MECHANISMS {
+            let mut g = Guest::new(mechanism);
+            let before = g.translations();
+            let a = g.view;
+            g.start();
+            let b = g.log.open_view().unwrap();
+            assert!(g.write(0x5000));
+            assert!(g.write(0x30_0000));
+            // a's take harvests into b too; closing a keeps b's pages.
+            assert_eq!(g.take_view(a).unwrap().0, BTreeSet::from([0x5, 0x300]));
+            assert!(g.write(0x6000));
+            g.log.close_view(a).unwrap();
+            assert_eq!((g.log.views(), g.log.has_views()), (1, true));
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([0x5, 0x6, 0x300]),
+                "{mechanism}"
+            );
+            assert!(g.write(0x7000));
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([0x7]),
+                "{mechanism}"
+            );
+
+            // And the other way round: closing the view that harvested last.
+            let c = g.log.open_view().unwrap();
+            assert!(g.write(0x8000));
+            assert_eq!(g.take_view(c).unwrap().0, BTreeSet::from([0x8]));
+            assert!(g.write(0x9000));
+            g.log.close_view(c).unwrap();
+            assert_eq!(g.take_view(b).unwrap().0, BTreeSet::from([0x8, 0x9]));
+
+            // The last view closed: tracking is still on until stopped.
+            g.log.close_view(b).unwrap();
+            assert!(!g.log.has_views() && g.log.is_active());
+            g.stop();
+            assert_eq!(g.translations(), before, "{mechanism}");
+        }
+    }
+
+    #[test]
+    fn unknown_views_are_errors_not_panics() {
+        let mut g = Guest::new(Mechanism::WriteProtect);
+        let a = g.view;
+        g.start();
+        g.log.close_view(a).unwrap();
+        assert_eq!(g.take_view(a), Err(DirtyError::NoSuchView(a)));
+        assert_eq!(g.log.close_view(a), Err(DirtyError::NoSuchView(a)));
+
+        // A failed take harvests nothing: the page is still writable (no
+        // second fault) and reported to a view opened before it.
+        let b = g.log.open_view().unwrap();
+        assert!(g.write(0x5000));
+        assert_eq!(g.take_view(a), Err(DirtyError::NoSuchView(a)));
+        assert!(g.write(0x5008));
+        assert_eq!(g.log.stats().tracking_faults, 1);
+        assert_eq!(g.log.stats().pages_reported, 0);
+        assert_eq!(g.take_view(b).unwrap().0, BTreeSet::from([5]));
+
+        // Fill the slots; ids are never reused, so a stale id stays stale.
+        let mut open = vec![b];
+        while open.len() < MAX_VIEWS {
+            open.push(g.log.open_view().unwrap());
+        }
+        assert_eq!(g.log.open_view(), Err(DirtyError::TooManyViews));
+        assert_eq!(g.log.views(), MAX_VIEWS);
+        g.log.close_view(open[1]).unwrap();
+        let again = g.log.open_view().unwrap();
+        assert!(!open.contains(&again) && again != a);
+        assert_eq!(g.take_view(open[1]), Err(DirtyError::NoSuchView(open[1])));
+        assert!(g.take_view(again).is_ok());
+
+        assert_eq!(
+            DirtyError::NoSuchView(a).to_string(),
+            format!("Dirty view #{} is not open", a.0)
+        );
+        assert_eq!(
+            DirtyError::TooManyViews.to_string(),
+            "Too many dirty views: 4 are open already"
+        );
+        assert_eq!(
+            DirtyError::from(EptError::OutOfFrames).to_string(),
+            "Out of frames for EPT tables"
+        );
+    }
+
+    /// A new view starts empty; its first take also reports what was
+    /// written before it opened that no take had harvested yet.
+    #[test]
+    fn a_view_opened_later_starts_empty_but_gets_unharvested_writes() {
+        for mechanism in MECHANISMS {
+            let mut g = Guest::new(mechanism);
+            let a = g.view;
+            g.start();
+            assert!(g.write(0x5000));
+            let b = g.log.open_view().unwrap();
+            assert!(g.write(0x6000));
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([5, 6]),
+                "{mechanism}"
+            );
+            assert_eq!(
+                g.take_view(a).unwrap().0,
+                BTreeSet::from([5, 6]),
+                "{mechanism}"
+            );
+            // Harvested before it opened: not reported to c.
+            assert!(g.write(0x7000));
+            assert_eq!(g.take_view(a).unwrap().0, BTreeSet::from([7]));
+            let c = g.log.open_view().unwrap();
+            assert_eq!(g.take_view(c).unwrap().0, BTreeSet::new(), "{mechanism}");
+            assert!(g.write(0x8000));
+            assert_eq!(
+                g.take_view(c).unwrap().0,
+                BTreeSet::from([8]),
+                "{mechanism}"
+            );
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([7, 8]),
+                "{mechanism}"
+            );
+        }
+    }
+
+    #[test]
+    fn views_stay_open_across_start_and_stop_and_are_emptied() {
+        for mechanism in MECHANISMS {
+            let mut g = Guest::new(mechanism);
+            let a = g.view;
+            // Before start: hypervisor writes only, then start forgets them.
+            let b = g.log.open_view().unwrap();
+            g.log.mark_hypervisor_write(3);
+            assert_eq!(g.take_view(b).unwrap().0, BTreeSet::from([3]));
+            g.log.mark_hypervisor_write(4);
+            g.start();
+            assert_eq!(g.take_view(a).unwrap().0, BTreeSet::new(), "{mechanism}");
+            assert_eq!(g.take_view(b).unwrap().0, BTreeSet::new(), "{mechanism}");
+
+            assert!(g.write(0x5000));
+            assert_eq!(g.take_view(a).unwrap().0, BTreeSet::from([5]));
+            // b holds 5 now; stop drops it.
+            g.stop();
+            assert_eq!(g.log.views(), 2);
+            assert!(g.write(0x6000), "untracked");
+            g.log.mark_hypervisor_write(9);
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([9]),
+                "{mechanism}"
+            );
+            assert_eq!(
+                g.take_view(a).unwrap().0,
+                BTreeSet::from([9]),
+                "{mechanism}"
+            );
+        }
+    }
+
+    /// One step of a property case (tracking is started once, views 0 and
+    /// 1 are open at first).
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A guest write to a frame (writable or not, in RAM or not).
+        Write(u64),
+        /// A guest write to 600 consecutive frames: fills a PML buffer.
+        Sweep(u64),
+        /// A hypervisor write.
+        Hypervisor(u64),
+        /// A PML drain without a take (a PML-full exit).
+        Drain,
+        /// A take from view 0 or 1.
+        Take(usize),
+        /// Closes view 0 or 1 (an error if closed) and, if `reopen`, opens
+        /// it again with a new id.
+        Reopen(usize, bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let gfn = prop_oneof![
+            3 => 0..PAGES,
+            1 => (MMIO - 0x10)..(MMIO + 0x10),
+            1 => Just(0x500u64),
+        ];
+        prop_oneof![
+            12 => gfn.clone().prop_map(Op::Write),
+            1 => (0..PAGES).prop_map(Op::Sweep),
+            3 => gfn.prop_map(Op::Hypervisor),
+            1 => Just(Op::Drain),
+            6 => (0..2usize).prop_map(Op::Take),
+            1 => ((0..2usize), proptest::bool::weighted(0.8)).prop_map(|(v, r)| Op::Reopen(v, r)),
+        ]
+    }
+
+    /// Runs `ops` on a guest tracked by `mechanism` with two views and
+    /// checks every take against a model: per view, the set of RAM frames
+    /// written since its last take; a view opened later starts with the
+    /// frames written since the last take of any view (not yet harvested).
+    fn run_views(mechanism: Mechanism, ops: &[Op]) -> Result<(), TestCaseError> {
+        let mut g = Guest::new(mechanism);
+        let before = g.translations();
+        g.start();
+        let mut ids = [Some(g.view), Some(g.log.open_view().unwrap())];
+        let mut model: [BTreeSet<u64>; 2] = Default::default();
+        let mut unharvested = BTreeSet::new();
+        let mut closed = Vec::new();
+        let record = |gfn: u64, model: &mut [BTreeSet<u64>; 2], unharvested: &mut BTreeSet<u64>| {
+            if gfn < PAGES {
+                model.iter_mut().for_each(|m| {
+                    m.insert(gfn);
+                });
+                unharvested.insert(gfn);
+            }
+        };
+        for op in ops {
+            match *op {
+                Op::Write(gfn) => {
+                    prop_assert_eq!(g.write(gfn * K4 + 8), writable(gfn), "gfn {:#x}", gfn);
+                    if writable(gfn) {
+                        record(gfn, &mut model, &mut unharvested);
+                    }
+                }
+                Op::Sweep(first) => {
+                    for gfn in (first..first + 600).filter(|&gfn| writable(gfn)) {
+                        prop_assert!(g.write(gfn * K4));
+                        record(gfn, &mut model, &mut unharvested);
+                    }
+                }
+                Op::Hypervisor(gfn) => {
+                    g.log.mark_hypervisor_write(gfn);
+                    record(gfn, &mut model, &mut unharvested);
+                }
+                Op::Drain => g.drain(),
+                Op::Take(v) => match ids[v] {
+                    Some(id) => {
+                        let (got, _) = g.take_view(id).unwrap();
+                        prop_assert_eq!(&got, &model[v], "view {}", v);
+                        model[v].clear();
+                        unharvested.clear();
+                    }
+                    None => {
+                        let last = *closed.last().unwrap();
+                        prop_assert_eq!(g.take_view(last), Err(DirtyError::NoSuchView(last)));
+                    }
+                },
+                Op::Reopen(v, reopen) => {
+                    if let Some(id) = ids[v].take() {
+                        g.log.close_view(id).unwrap();
+                        closed.push(id);
+                    } else {
+                        let last = *closed.last().unwrap();
+                        prop_assert_eq!(g.log.close_view(last), Err(DirtyError::NoSuchView(last)));
+                    }
+                    if reopen {
+                        ids[v] = Some(g.log.open_view().unwrap());
+                        model[v] = unharvested.clone();
+                    }
+                }
+            }
+        }
+        // Whatever is left is still there for each open view.
+        for v in 0..2 {
+            if let Some(id) = ids[v] {
+                prop_assert_eq!(&g.take_view(id).unwrap().0, &model[v]);
+                model[v].clear();
+            }
+        }
+        g.stop();
+        prop_assert_eq!(g.translations(), before);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn views_match_a_model_with_write_protection(ops in vec(op(), 0..80)) {
+            run_views(Mechanism::WriteProtect, &ops)?;
+        }
+
+        #[test]
+        fn views_match_a_model_with_ept_dirty_flags(ops in vec(op(), 0..80)) {
+            run_views(Mechanism::EptDirtyFlags, &ops)?;
+        }
+
+        #[test]
+        fn views_match_a_model_with_pml(ops in vec(op(), 0..80)) {
+            run_views(Mechanism::Pml, &ops)?;
+        }
     }
 
     #[test]
