@@ -559,7 +559,8 @@ impl DirtyLog {
     /// Its first [`DirtyLog::take`] reports the frames written since it
     /// opened plus those written before that no take (of any view) had
     /// harvested yet: a few more than asked for, which loses nothing and
-    /// spares opening a trip through the tables.
+    /// keeps opening cheap (no harvest, no table walk, no INVEPT, and no
+    /// EPT to pass in).
     ///
     /// Works with tracking on or off; views stay open across
     /// [`DirtyLog::start`] and [`DirtyLog::stop`].
