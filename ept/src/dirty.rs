@@ -1,6 +1,26 @@
-//! Dirty-page tracking for live migration: which guest frames were written
-//! since the last look, by one of three mechanisms behind one interface,
-//! [`DirtyLog`].
+//! Dirty-page tracking for live migration, fault tolerance and the
+//! console: which guest frames were written since a consumer's last look,
+//! by one of three mechanisms behind one interface, [`DirtyLog`].
+//!
+//! Several consumers at once: each opens a view ([`DirtyLog::open_view`])
+//! and takes from it. The hardware keeps one record (dirty flags, write
+//! access, the PML buffer), and re-arming it for one consumer would hide
+//! the same writes from the others; so each take first harvests that record
+//! into every open view's bitmap, then hands out and clears only its own
+//! view's. A page written once is reported once to every view, by that
+//! view's next take, whichever view's take harvested it.
+//!
+//! ```text
+//!  guest writes --> dirty flags / write faults / PML buffer
+//!  hypervisor writes --+           |
+//!                      v           v  harvest (in every take), re-arm
+//!                  +--------------------------+
+//!                  | view #0 | view #1 | ...  |   at most MAX_VIEWS
+//!                  +--------------------------+
+//!                      |           |
+//!   take(#0) ----------+           +---------- take(#1)
+//!   (migration round)                          (FT divergence check)
+//! ```
 //!
 //! - [`Mechanism::Pml`], page-modification logging (SDM 29.3.6): when the
 //!   processor sets the dirty flag of a leaf it also logs the 4 KiB aligned
@@ -213,8 +233,8 @@ impl fmt::Debug for DirtyBitmap {
 /// Counters for `vm stats`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DirtyStats {
-    /// Pages reported by [`DirtyLog::take`] so far (a page reported by two
-    /// takes counts twice).
+    /// Pages reported by [`DirtyLog::take`] so far, over all views (a page
+    /// reported by two takes, of one view or of two, counts twice).
     pub pages_reported: u64,
     /// Write-protection faults handled ([`DirtyLog::on_write_violation`]
     /// returned true).
@@ -235,16 +255,56 @@ impl fmt::Display for DirtyStats {
     }
 }
 
+/// Most views a [`DirtyLog`] keeps open at once: a handful of consumers
+/// (migration, fault tolerance, the console), each costing one bitmap of
+/// guest RAM and one union per harvest.
+pub const MAX_VIEWS: usize = 4;
+
+/// One consumer's handle on a [`DirtyLog`], from [`DirtyLog::open_view`].
+///
+/// Ids are never reused by the log that issued them, so a closed view's id
+/// stays invalid even after another view takes its slot. An id from a
+/// different log means nothing to this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ViewId(u64);
+
+impl fmt::Display for ViewId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Why a [`DirtyLog`] view operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DirtyError {
+    /// The view was closed, or never opened by this log.
+    #[error("Dirty view {0} is not open")]
+    NoSuchView(ViewId),
+    /// [`MAX_VIEWS`] views are open already.
+    #[error("Too many dirty views: {MAX_VIEWS} are open already")]
+    TooManyViews,
+    /// Re-arming the hardware mechanism failed; the view keeps its pages.
+    #[error(transparent)]
+    Ept(#[from] EptError),
+}
+
+/// An open view: its id and the frames written since its last take.
+#[derive(Debug)]
+struct View {
+    id: ViewId,
+    pending: DirtyBitmap,
+}
+
 /// Dirty-page tracker of one VM; see the module documentation.
 #[derive(Debug)]
 pub struct DirtyLog {
     mechanism: Mechanism,
     pages: u64,
     active: bool,
-    /// Frames recorded since the last take: hypervisor writes and write
-    /// faults.
+    /// Frames recorded since the last harvest and not in the hardware's
+    /// own record: hypervisor writes and write faults.
     dirty: DirtyBitmap,
-    /// PML: frames drained from the buffer since the last take.
+    /// PML: frames drained from the buffer since the last harvest.
     logged: DirtyBitmap,
     /// Write protection: the RAM frames that were writable at start, which
     /// tracking protects and stop makes writable again.
@@ -252,6 +312,10 @@ pub struct DirtyLog {
     /// Indexed by frame / 512: the 2 MiB ranges that were one 2 MiB leaf at
     /// start, for stop to merge back.
     huge: DirtyBitmap,
+    /// The open views, at most [`MAX_VIEWS`], in the order they opened.
+    views: Vec<View>,
+    /// The id the next view gets.
+    next_view: u64,
     stats: DirtyStats,
 }
 
@@ -271,6 +335,8 @@ impl DirtyLog {
             logged: DirtyBitmap::new(only(Mechanism::Pml)),
             tracked: DirtyBitmap::new(only(Mechanism::WriteProtect)),
             huge: DirtyBitmap::new(pages.div_ceil(FRAMES_2M)),
+            views: Vec::new(),
+            next_view: 0,
             stats: DirtyStats::default(),
         }
     }
@@ -297,7 +363,8 @@ impl DirtyLog {
     }
 
     /// Starts tracking over guest RAM mapped in `ept`, forgetting anything
-    /// recorded before. Write protection removes write access from every
+    /// recorded before, in the open views too (they stay open, empty).
+    /// Write protection removes write access from every
     /// writable RAM page (remembering which); the A/D mechanisms split the
     /// 2 MiB leaves over RAM (as far as frames last) and clear every dirty
     /// flag. Holes in RAM are skipped. If tracking is on already it is
@@ -368,8 +435,9 @@ impl DirtyLog {
 
     /// Stops tracking: write protection gives write access back to the
     /// pages it protected; every 2 MiB range that was one leaf at start is
-    /// merged back if uniform. Records kept since the last take are
-    /// dropped. Returns whether INVEPT is needed (before the guest runs
+    /// merged back if uniform. Records not yet taken are dropped, from
+    /// every view; the views stay open (with tracking off their takes
+    /// report hypervisor writes only). Returns whether INVEPT is needed (before the guest runs
     /// again and before freed table frames are reused). On error tracking
     /// stays on, partly undone; calling stop again finishes the job.
     pub fn stop(
@@ -389,7 +457,7 @@ impl DirtyLog {
 
     /// Records a write the hypervisor itself made into guest frame `gfn`
     /// (device DMA, loaders), which no mechanism sees. Frames beyond RAM
-    /// are ignored. Reported by the next [`DirtyLog::take`].
+    /// are ignored. Reported by the next [`DirtyLog::take`] of each view.
     pub fn mark_hypervisor_write(&mut self, gfn: u64) {
         self.dirty.mark(gfn);
     }
@@ -484,27 +552,96 @@ impl DirtyLog {
         Self::PML_INDEX_RESET
     }
 
-    /// Everything dirtied since the last take (or start), and re-arms
-    /// tracking for those pages: write protection protects them again, EPT
-    /// dirty flags are scanned and cleared, and for PML the dirty flags of
-    /// the pages drained since the last take are cleared (the caller
-    /// drains the buffer first). A logged or dirty 2 MiB leaf reports all
-    /// of its frames.
+    /// Opens a view for one more consumer and returns its id.
+    ///
+    /// A new view starts empty: it claims nothing about writes made before
+    /// it opened (a migration sends every page in its first round anyway).
+    /// Its first [`DirtyLog::take`] reports the frames written since it
+    /// opened plus those written before that no take (of any view) had
+    /// harvested yet: a few more than asked for, which loses nothing and
+    /// keeps opening cheap (no harvest, no table walk, no INVEPT, and no
+    /// EPT to pass in).
+    ///
+    /// Works with tracking on or off; views stay open across
+    /// [`DirtyLog::start`] and [`DirtyLog::stop`].
+    pub fn open_view(&mut self) -> Result<ViewId, DirtyError> {
+        if self.views.len() >= MAX_VIEWS {
+            return Err(DirtyError::TooManyViews);
+        }
+        let id = ViewId(self.next_view);
+        self.next_view += 1;
+        self.views.push(View {
+            id,
+            pending: DirtyBitmap::new(self.pages),
+        });
+        Ok(id)
+    }
+
+    /// Closes `view`, dropping the frames pending in it; the other views
+    /// are not touched. Tracking stays on: the caller stops it when
+    /// [`DirtyLog::has_views`] says none is left.
+    pub fn close_view(&mut self, view: ViewId) -> Result<(), DirtyError> {
+        let i = self.view_index(view)?;
+        self.views.remove(i);
+        Ok(())
+    }
+
+    /// Number of open views.
+    pub fn views(&self) -> usize {
+        self.views.len()
+    }
+
+    /// Whether any view is open.
+    pub fn has_views(&self) -> bool {
+        !self.views.is_empty()
+    }
+
+    /// The frames dirtied since `view`'s last take (or since it opened, see
+    /// [`DirtyLog::open_view`]); clears them from `view` only.
+    ///
+    /// First harvests what the mechanism recorded since the last harvest
+    /// into every open view and re-arms it: write protection protects the
+    /// harvested pages again, EPT dirty flags are scanned and cleared, and
+    /// for PML the dirty flags of the pages drained since the last harvest
+    /// are cleared (the caller drains the buffer first). A logged or dirty
+    /// 2 MiB leaf reports all of its frames. The other views keep what was
+    /// harvested until they take it themselves.
     ///
     /// Returns the bitmap and whether INVEPT is needed before the guest
     /// runs again. With tracking off it returns the hypervisor writes only.
-    /// On error the pages are kept for the next take.
+    /// On error nothing is lost: an unknown view changes nothing, and when
+    /// re-arming fails the harvested frames are kept for the next take.
     pub fn take(
+        &mut self,
+        view: ViewId,
+        ept: &mut Ept,
+        mem: &mut impl PhysMem,
+        alloc: &mut impl FrameAlloc,
+    ) -> Result<(DirtyBitmap, bool), DirtyError> {
+        let i = self.view_index(view)?;
+        let invept = self.harvest(ept, mem, alloc)?;
+        let out = mem::replace(&mut self.views[i].pending, DirtyBitmap::new(self.pages));
+        self.stats.pages_reported += out.count();
+        Ok((out, invept))
+    }
+
+    /// Moves everything recorded since the last harvest (software records
+    /// and the hardware's) into every open view and re-arms the mechanism.
+    /// Returns whether INVEPT is needed. On error the records stay here for
+    /// the next harvest.
+    fn harvest(
         &mut self,
         ept: &mut Ept,
         mem: &mut impl PhysMem,
         alloc: &mut impl FrameAlloc,
-    ) -> Result<(DirtyBitmap, bool), EptError> {
+    ) -> Result<bool, EptError> {
         let mut out = mem::replace(&mut self.dirty, DirtyBitmap::new(self.pages));
         match self.rearm(ept, mem, alloc, &mut out) {
             Ok(invept) => {
-                self.stats.pages_reported += out.count();
-                Ok((out, invept))
+                for view in &mut self.views {
+                    view.pending.union_with(&out);
+                }
+                Ok(invept)
             }
             Err(e) => {
                 self.dirty.union_with(&out);
@@ -513,8 +650,16 @@ impl DirtyLog {
         }
     }
 
-    /// The mechanism-specific part of [`DirtyLog::take`]: adds what the
-    /// hardware recorded to `out` and re-arms it.
+    /// Where `view` is in [`DirtyLog::views`], if open.
+    fn view_index(&self, view: ViewId) -> Result<usize, DirtyError> {
+        self.views
+            .iter()
+            .position(|v| v.id == view)
+            .ok_or(DirtyError::NoSuchView(view))
+    }
+
+    /// The mechanism-specific part of a harvest: adds what the hardware
+    /// recorded to `out` and re-arms it.
     fn rearm(
         &mut self,
         ept: &mut Ept,
@@ -593,12 +738,16 @@ impl DirtyLog {
         self.reset();
     }
 
-    /// Forgets every record (not the counters).
+    /// Forgets every record, the views' included (not the views
+    /// themselves, nor the counters).
     fn reset(&mut self) {
         self.dirty.clear();
         self.logged.clear();
         self.tracked.clear();
         self.huge.clear();
+        for view in &mut self.views {
+            view.pending.clear();
+        }
     }
 
     /// Bytes of guest RAM, or `None` if there is none.
@@ -645,6 +794,8 @@ mod tests {
     use crate::entry::MemType;
     use crate::tables::Translation;
     use crate::testkit::{Access, Arena, hw_access, hw_walk};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
     use std::collections::BTreeSet;
     use std::vec;
     use std::vec::Vec;
@@ -694,6 +845,8 @@ mod tests {
         arena: Arena,
         ept: Ept,
         log: DirtyLog,
+        /// The view [`Guest::take`] takes from, opened with the guest.
+        view: ViewId,
         ad: bool,
         pml: Option<Pml>,
     }
@@ -733,10 +886,13 @@ mod tests {
                 index: DirtyLog::PML_INDEX_RESET,
                 full_exits: 0,
             });
+            let mut log = DirtyLog::new(mechanism, pages);
+            let view = log.open_view().unwrap();
             Guest {
                 arena,
                 ept,
-                log: DirtyLog::new(mechanism, pages),
+                log,
+                view,
                 ad,
                 pml,
             }
@@ -789,13 +945,20 @@ mod tests {
             }
         }
 
-        /// Takes, draining the PML buffer first; the bitmap as a set.
+        /// Takes from the guest's own view, draining the PML buffer first;
+        /// the bitmap as a set.
         fn take(&mut self) -> (BTreeSet<u64>, bool) {
+            self.take_view(self.view).unwrap()
+        }
+
+        /// Takes from `view`, draining the PML buffer first, as the kernel
+        /// does before every take.
+        fn take_view(&mut self, view: ViewId) -> Result<(BTreeSet<u64>, bool), DirtyError> {
             self.drain();
             let (mut mem, mut alloc) = (self.arena.mem(), self.arena.alloc());
-            let (bitmap, invept) = self.log.take(&mut self.ept, &mut mem, &mut alloc).unwrap();
+            let (bitmap, invept) = self.log.take(view, &mut self.ept, &mut mem, &mut alloc)?;
             assert_eq!(bitmap.pages(), self.log.pages());
-            (bitmap.iter().collect(), invept)
+            Ok((bitmap.iter().collect(), invept))
         }
 
         /// A guest write to `gpa` as the processor performs it, with the
@@ -1351,6 +1514,363 @@ mod tests {
                 .dirty()
         );
         assert_eq!(g.ept.clear_dirty(&mut mem, Gpa::new(0x60_0000)), None);
+    }
+
+    const MECHANISMS: [Mechanism; 3] = [
+        Mechanism::WriteProtect,
+        Mechanism::EptDirtyFlags,
+        Mechanism::Pml,
+    ];
+
+    /// Writable RAM frames of the standard layout: 4 KiB pages in the first
+    /// 2 MiB, inside both writable 2 MiB pages, and in the 4 KiB tail.
+    const SPOTS: [u64; 6] = [0x5, 0x1ff, 0x200, 0x3ff, 0x5ff, 0x87f];
+
+    #[test]
+    fn two_views_each_see_every_page_written_since_their_own_last_take() {
+        for mechanism in MECHANISMS {
+            let mut g = Guest::new(mechanism);
+            let a = g.view;
+            g.start();
+            let b = g.log.open_view().unwrap();
+            assert_ne!(a, b);
+            assert_eq!(g.log.views(), 2);
+            let [p1, p2, p3, p4, p5, p6] = SPOTS;
+
+            assert!(g.write(p1 * K4));
+            assert_eq!(
+                g.take_view(a).unwrap().0,
+                BTreeSet::from([p1]),
+                "{mechanism}"
+            );
+            assert!(g.write(p2 * K4));
+            assert!(g.write(p1 * K4), "{mechanism}: re-armed by a's take");
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([p1, p2]),
+                "{mechanism}: b keeps what a's take harvested"
+            );
+            assert_eq!(
+                g.take_view(a).unwrap().0,
+                BTreeSet::from([p1, p2]),
+                "{mechanism}"
+            );
+
+            assert!(g.write(p3 * K4 + 0x10));
+            g.log.mark_hypervisor_write(p4);
+            assert!(g.write(p5 * K4));
+            assert_eq!(g.take_view(b).unwrap().0, BTreeSet::from([p3, p4, p5]));
+            assert!(g.write(p6 * K4));
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([p6]),
+                "{mechanism}"
+            );
+            assert_eq!(
+                g.take_view(a).unwrap().0,
+                BTreeSet::from([p3, p4, p5, p6]),
+                "{mechanism}"
+            );
+            assert_eq!(g.take_view(a).unwrap().0, BTreeSet::new());
+            assert_eq!(g.take_view(b).unwrap().0, BTreeSet::new());
+            // Each view's pages count once per take that reported them.
+            assert_eq!(g.log.stats().pages_reported, 1 + 2 + 2 + 3 + 1 + 4);
+        }
+    }
+
+    #[test]
+    fn closing_a_view_does_not_disturb_another() {
+        for mechanism in MECHANISMS {
+            let mut g = Guest::new(mechanism);
+            let before = g.translations();
+            let a = g.view;
+            g.start();
+            let b = g.log.open_view().unwrap();
+            assert!(g.write(0x5000));
+            assert!(g.write(0x30_0000));
+            // a's take harvests into b too; closing a keeps b's pages.
+            assert_eq!(g.take_view(a).unwrap().0, BTreeSet::from([0x5, 0x300]));
+            assert!(g.write(0x6000));
+            g.log.close_view(a).unwrap();
+            assert_eq!((g.log.views(), g.log.has_views()), (1, true));
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([0x5, 0x6, 0x300]),
+                "{mechanism}"
+            );
+            assert!(g.write(0x7000));
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([0x7]),
+                "{mechanism}"
+            );
+
+            // And the other way round: closing the view that harvested last.
+            let c = g.log.open_view().unwrap();
+            assert!(g.write(0x8000));
+            assert_eq!(g.take_view(c).unwrap().0, BTreeSet::from([0x8]));
+            assert!(g.write(0x9000));
+            g.log.close_view(c).unwrap();
+            assert_eq!(g.take_view(b).unwrap().0, BTreeSet::from([0x8, 0x9]));
+
+            // The last view closed: tracking is still on until stopped.
+            g.log.close_view(b).unwrap();
+            assert!(!g.log.has_views() && g.log.is_active());
+            g.stop();
+            assert_eq!(g.translations(), before, "{mechanism}");
+        }
+    }
+
+    #[test]
+    fn unknown_views_are_errors_not_panics() {
+        let mut g = Guest::new(Mechanism::WriteProtect);
+        let a = g.view;
+        g.start();
+        g.log.close_view(a).unwrap();
+        assert_eq!(g.take_view(a), Err(DirtyError::NoSuchView(a)));
+        assert_eq!(g.log.close_view(a), Err(DirtyError::NoSuchView(a)));
+
+        // A failed take harvests nothing: the page is still writable (no
+        // second fault) and reported to a view opened before it.
+        let b = g.log.open_view().unwrap();
+        assert!(g.write(0x5000));
+        assert_eq!(g.take_view(a), Err(DirtyError::NoSuchView(a)));
+        assert!(g.write(0x5008));
+        assert_eq!(g.log.stats().tracking_faults, 1);
+        assert_eq!(g.log.stats().pages_reported, 0);
+        assert_eq!(g.take_view(b).unwrap().0, BTreeSet::from([5]));
+
+        // Fill the slots; ids are never reused, so a stale id stays stale.
+        let mut open = vec![b];
+        while open.len() < MAX_VIEWS {
+            open.push(g.log.open_view().unwrap());
+        }
+        assert_eq!(g.log.open_view(), Err(DirtyError::TooManyViews));
+        assert_eq!(g.log.views(), MAX_VIEWS);
+        g.log.close_view(open[1]).unwrap();
+        let again = g.log.open_view().unwrap();
+        assert!(!open.contains(&again) && again != a);
+        assert_eq!(g.take_view(open[1]), Err(DirtyError::NoSuchView(open[1])));
+        assert!(g.take_view(again).is_ok());
+
+        assert_eq!(
+            DirtyError::NoSuchView(a).to_string(),
+            format!("Dirty view #{} is not open", a.0)
+        );
+        assert_eq!(
+            DirtyError::TooManyViews.to_string(),
+            "Too many dirty views: 4 are open already"
+        );
+        assert_eq!(
+            DirtyError::from(EptError::OutOfFrames).to_string(),
+            "Out of frames for EPT tables"
+        );
+    }
+
+    /// A new view starts empty; its first take also reports what was
+    /// written before it opened that no take had harvested yet.
+    #[test]
+    fn a_view_opened_later_starts_empty_but_gets_unharvested_writes() {
+        for mechanism in MECHANISMS {
+            let mut g = Guest::new(mechanism);
+            let a = g.view;
+            g.start();
+            assert!(g.write(0x5000));
+            let b = g.log.open_view().unwrap();
+            assert!(g.write(0x6000));
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([5, 6]),
+                "{mechanism}"
+            );
+            assert_eq!(
+                g.take_view(a).unwrap().0,
+                BTreeSet::from([5, 6]),
+                "{mechanism}"
+            );
+            // Harvested before it opened: not reported to c.
+            assert!(g.write(0x7000));
+            assert_eq!(g.take_view(a).unwrap().0, BTreeSet::from([7]));
+            let c = g.log.open_view().unwrap();
+            assert_eq!(g.take_view(c).unwrap().0, BTreeSet::new(), "{mechanism}");
+            assert!(g.write(0x8000));
+            assert_eq!(
+                g.take_view(c).unwrap().0,
+                BTreeSet::from([8]),
+                "{mechanism}"
+            );
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([7, 8]),
+                "{mechanism}"
+            );
+        }
+    }
+
+    #[test]
+    fn views_stay_open_across_start_and_stop_and_are_emptied() {
+        for mechanism in MECHANISMS {
+            let mut g = Guest::new(mechanism);
+            let a = g.view;
+            // Before start: hypervisor writes only, then start forgets them.
+            let b = g.log.open_view().unwrap();
+            g.log.mark_hypervisor_write(3);
+            assert_eq!(g.take_view(b).unwrap().0, BTreeSet::from([3]));
+            g.log.mark_hypervisor_write(4);
+            g.start();
+            assert_eq!(g.take_view(a).unwrap().0, BTreeSet::new(), "{mechanism}");
+            assert_eq!(g.take_view(b).unwrap().0, BTreeSet::new(), "{mechanism}");
+
+            assert!(g.write(0x5000));
+            assert_eq!(g.take_view(a).unwrap().0, BTreeSet::from([5]));
+            // b holds 5 now; stop drops it.
+            g.stop();
+            assert_eq!(g.log.views(), 2);
+            assert!(g.write(0x6000), "untracked");
+            g.log.mark_hypervisor_write(9);
+            assert_eq!(
+                g.take_view(b).unwrap().0,
+                BTreeSet::from([9]),
+                "{mechanism}"
+            );
+            assert_eq!(
+                g.take_view(a).unwrap().0,
+                BTreeSet::from([9]),
+                "{mechanism}"
+            );
+        }
+    }
+
+    /// One step of a property case (tracking is started once, views 0 and
+    /// 1 are open at first).
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A guest write to a frame (writable or not, in RAM or not).
+        Write(u64),
+        /// A guest write to 600 consecutive frames: fills a PML buffer.
+        Sweep(u64),
+        /// A hypervisor write.
+        Hypervisor(u64),
+        /// A PML drain without a take (a PML-full exit).
+        Drain,
+        /// A take from view 0 or 1.
+        Take(usize),
+        /// Closes view 0 or 1 (an error if closed) and, if `reopen`, opens
+        /// it again with a new id.
+        Reopen(usize, bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let gfn = prop_oneof![
+            3 => 0..PAGES,
+            1 => (MMIO - 0x10)..(MMIO + 0x10),
+            1 => Just(0x500u64),
+        ];
+        prop_oneof![
+            12 => gfn.clone().prop_map(Op::Write),
+            1 => (0..PAGES).prop_map(Op::Sweep),
+            3 => gfn.prop_map(Op::Hypervisor),
+            1 => Just(Op::Drain),
+            6 => (0..2usize).prop_map(Op::Take),
+            1 => ((0..2usize), proptest::bool::weighted(0.8)).prop_map(|(v, r)| Op::Reopen(v, r)),
+        ]
+    }
+
+    /// Runs `ops` on a guest tracked by `mechanism` with two views and
+    /// checks every take against a model: per view, the set of RAM frames
+    /// written since its last take; a view opened later starts with the
+    /// frames written since the last take of any view (not yet harvested).
+    fn run_views(mechanism: Mechanism, ops: &[Op]) -> Result<(), TestCaseError> {
+        let mut g = Guest::new(mechanism);
+        let before = g.translations();
+        g.start();
+        let mut ids = [Some(g.view), Some(g.log.open_view().unwrap())];
+        let mut model: [BTreeSet<u64>; 2] = Default::default();
+        let mut unharvested = BTreeSet::new();
+        let mut closed = Vec::new();
+        let record = |gfn: u64, model: &mut [BTreeSet<u64>; 2], unharvested: &mut BTreeSet<u64>| {
+            if gfn < PAGES {
+                model.iter_mut().for_each(|m| {
+                    m.insert(gfn);
+                });
+                unharvested.insert(gfn);
+            }
+        };
+        for op in ops {
+            match *op {
+                Op::Write(gfn) => {
+                    prop_assert_eq!(g.write(gfn * K4 + 8), writable(gfn), "gfn {:#x}", gfn);
+                    if writable(gfn) {
+                        record(gfn, &mut model, &mut unharvested);
+                    }
+                }
+                Op::Sweep(first) => {
+                    for gfn in (first..first + 600).filter(|&gfn| writable(gfn)) {
+                        prop_assert!(g.write(gfn * K4));
+                        record(gfn, &mut model, &mut unharvested);
+                    }
+                }
+                Op::Hypervisor(gfn) => {
+                    g.log.mark_hypervisor_write(gfn);
+                    record(gfn, &mut model, &mut unharvested);
+                }
+                Op::Drain => g.drain(),
+                Op::Take(v) => match ids[v] {
+                    Some(id) => {
+                        let (got, _) = g.take_view(id).unwrap();
+                        prop_assert_eq!(&got, &model[v], "view {}", v);
+                        model[v].clear();
+                        unharvested.clear();
+                    }
+                    None => {
+                        let last = *closed.last().unwrap();
+                        prop_assert_eq!(g.take_view(last), Err(DirtyError::NoSuchView(last)));
+                    }
+                },
+                Op::Reopen(v, reopen) => {
+                    if let Some(id) = ids[v].take() {
+                        g.log.close_view(id).unwrap();
+                        closed.push(id);
+                    } else {
+                        let last = *closed.last().unwrap();
+                        prop_assert_eq!(g.log.close_view(last), Err(DirtyError::NoSuchView(last)));
+                    }
+                    if reopen {
+                        ids[v] = Some(g.log.open_view().unwrap());
+                        model[v] = unharvested.clone();
+                    }
+                }
+            }
+        }
+        // Whatever is left is still there for each open view.
+        for v in 0..2 {
+            if let Some(id) = ids[v] {
+                prop_assert_eq!(&g.take_view(id).unwrap().0, &model[v]);
+                model[v].clear();
+            }
+        }
+        g.stop();
+        prop_assert_eq!(g.translations(), before);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn views_match_a_model_with_write_protection(ops in vec(op(), 0..80)) {
+            run_views(Mechanism::WriteProtect, &ops)?;
+        }
+
+        #[test]
+        fn views_match_a_model_with_ept_dirty_flags(ops in vec(op(), 0..80)) {
+            run_views(Mechanism::EptDirtyFlags, &ops)?;
+        }
+
+        #[test]
+        fn views_match_a_model_with_pml(ops in vec(op(), 0..80)) {
+            run_views(Mechanism::Pml, &ops)?;
+        }
     }
 
     #[test]

@@ -29,9 +29,10 @@
 //! identity map) and in host unit tests (on a `Vec<u8>`), and it contains
 //! no `unsafe`.
 //!
-//! [`DirtyLog`] builds dirty-page tracking for live migration on top of
-//! it, with one of three mechanisms ([`Mechanism`]): page-modification
-//! logging, EPT dirty flags, or write protection.
+//! [`DirtyLog`] builds dirty-page tracking on top of it, with one of
+//! three mechanisms ([`Mechanism`]): page-modification logging, EPT dirty
+//! flags, or write protection; each consumer (live migration, fault
+//! tolerance, the console) reads it through its own view ([`ViewId`]).
 //!
 //! What it is not for: executing INVEPT or VMWRITE (the kernel's `vmx`
 //! wrappers do that; see the INVEPT notes on each method), programming the
@@ -56,7 +57,9 @@ mod tables;
 mod testkit;
 
 pub use addr::{Gfn, Gpa, Hpa};
-pub use dirty::{DirtyBitmap, DirtyLog, DirtyStats, Mechanism, choose};
+pub use dirty::{
+    DirtyBitmap, DirtyError, DirtyLog, DirtyStats, MAX_VIEWS, Mechanism, ViewId, choose,
+};
 pub use entry::{EptEntry, Leaf, MemType, PageSize, Perm};
 pub use error::EptError;
 pub use invept::{InveptKind, invept_descriptor};
