@@ -310,6 +310,30 @@ fn migrate_tracked_by(model: &str, mechanism: &str, rate: u64) {
     });
     // Pages sent per round (the outer group shifts the round's groups).
     let mut resent = vec![r0.num(2)];
+    // The console's own view of the dirty log: `vm dirty` while the
+    // migration tracks the guest sees its writes and takes none from the
+    // migration (the destination's checksum below would catch a lost
+    // page). Round lines arriving meanwhile are kept.
+    let console_look = |a: &mut Machine, want: &str, resent: &mut Vec<u64>| loop {
+        let l = a.expect_line(&format!(r"({round}|{want})"), secs(120));
+        if l.text.starts_with("migrate: d: round") {
+            resent.push(l.num(3));
+            continue;
+        }
+        break l;
+    };
+    a.send_line("vm dirty d");
+    console_look(&mut a, r"vm d: dirty tracking on \(.*\)", &mut resent);
+    // A second of the guest's writes (its count line) between the looks.
+    console_look(&mut a, r"\[d\] dirty: count \d+ .*", &mut resent);
+    a.send_line("vm dirty d");
+    let look = console_look(
+        &mut a,
+        r"vm d: (\d+) pages dirty since the last look \(.*\)",
+        &mut resent,
+    );
+    // (Groups: 1 the whole, 2-5 the round's, 6 the pages.)
+    a.check(look.num(6) > 0, || look.text.clone());
     let done = loop {
         let l = a.expect_line(
             &format!(r"({round}|migrate: d now runs on 10\.0\.0\.2: .* (\d+) rounds, .*|error: migrate: .*)"),

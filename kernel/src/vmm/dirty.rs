@@ -31,8 +31,30 @@ pub(super) fn drain_pml(vm: &mut Vm) {
     vmwrite(Field::PML_INDEX, u64::from(reset));
 }
 
+/// Opens a view of the dirty log for one consumer of a VM whose VMCS is
+/// current, turning tracking on if it is off. The view sees the pages
+/// written from now on.
+pub(super) fn dirty_open(host: &Host, vm: &mut Vm) -> Result<ept::ViewId, String> {
+    dirty_start(host, vm)?;
+    let log = vm.dirty.as_mut().ok_or("dirty tracking is off")?;
+    log.open_view().map_err(|e| format!("dirty tracking: {e}"))
+}
+
+/// Closes a consumer's view; tracking stops with the last one.
+pub(super) fn dirty_close(host: &Host, vm: &mut Vm, view: ept::ViewId) {
+    let Some(log) = vm.dirty.as_mut() else {
+        return;
+    };
+    if let Err(e) = log.close_view(view) {
+        log::warn!("vm {}: {e}", vm.name);
+    }
+    if !log.has_views() {
+        dirty_stop(host, vm);
+    }
+}
+
 /// Turns dirty tracking on for a VM whose VMCS is current.
-pub(super) fn dirty_start(host: &Host, vm: &mut Vm) -> Result<(), String> {
+fn dirty_start(host: &Host, vm: &mut Vm) -> Result<(), String> {
     if vm.dirty.is_some() {
         return Ok(());
     }
@@ -65,14 +87,14 @@ pub(super) fn dirty_start(host: &Host, vm: &mut Vm) -> Result<(), String> {
     Ok(())
 }
 
-/// The pages written since the last call (or since tracking started). The
-/// VM's VMCS must be current and the guest not running.
-pub(super) fn dirty_take(vm: &mut Vm) -> Result<ept::DirtyBitmap, String> {
+/// The pages written since this view's last take (or since it opened).
+/// The VM's VMCS must be current and the guest not running.
+pub(super) fn dirty_take(vm: &mut Vm, view: ept::ViewId) -> Result<ept::DirtyBitmap, String> {
     drain_pml(vm);
     let Vm { dirty, ept, .. } = vm;
     let log = dirty.as_mut().ok_or("dirty tracking is off")?;
     let (bitmap, flush) = log
-        .take(ept, &mut IdentityMem, &mut KernelFrames)
+        .take(view, ept, &mut IdentityMem, &mut KernelFrames)
         .map_err(|e| format!("dirty tracking: {e}"))?;
     if flush {
         invept_all();
@@ -80,8 +102,11 @@ pub(super) fn dirty_take(vm: &mut Vm) -> Result<ept::DirtyBitmap, String> {
     Ok(bitmap)
 }
 
-/// Turns dirty tracking off (VMCS current), restoring the EPT as it was.
+/// Turns dirty tracking off (VMCS current), restoring the EPT as it was;
+/// every view closes with it.
 pub(super) fn dirty_stop(host: &Host, vm: &mut Vm) {
+    vm.migration_view = None;
+    vm.console_view = None;
     let Some(mut log) = vm.dirty.take() else {
         return;
     };
@@ -107,17 +132,19 @@ pub fn dirty(name: &str) -> Result<(), String> {
     })
 }
 
+/// The console's own view: a `vm dirty` during a live migration sees the
+/// guest's writes without taking them from the migration.
 pub(super) fn dirty_look(host: &Host, vm: &mut Vm, name: &str) -> Result<(), String> {
-    if vm.dirty.is_none() {
-        dirty_start(host, vm)?;
-        println!("vm {name}: dirty tracking on ({})", host.dirty_mechanism);
-    } else {
-        let b = dirty_take(vm)?;
+    if let Some(view) = vm.console_view {
+        let b = dirty_take(vm, view)?;
         println!(
             "vm {name}: {} pages dirty since the last look ({})",
             b.count(),
             host.dirty_mechanism
         );
+    } else {
+        vm.console_view = Some(dirty_open(host, vm)?);
+        println!("vm {name}: dirty tracking on ({})", host.dirty_mechanism);
     }
     Ok(())
 }

@@ -175,7 +175,7 @@ pub fn migration_begin(name: &str) -> Result<MigrationSource, String> {
         if !vm.state.runs() {
             return Err(format!("VM '{name}' is not running ({})", vm.state.name()));
         }
-        dirty_start(host, vm)?;
+        vm.migration_view = Some(dirty_open(host, vm)?);
         vm.migrating = true;
         Ok(MigrationSource {
             mem_bytes: vm.ram_bytes(),
@@ -200,10 +200,11 @@ pub fn read_page(name: &str, gfn: u64, buf: &mut [u8; 4096]) {
     }
 }
 
-/// The pages dirtied since the last call.
+/// The pages dirtied since the last call (the migration's own view).
 pub fn take_dirty(name: &str, f: &mut dyn FnMut(u64)) -> Result<(), String> {
     with_vm(name, |_, vm| {
-        let b = dirty_take(vm)?;
+        let view = vm.migration_view.ok_or("no migration is tracking this VM")?;
+        let b = dirty_take(vm, view)?;
         b.iter().for_each(&mut *f);
         Ok(())
     })
@@ -286,7 +287,9 @@ pub fn migration_end(name: &str, committed: bool) {
         vm.migrating = false;
         vm.paused = false;
         vm.slow = 0;
-        dirty_stop(host, vm);
+        if let Some(view) = vm.migration_view.take() {
+            dirty_close(host, vm, view);
+        }
         Ok(())
     });
     if committed

@@ -120,6 +120,10 @@ pub struct Vm {
     pub(super) requests: u8,
     /// Dirty-page tracking, while on (live migration, `vm dirty`).
     pub(super) dirty: Option<ept::DirtyLog>,
+    /// Each consumer's own view of the dirty log: a live migration's, and
+    /// the console's (`vm dirty`), which cannot steal each other's pages.
+    pub(super) migration_view: Option<ept::ViewId>,
+    pub(super) console_view: Option<ept::ViewId>,
     /// The PML buffer page while PML tracking is on (0: none).
     pub(super) pml_page: u64,
     /// Paused by a live migration (the final round): not run.
@@ -353,6 +357,8 @@ pub(super) fn new_vm(
         started_tsc: 0,
         requests: 0,
         dirty: None,
+        migration_view: None,
+        console_view: None,
         pml_page: 0,
         paused: false,
         slow: 0,
