@@ -131,6 +131,8 @@ pub mod exit_code {
     pub const ROGUE_FAILED: u32 = 5;
     /// `dirty`: its memory checksum did not match what it wrote.
     pub const DIRTY_FAILED: u32 = 6;
+    /// `fpu`: a vector register no longer held the guest's own pattern.
+    pub const FPU_FAILED: u32 = 7;
 
     /// An unexpected exception or interrupt at `vector`: 0xE0 + vector
     /// (0xE0-0xFF for the exceptions, 0x100-0x10F for the PIC vectors).

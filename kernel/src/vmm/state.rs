@@ -203,7 +203,9 @@ pub fn read_page(name: &str, gfn: u64, buf: &mut [u8; 4096]) {
 /// The pages dirtied since the last call (the migration's own view).
 pub fn take_dirty(name: &str, f: &mut dyn FnMut(u64)) -> Result<(), String> {
     with_vm(name, |_, vm| {
-        let view = vm.migration_view.ok_or("no migration is tracking this VM")?;
+        let view = vm
+            .migration_view
+            .ok_or("no migration is tracking this VM")?;
         let b = dirty_take(vm, view)?;
         b.iter().for_each(&mut *f);
         Ok(())
