@@ -1,6 +1,7 @@
 //! The VMM: guests under VT-x with EPT, time-sliced on the boot CPU.
 //!
-//! Pure logic, host-tested: the device models ([`devices`]), the MMIO
+//! Pure logic, host-tested: the device bus ([`bus`]) every guest port,
+//! MMIO and IRQ input goes through, the device models ([`devices`]), the MMIO
 //! instruction decoder ([`mmio`]) and the VMX capability report
 //! ([`vmxcaps`]). On the target, [`vm`] holds the VM manager.
 
@@ -9,6 +10,7 @@ pub const MIN_VM_MIB: u64 = 4;
 /// Largest guest RAM: guest-physical memory stays below the 3 GiB MMIO hole.
 pub const MAX_VM_MIB: u64 = 3072;
 
+pub mod bus;
 pub mod devices;
 pub mod mmio;
 pub mod vmxcaps;
