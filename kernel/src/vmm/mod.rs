@@ -22,6 +22,8 @@ mod exits;
 #[cfg(target_os = "none")]
 mod host;
 #[cfg(target_os = "none")]
+mod io;
+#[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
 mod run;
@@ -49,6 +51,7 @@ mod prelude {
     pub(super) use super::dirty::*;
     pub(super) use super::exits::*;
     pub(super) use super::host::*;
+    pub(super) use super::io::*;
     pub(super) use super::memory::*;
     pub(super) use super::run::*;
     pub(super) use super::setup::*;
@@ -56,7 +59,8 @@ mod prelude {
     pub(super) use super::vm::*;
     pub(super) use crate::events::emit as async_line;
     pub(super) use crate::mm::addr::PAGE_SIZE;
-    pub(super) use crate::vmm::devices::{Pic, Pit, Uart};
+    pub(super) use crate::vmm::bus::Bus;
+    pub(super) use crate::vmm::devices::{Pic, RequestPort, Uart, platform};
     pub(super) use crate::{arch, println};
 }
 

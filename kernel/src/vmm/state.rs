@@ -65,13 +65,7 @@ pub(super) const MIGRATED_FIELDS: &[Field] = &[
 pub(super) const VCPU_STATE_VERSION: u8 = 1;
 
 /// The devices every guest has, as the migration protocol names them.
-pub const DEVICES: &[&str] = &[
-    "uart16550",
-    "pic8259",
-    "pit8254",
-    "exit-port",
-    "request-port",
-];
+pub use crate::vmm::devices::DEVICES;
 
 /// What a migration needs to know about a VM before it starts.
 pub struct MigrationSource {
@@ -183,21 +177,14 @@ pub fn save_state(name: &str) -> Result<(Vec<u8>, DeviceStates), String> {
         let guest_tsc = arch::rdtsc().wrapping_add(vm.tsc_offset);
         v.extend_from_slice(&guest_tsc.to_le_bytes());
         v.push(u8::from(vm.state == State::Halted));
-        v.push(vm.requests);
+        v.push(vm.requests());
         v.extend_from_slice(&(MIGRATED_FIELDS.len() as u32).to_le_bytes());
         for &f in MIGRATED_FIELDS {
             v.extend_from_slice(&f.0.to_le_bytes());
             v.extend_from_slice(&vmread(f).to_le_bytes());
         }
-        // Every device of DEVICES, even those without state of their own.
-        let devices = alloc::vec![
-            (String::from("uart16550"), vm.uart.save()),
-            (String::from("pic8259"), vm.pic.save()),
-            (String::from("pit8254"), vm.pit.save()),
-            (String::from("exit-port"), Vec::new()),
-            (String::from("request-port"), alloc::vec![vm.requests]),
-        ];
-        Ok((v, devices))
+        // Every device on the bus (DEVICES), even those without state.
+        Ok((v, vm.bus.save()))
     })
 }
 
@@ -339,7 +326,9 @@ pub fn start_incoming(
     let mut at = 1 + 8 * 16;
     let guest_tsc = u64_at(vcpu, at)?;
     at += 8;
-    let (&halted, &requests) = (
+    // The request counter also travels as the request port's state,
+    // which is what the guest reads.
+    let (&halted, &_requests) = (
         vcpu.get(at).ok_or("vcpu state: truncated")?,
         vcpu.get(at + 1).ok_or("vcpu state: truncated")?,
     );
@@ -362,19 +351,8 @@ pub fn start_incoming(
         }
         fields.push((f, u64_at(vcpu, o + 4)?));
     }
-    let mut uart = Uart::default();
-    let mut pic = Pic::default();
-    let mut pit = Pit::default();
-    for (dev, data) in devices {
-        match dev.as_str() {
-            "uart16550" => uart.restore(data)?,
-            "pic8259" => pic.restore(data)?,
-            "pit8254" => pit.restore(data)?,
-            "exit-port" if data.is_empty() => {}
-            "request-port" if data.len() == 1 => {}
-            other => return Err(format!("unknown device or bad state: '{other}'")),
-        }
-    }
+    let mut bus = crate::vmm::devices::platform().map_err(|e| e.to_string())?;
+    bus.restore(devices).map_err(|e| e.to_string())?;
     // Controls and host state as for any guest, then its own state.
     setup_vmcs(host, vm, 0);
     for (f, v) in fields {
@@ -385,13 +363,12 @@ pub fn start_incoming(
     vm.tsc_offset = guest_tsc.wrapping_add(jump).wrapping_sub(now);
     vmwrite(Field::TSC_OFFSET, vm.tsc_offset);
     vm.regs = regs;
-    vm.uart = uart;
-    vm.pic = pic;
-    vm.tick_period = pit.period_tsc(crate::arch::time::tsc_hz()).unwrap_or(0);
+    vm.tick_period = bus
+        .timer_period_tsc(crate::arch::time::tsc_hz())
+        .unwrap_or(0);
     vm.next_tick = now.saturating_add(vm.tick_period);
-    let _ = pit.take_changed();
-    vm.pit = pit;
-    vm.requests = requests;
+    let _ = bus.take_timer_change();
+    vm.bus = bus;
     vm.launched = false;
     vm.state = if halted == 1 {
         State::Halted

@@ -39,9 +39,8 @@ pub(super) const GUEST_STACK_TOP: u64 = 0x80000;
 /// Guest images load from 1 MiB up.
 pub const GUEST_IMAGE_BASE: u64 = 0x10_0000;
 /// The guest's 16550 is also memory-mapped here (registers one byte apart),
-/// through EPT violations and [`crate::mmio`] instruction decoding.
-pub const MMIO_UART_BASE: u64 = 0xfe00_0000;
-pub(super) const MMIO_UART_LEN: u64 = 0x1000;
+/// through EPT violations and [`crate::vmm::mmio`] instruction decoding.
+pub use crate::vmm::devices::MMIO_UART_BASE;
 /// Time slice per VM entry.
 pub(super) const SLICE_MS: u64 = 5;
 /// CPUID leaf 0x40000000 signature (EBX, ECX, EDX): "hvhypervisor".
@@ -106,9 +105,8 @@ pub struct Vm {
     pub(super) vmcs: u64,
     pub(super) launched: bool,
     pub(super) regs: GuestRegs,
-    pub(super) uart: Uart,
-    pub(super) pic: Pic,
-    pub(super) pit: Pit,
+    /// Every device the guest sees (ports, MMIO, IRQs): see [`crate::vmm::bus`].
+    pub(super) bus: Bus,
     pub(super) tick_period: u64,
     pub(super) next_tick: u64,
     pub(super) exits: [u64; 70],
@@ -116,8 +114,6 @@ pub struct Vm {
     pub(super) guest_tsc: u64,
     pub(super) started_tsc: u64,
     pub(super) tsc_offset: u64,
-    /// Requests made with `vm checksum` (the guest reads them on port 0xF5).
-    pub(super) requests: u8,
     /// Dirty-page tracking, while on (live migration, `vm dirty`).
     pub(super) dirty: Option<ept::DirtyLog>,
     /// The PML buffer page while PML tracking is on (0: none).
@@ -261,6 +257,13 @@ pub(super) fn new_vm(
     // RAM, a freed kernel buffer): `vm create` and an incoming migration
     // both come through here.
     zero_chunks(&chunks);
+    let bus = match platform() {
+        Ok(bus) => bus,
+        Err(e) => {
+            free_chunks(&chunks);
+            return Ok(Err(format!("devices: {e}")));
+        }
+    };
     let revision = m.host.as_ref().map_or(0, |h| h.caps.basic.revision_id);
     let (ept, vmcs) = match build_ept_and_vmcs(&chunks, revision) {
         Ok(v) => v,
@@ -282,9 +285,7 @@ pub(super) fn new_vm(
         vmcs,
         launched: false,
         regs: GuestRegs::default(),
-        uart: Uart::default(),
-        pic: Pic::default(),
-        pit: Pit::default(),
+        bus,
         tick_period: 0,
         next_tick: 0,
         exits: [0; 70],
@@ -292,7 +293,6 @@ pub(super) fn new_vm(
         guest_tsc: 0,
         started_tsc: 0,
         tsc_offset: 0,
-        requests: 0,
         dirty: None,
         pml_page: 0,
         paused: false,
@@ -391,9 +391,7 @@ pub fn start(name: &str) -> Result<(), String> {
     vm.regs = GuestRegs::default();
     vm.regs.rdi = vm.ram_bytes();
     vm.regs.rsi = vm.arg;
-    vm.uart = Uart::default();
-    vm.pic = Pic::default();
-    vm.pit = Pit::default();
+    vm.bus = platform().map_err(|e| format!("devices: {e}"))?;
     vm.tick_period = 0;
     vm.state = State::Running;
     vm.started_tsc = arch::rdtsc();
@@ -480,9 +478,10 @@ pub fn list() {
 pub fn request(name: &str) -> Result<u8, String> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
-    let vm = &mut m.vms[i];
-    vm.requests = vm.requests.wrapping_add(1);
-    Ok(vm.requests)
+    m.vms[i]
+        .bus
+        .with(RequestPort::bump)
+        .ok_or_else(|| format!("VM '{name}' has no request port"))
 }
 
 pub fn stats(name: &str) -> Result<(), String> {
@@ -502,11 +501,12 @@ pub fn stats(name: &str) -> Result<(), String> {
         }
     }
     let now = arch::rdtsc();
+    let pic = vm.bus.find::<Pic>().cloned().unwrap_or_default();
     println!(
         "  pic irr {:#04x} isr {:#04x} imr {:#04x}; timer {}",
-        vm.pic.irr,
-        vm.pic.isr,
-        vm.pic.imr,
+        pic.irr,
+        pic.isr,
+        pic.imr,
         if vm.tick_period == 0 {
             String::from("off")
         } else {
@@ -519,7 +519,10 @@ pub fn stats(name: &str) -> Result<(), String> {
             )
         }
     );
-    println!("  console bytes {}", vm.uart.bytes);
+    println!(
+        "  console bytes {}",
+        vm.bus.find::<Uart>().map_or(0, |u| u.bytes)
+    );
     let mechanism = m.host.as_ref().map(|h| h.dirty_mechanism);
     match (&vm.dirty, mechanism) {
         (Some(log), _) => println!("  dirty tracking: {} ({})", log.mechanism(), log.stats()),
