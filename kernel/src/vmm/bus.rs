@@ -178,10 +178,11 @@ pub struct Bus {
     pending: Option<u8>,
     /// The timer was written since the last [`Bus::take_timer_change`].
     timer_written: bool,
-    /// Last port looked up (u32::MAX: none) and its mapping index; port
-    /// loops (a driver polling a status register) hit it every time.
+    /// Last port looked up (u32::MAX: none) and what serves it; port
+    /// loops (a driver polling a status register, POST-code delays on an
+    /// unmodelled port) hit it every time, without a search.
     last_port: u32,
-    last_slot: Option<usize>,
+    last: Option<Mapping<u16>>,
     /// Unmodelled ports already logged.
     logged: [u16; LOGGED_PORTS],
     logged_len: usize,
@@ -204,7 +205,7 @@ impl Bus {
             pending: None,
             timer_written: false,
             last_port: u32::MAX,
-            last_slot: None,
+            last: None,
             logged: [0; LOGGED_PORTS],
             logged_len: 0,
         }
@@ -331,22 +332,29 @@ impl Bus {
         })
     }
 
-    /// The mapping index serving `port`, if any.
+    /// The mapping serving `port`, if any. Every exit of a port loop
+    /// comes here: the cached case stays inline, the search does not.
     #[inline]
-    fn pio_slot(&mut self, port: u16) -> Option<usize> {
+    fn pio_slot(&mut self, port: u16) -> Option<Mapping<u16>> {
         if self.last_port == u32::from(port) {
-            return self.last_slot;
+            return self.last;
         }
-        let slot = self
+        self.pio_search(port)
+    }
+
+    #[inline(never)]
+    fn pio_search(&mut self, port: u16) -> Option<Mapping<u16>> {
+        let m = self
             .pio
             .iter()
-            .position(|m| m.start <= port && port < m.end);
-        if slot.is_none() {
+            .find(|m| m.start <= port && port < m.end)
+            .copied();
+        if m.is_none() {
             self.note_unmodelled(port);
         }
         self.last_port = u32::from(port);
-        self.last_slot = slot;
-        slot
+        self.last = m;
+        m
     }
 
     /// Logs an unmodelled port the first time it is seen (of the first
@@ -369,12 +377,10 @@ impl Bus {
     }
 
     /// A guest `in` of `size` bytes from `port`: all-ones if unmodelled.
+    #[inline]
     pub fn pio_read(&mut self, port: u16, size: u8) -> u64 {
         match self.pio_slot(port) {
-            Some(i) => {
-                let m = self.pio[i];
-                self.devices[m.dev].read(u64::from(port - m.start), size)
-            }
+            Some(m) => self.devices[m.dev].read(u64::from(port - m.start), size),
             None => u64::MAX,
         }
     }
@@ -382,8 +388,7 @@ impl Bus {
     /// A guest `out` of `size` bytes to `port`: ignored if unmodelled.
     pub fn pio_write(&mut self, port: u16, size: u8, value: u64) -> Effects {
         let mut fx = Effects::default();
-        if let Some(i) = self.pio_slot(port) {
-            let m = self.pio[i];
+        if let Some(m) = self.pio_slot(port) {
             self.dispatch_write(m.dev, u64::from(port - m.start), size, value, &mut fx);
         }
         fx
@@ -461,6 +466,7 @@ impl Bus {
     }
 
     /// The guest took `vector` (injected on entry).
+    #[inline(never)]
     pub fn acknowledge(&mut self, vector: u8) {
         if let Some(chip) = self.irq_chip.and_then(|c| self.devices[c].irq_chip()) {
             chip.acknowledge(vector);
@@ -468,18 +474,24 @@ impl Bus {
         self.refresh_pending();
     }
 
-    /// True once after the guest reprogrammed its timer.
+    /// True once after the guest reprogrammed its timer. The run loop
+    /// asks after every exit: the common answer is one flag, inline.
     #[inline]
     pub fn take_timer_change(&mut self) -> bool {
-        if !core::mem::take(&mut self.timer_written) {
-            return false;
-        }
+        self.timer_written && self.take_timer_change_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn take_timer_change_slow(&mut self) -> bool {
+        self.timer_written = false;
         self.timer
             .and_then(|t| self.devices[t].timer())
             .is_some_and(|t| t.take_changed())
     }
 
     /// The timer's period in TSC ticks, if it runs.
+    #[inline(never)]
     pub fn timer_period_tsc(&mut self, tsc_hz: u64) -> Option<u64> {
         self.timer
             .and_then(|t| self.devices[t].timer())
@@ -487,6 +499,7 @@ impl Bus {
     }
 
     /// A timer period elapsed: raises the timer's IRQ line.
+    #[inline(never)]
     pub fn timer_tick(&mut self) {
         if let Some(line) = self
             .timer
