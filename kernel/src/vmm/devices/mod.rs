@@ -1,8 +1,9 @@
-//! Guest device models: what a guest sees behind port I/O.
+//! Guest device models: what a guest sees behind port I/O and MMIO.
 //!
-//! Pure state machines, driven by the VM exit handler and unit-tested on the
-//! host. Each answers reads and takes writes for its ports; none of them
-//! touches hardware.
+//! Pure state machines behind [`crate::vmm::bus::Device`], mapped by
+//! [`platform`] (one line per device) and unit-tested on the host. Each
+//! answers reads and takes writes for its ranges; none of them touches
+//! hardware. The exit and request ports are in `ports.rs`.
 //!
 //! - [`Uart`]: the transmit side of a 16550 at 0x3F8 (guest console output,
 //!   collected into lines for the host console) with a line-status register
