@@ -1,5 +1,5 @@
-//! VM exit handlers: CPUID, port and MMIO I/O, MSRs, control registers,
-//! HLT, EPT violations.
+//! VM exit handlers: CPUID, MSRs, control registers, HLT, EPT violations;
+//! port and MMIO I/O go to the device bus (`io.rs`).
 
 use super::prelude::*;
 
@@ -114,13 +114,10 @@ pub(super) fn handle_exit(vm: &mut Vm) {
                 Err(why) => inject_gp(vm, format!("xsetbv ({why})")),
             }
         }
-        ExitReason::EptViolation
-            if (MMIO_UART_BASE..MMIO_UART_BASE + MMIO_UART_LEN)
-                .contains(&vmread(Field::GUEST_PHYSICAL_ADDRESS)) =>
-        {
+        ExitReason::EptViolation if vm.bus.on_mmio(vmread(Field::GUEST_PHYSICAL_ADDRESS)) => {
             let gpa = vmread(Field::GUEST_PHYSICAL_ADDRESS);
             let q = vmx::exit::EptViolation::from(vmread(Field::EXIT_QUALIFICATION));
-            if let Err(why) = emulate_mmio_uart(vm, gpa, q.write) {
+            if let Err(why) = emulate_mmio(vm, gpa, q.write) {
                 fault(vm, why);
             }
         }
@@ -199,49 +196,6 @@ pub(super) fn emulate_cpuid(vm: &mut Vm) {
     vm.regs.rbx = u64::from(b);
     vm.regs.rcx = u64::from(c);
     vm.regs.rdx = u64::from(d);
-}
-
-pub(super) fn emulate_io(vm: &mut Vm, q: IoQualification) {
-    if q.string || q.rep {
-        fault(
-            vm,
-            format!("string I/O on port {:#x} is not supported", q.port),
-        );
-        return;
-    }
-    skip_instruction();
-    if q.input {
-        let v: u64 = match q.port {
-            0x3f8..=0x3ff => u64::from(vm.uart.read(q.port - 0x3f8)),
-            0x20 | 0x21 => u64::from(vm.pic.read(q.port - 0x20)),
-            0x40..=0x43 => u64::from(vm.pit.read(q.port - 0x40)),
-            // The request counter `vm checksum` bumps.
-            0xf5 => u64::from(vm.requests),
-            _ => u64::MAX,
-        };
-        // Same register rules as a load: `in eax` clears bits 63:32.
-        vm.regs.rax = crate::vmm::mmio::merge_load(vm.regs.rax, v, q.size, false);
-        return;
-    }
-    // The low `size` bytes of RAX, as OUT sends them.
-    let value = crate::vmm::mmio::merge_load(0, vm.regs.rax, q.size, true);
-    match q.port {
-        0x3f8..=0x3ff => uart_write(vm, q.port - 0x3f8, value as u8),
-        0x20 | 0x21 => vm.pic.write(q.port - 0x20, value as u8),
-        0x40..=0x43 => vm.pit.write(q.port - 0x40, value as u8),
-        0xf4 => {
-            flush_output(vm);
-            let code = value as u32;
-            async_line(format_args!("vm {}: exited with code {code}", vm.name));
-            log::debug!("vm {}: exited with code {code}", vm.name);
-            vm.state = State::Stopped { code: Some(code) };
-        }
-        _ => log::debug!(
-            "vm {}: write {value:#x} to unmodelled port {:#x} ignored",
-            vm.name,
-            q.port
-        ),
-    }
 }
 
 /// MSRs a guest may read: (value source).
@@ -381,49 +335,4 @@ pub(super) fn emulate_cr(vm: &mut Vm) {
             fault(vm, why);
         }
     }
-}
-
-/// Emulates the instruction that touched the MMIO 16550.
-pub(super) fn emulate_mmio_uart(vm: &mut Vm, gpa: u64, write: bool) -> Result<(), String> {
-    let rip = vmread(Field::GUEST_RIP);
-    let mut bytes = [0u8; 15];
-    let mut fetched = 0;
-    while fetched < bytes.len() {
-        let Some(pa) = guest_virt_to_phys(vm, rip + fetched as u64) else {
-            break;
-        };
-        let Some(p) = vm.host_ptr(pa, 1) else { break };
-        // SAFETY: host_ptr checked the byte lies in this VM's RAM.
-        bytes[fetched] = unsafe { core::ptr::read(p) };
-        fetched += 1;
-    }
-    let insn = crate::vmm::mmio::decode(&bytes[..fetched])
-        .map_err(|e| format!("MMIO access to {gpa:#x} at rip {rip:#x}: {e}"))?;
-    let offset = (gpa - MMIO_UART_BASE) as u16;
-    use crate::vmm::mmio::Access;
-    match (insn.access, write) {
-        (Access::Load { reg, zero_extend }, false) => {
-            let gpr = vmx::Gpr::from_index(reg).ok_or("bad register")?;
-            let value = u64::from(vm.uart.read(offset));
-            let old = vm.regs.get(gpr, &CurrentVmcs);
-            vm.regs.set(
-                gpr,
-                crate::vmm::mmio::merge_load(old, value, insn.size, zero_extend),
-                &mut CurrentVmcs,
-            );
-        }
-        (Access::Store { reg, high_byte }, true) => {
-            let gpr = vmx::Gpr::from_index(reg).ok_or("bad register")?;
-            let v = vm.regs.get(gpr, &CurrentVmcs) >> if high_byte { 8 } else { 0 };
-            uart_write(vm, offset, v as u8);
-        }
-        (Access::StoreImm(v), true) => uart_write(vm, offset, v as u8),
-        _ => {
-            return Err(format!(
-                "MMIO access to {gpa:#x} at rip {rip:#x}: decoded {insn:?} disagrees with the exit"
-            ));
-        }
-    }
-    vmwrite(Field::GUEST_RIP, rip + u64::from(insn.len));
-    Ok(())
 }

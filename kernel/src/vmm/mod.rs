@@ -1,6 +1,7 @@
 //! The VMM: guests under VT-x with EPT, time-sliced on the boot CPU.
 //!
-//! Pure logic, host-tested: the device models ([`devices`]), the MMIO
+//! Pure logic, host-tested: the device bus ([`bus`]) every guest port,
+//! MMIO and IRQ input goes through, the device models ([`devices`]), the MMIO
 //! instruction decoder ([`mmio`]) and the VMX capability report
 //! ([`vmxcaps`]). On the target, [`vm`] holds the VM manager.
 
@@ -9,6 +10,7 @@ pub const MIN_VM_MIB: u64 = 4;
 /// Largest guest RAM: guest-physical memory stays below the 3 GiB MMIO hole.
 pub const MAX_VM_MIB: u64 = 3072;
 
+pub mod bus;
 pub mod clock;
 pub mod devices;
 pub mod mmio;
@@ -22,6 +24,8 @@ mod dirty;
 mod exits;
 #[cfg(target_os = "none")]
 mod host;
+#[cfg(target_os = "none")]
+mod io;
 #[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
@@ -52,6 +56,7 @@ mod prelude {
     pub(super) use super::dirty::*;
     pub(super) use super::exits::*;
     pub(super) use super::host::*;
+    pub(super) use super::io::*;
     pub(super) use super::memory::*;
     pub(super) use super::run::*;
     pub(super) use super::setup::*;
@@ -59,7 +64,8 @@ mod prelude {
     pub(super) use super::vm::*;
     pub(super) use crate::events::emit as async_line;
     pub(super) use crate::mm::addr::PAGE_SIZE;
-    pub(super) use crate::vmm::devices::{Pic, Pit, Uart};
+    pub(super) use crate::vmm::bus::Bus;
+    pub(super) use crate::vmm::devices::{Pic, RequestPort, Uart, platform};
     pub(super) use crate::{arch, println};
     pub(super) use vcpu::profile::Profile;
 }

@@ -92,15 +92,19 @@ pub(super) fn run_for_a_slice(host: &Host, vm: &mut Vm, start: u64) {
 pub(super) fn runnable(vm: &Vm) -> bool {
     match vm.state {
         State::Running => true,
-        State::Halted => vm.pic.pending().is_some(),
+        State::Halted => vm.bus.pending_vector().is_some(),
         _ => false,
     }
 }
 
-/// Raises IRQ0 when the guest's PIT period has elapsed.
+/// Raises the timer's IRQ (the PIT's IRQ0) through the bus when its
+/// period has elapsed.
 pub(super) fn update_timer(vm: &mut Vm, now: u64) {
-    if vm.pit.take_changed() {
-        let period = vm.pit.period_tsc(crate::arch::time::tsc_hz()).unwrap_or(0);
+    if vm.bus.take_timer_change() {
+        let period = vm
+            .bus
+            .timer_period_tsc(crate::arch::time::tsc_hz())
+            .unwrap_or(0);
         vm.clock.set_period(period, now);
     }
     if vm.clock.tick_due(now) {
@@ -109,7 +113,7 @@ pub(super) fn update_timer(vm: &mut Vm, now: u64) {
         // less. Its TSC keeps real time.
         vm.skipped = vm.skipped.wrapping_add(1);
         if vm.slow == 0 || vm.skipped.is_multiple_of(1 << vm.slow) {
-            vm.pic.raise(0);
+            vm.bus.timer_tick();
         }
     }
 }
@@ -124,16 +128,16 @@ pub(super) fn run_vm(host: &Host, vm: &mut Vm) {
     }
     let reinjecting = vmread(Field::ENTRY_INTERRUPTION_INFO) & (1 << 31) != 0;
     if reinjecting {
-        if vm.pic.pending().is_some() {
+        if vm.bus.pending_vector().is_some() {
             primary |= PrimaryControls::INTERRUPT_WINDOW_EXITING.bits();
         }
-    } else if let Some(vector) = vm.pic.pending() {
+    } else if let Some(vector) = vm.bus.pending_vector() {
         let rflags = vmread(Field::GUEST_RFLAGS);
         let blocked = vmread(Field::GUEST_INTERRUPTIBILITY_STATE) & 0x3 != 0;
         if rflags & 0x200 != 0 && !blocked {
             let info = InterruptionInfo::external_interrupt(vector);
             vmwrite(Field::ENTRY_INTERRUPTION_INFO, u64::from(info.encode()));
-            vm.pic.acknowledge(vector);
+            vm.bus.acknowledge(vector);
             vm.state = State::Running;
         } else {
             primary |= PrimaryControls::INTERRUPT_WINDOW_EXITING.bits();
@@ -173,16 +177,9 @@ pub(super) fn run_vm(host: &Host, vm: &mut Vm) {
     }
 }
 
-/// A guest write to its 16550 (port or MMIO): completed lines go to the
-/// host console with the VM's name.
-pub(super) fn uart_write(vm: &mut Vm, offset: u16, byte: u8) {
-    if let Some(line) = vm.uart.write(offset, byte) {
-        async_line(format_args!("[{}] {line}", vm.name));
-    }
-}
-
+/// The guest's unfinished console line, when it stops.
 pub(super) fn flush_output(vm: &mut Vm) {
-    if let Some(line) = vm.uart.flush() {
+    if let Some(line) = vm.bus.with(Uart::flush).flatten() {
         async_line(format_args!("[{}] {line}", vm.name));
     }
 }

@@ -63,13 +63,7 @@ pub(super) const MIGRATED_FIELDS: &[Field] = &[
 ];
 
 /// The devices every guest has, as the migration protocol names them.
-pub const DEVICES: &[&str] = &[
-    "uart16550",
-    "pic8259",
-    "pit8254",
-    "exit-port",
-    "request-port",
-];
+pub use crate::vmm::devices::DEVICES;
 
 /// What a migration needs to know about a VM before it starts.
 pub struct MigrationSource {
@@ -270,15 +264,8 @@ pub fn save_state(name: &str) -> Result<(Vec<u8>, DeviceStates), String> {
                 next_in: clock.until_next,
             },
         };
-        // Every device of DEVICES, even those without state of their own.
-        let devices = alloc::vec![
-            (String::from("uart16550"), vm.uart.save()),
-            (String::from("pic8259"), vm.pic.save()),
-            (String::from("pit8254"), vm.pit.save()),
-            (String::from("exit-port"), Vec::new()),
-            (String::from("request-port"), alloc::vec![vm.requests]),
-        ];
-        Ok((state.encode(), devices))
+        // Every device on the bus (DEVICES), even those without state.
+        Ok((state.encode(), vm.bus.save()))
     })
 }
 
@@ -466,20 +453,8 @@ pub fn start_incoming(
     };
     let guest_tsc = state.guest_tsc;
     let halted = state.halted;
-    let mut requests = 0;
-    let mut uart = Uart::default();
-    let mut pic = Pic::default();
-    let mut pit = Pit::default();
-    for (dev, data) in devices {
-        match dev.as_str() {
-            "uart16550" => uart.restore(data)?,
-            "pic8259" => pic.restore(data)?,
-            "pit8254" => pit.restore(data)?,
-            "exit-port" if data.is_empty() => {}
-            "request-port" if data.len() == 1 => requests = data[0],
-            other => return Err(format!("unknown device or bad state: '{other}'")),
-        }
-    }
+    let mut bus = crate::vmm::devices::platform().map_err(|e| e.to_string())?;
+    bus.restore(devices).map_err(|e| e.to_string())?;
     // Controls and host state as for any guest, then its own state.
     setup_vmcs(host, vm, 0);
     for &(f, v) in &state.vmcs {
@@ -506,20 +481,19 @@ pub fn start_incoming(
     vm.clock.exiting = exiting;
     vmwrite(Field::TSC_OFFSET, vm.clock.offset());
     vm.regs = regs;
-    vm.uart = uart;
-    vm.pic = pic;
     // The timer resumes where it was in its period (the period itself
     // from the PIT, in this host's TSC ticks).
     vm.clock.resume_phase(
         crate::vmm::clock::TimerPhase {
-            period: pit.period_tsc(crate::arch::time::tsc_hz()).unwrap_or(0),
+            period: bus
+                .timer_period_tsc(crate::arch::time::tsc_hz())
+                .unwrap_or(0),
             until_next: state.timer.next_in,
         },
         now,
     );
-    let _ = pit.take_changed();
-    vm.pit = pit;
-    vm.requests = requests;
+    let _ = bus.take_timer_change();
+    vm.bus = bus;
     vm.launched = false;
     vm.state = if halted {
         State::Halted

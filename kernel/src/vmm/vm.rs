@@ -39,9 +39,8 @@ pub(super) const GUEST_STACK_TOP: u64 = 0x80000;
 /// Guest images load from 1 MiB up.
 pub const GUEST_IMAGE_BASE: u64 = 0x10_0000;
 /// The guest's 16550 is also memory-mapped here (registers one byte apart),
-/// through EPT violations and [`crate::mmio`] instruction decoding.
-pub const MMIO_UART_BASE: u64 = 0xfe00_0000;
-pub(super) const MMIO_UART_LEN: u64 = 0x1000;
+/// through EPT violations and [`crate::vmm::mmio`] instruction decoding.
+pub use crate::vmm::devices::MMIO_UART_BASE;
 /// Time slice per VM entry.
 pub(super) const SLICE_MS: u64 = 5;
 /// Lifecycle of a VM.
@@ -107,17 +106,14 @@ pub struct Vm {
     pub(super) xcr0_allowed: u64,
     /// The CPU this guest sees (CPUID), the same on every host it runs on.
     pub(super) profile: Profile,
-    pub(super) uart: Uart,
-    pub(super) pic: Pic,
-    pub(super) pit: Pit,
+    /// Every device the guest sees (ports, MMIO, IRQs): see [`crate::vmm::bus`].
+    pub(super) bus: Bus,
     /// Guest time: its TSC and its timer's ticks.
     pub(super) clock: GuestClock,
     pub(super) exits: [u64; 70],
     pub(super) total_exits: u64,
     pub(super) guest_tsc: u64,
     pub(super) started_tsc: u64,
-    /// Requests made with `vm checksum` (the guest reads them on port 0xF5).
-    pub(super) requests: u8,
     /// Dirty-page tracking, while on (live migration, `vm dirty`).
     pub(super) dirty: Option<ept::DirtyLog>,
     /// Each consumer's own view of the dirty log: a live migration's, and
@@ -316,6 +312,13 @@ pub(super) fn new_vm(
     // RAM, a freed kernel buffer): `vm create` and an incoming migration
     // both come through here.
     zero_chunks(&chunks);
+    let bus = match platform() {
+        Ok(bus) => bus,
+        Err(e) => {
+            free_chunks(&chunks);
+            return Ok(Err(format!("devices: {e}")));
+        }
+    };
     let revision = m.host.as_ref().map_or(0, |h| h.caps.basic.revision_id);
     let (ept, vmcs) = match build_ept_and_vmcs(&chunks, revision) {
         Ok(v) => v,
@@ -347,15 +350,12 @@ pub(super) fn new_vm(
             0
         },
         profile,
-        uart: Uart::default(),
-        pic: Pic::default(),
-        pit: Pit::default(),
+        bus,
         clock: GuestClock::default(),
         exits: [0; 70],
         total_exits: 0,
         guest_tsc: 0,
         started_tsc: 0,
-        requests: 0,
         dirty: None,
         migration_view: None,
         console_view: None,
@@ -467,9 +467,7 @@ pub fn start(name: &str) -> Result<(), String> {
     vm.regs = GuestRegs::default();
     vm.regs.rdi = vm.ram_bytes();
     vm.regs.rsi = vm.arg;
-    vm.uart = Uart::default();
-    vm.pic = Pic::default();
-    vm.pit = Pit::default();
+    vm.bus = platform().map_err(|e| format!("devices: {e}"))?;
     vm.clock.set_period(0, 0);
     vm.state = State::Running;
     vm.started_tsc = arch::rdtsc();
@@ -559,9 +557,10 @@ pub fn list() {
 pub fn request(name: &str) -> Result<u8, String> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
-    let vm = &mut m.vms[i];
-    vm.requests = vm.requests.wrapping_add(1);
-    Ok(vm.requests)
+    m.vms[i]
+        .bus
+        .with(RequestPort::bump)
+        .ok_or_else(|| format!("VM '{name}' has no request port"))
 }
 
 /// `vm show`: what the VM is (its configuration, CPU profile included).
@@ -613,11 +612,12 @@ pub fn stats(name: &str) -> Result<(), String> {
         }
     }
     let now = arch::rdtsc();
+    let pic = vm.bus.find::<Pic>().cloned().unwrap_or_default();
     println!(
         "  pic irr {:#04x} isr {:#04x} imr {:#04x}; timer {}",
-        vm.pic.irr,
-        vm.pic.isr,
-        vm.pic.imr,
+        pic.irr,
+        pic.isr,
+        pic.imr,
         if vm.clock.period() == 0 {
             String::from("off")
         } else {
@@ -630,7 +630,10 @@ pub fn stats(name: &str) -> Result<(), String> {
             )
         }
     );
-    println!("  console bytes {}", vm.uart.bytes);
+    println!(
+        "  console bytes {}",
+        vm.bus.find::<Uart>().map_or(0, |u| u.bytes)
+    );
     if m.ctx_switches > 0 {
         println!(
             "  guest context switches (all VMs): {}, {} TSC cycles each",

@@ -1,8 +1,9 @@
-//! Guest device models: what a guest sees behind port I/O.
+//! Guest device models: what a guest sees behind port I/O and MMIO.
 //!
-//! Pure state machines, driven by the VM exit handler and unit-tested on the
-//! host. Each answers reads and takes writes for its ports; none of them
-//! touches hardware.
+//! Pure state machines behind [`crate::vmm::bus::Device`], mapped by
+//! [`platform`] (one line per device) and unit-tested on the host. Each
+//! answers reads and takes writes for its ranges; none of them touches
+//! hardware. The exit and request ports are in `ports.rs`.
 //!
 //! - [`Uart`]: the transmit side of a 16550 at 0x3F8 (guest console output,
 //!   collected into lines for the host console) with a line-status register
@@ -15,8 +16,14 @@
 //! References: PC16550D datasheet; Intel 8259A datasheet (ICW1-4, OCW1-3);
 //! Intel 8254 datasheet.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
+
+use super::bus::{Bus, BusError, Device, DeviceError, Effects, IrqChip, Timer};
+
+mod ports;
+pub use ports::{ExitPort, RequestPort};
 
 /// Longest guest console line kept before it is flushed anyway.
 pub const MAX_LINE: usize = 200;
@@ -363,8 +370,8 @@ mod tests {
 // restore refuses anything it does not fully understand.
 
 /// Why a saved device state was refused.
-fn bad_state(device: &str, why: &str) -> String {
-    alloc::format!("{device} state: {why}")
+fn bad_state(device: &'static str, why: &'static str) -> DeviceError {
+    DeviceError { device, why }
 }
 
 impl Uart {
@@ -378,7 +385,7 @@ impl Uart {
     }
 
     /// Restores what [`Uart::save`] produced.
-    pub fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), DeviceError> {
         let (&[1], rest) = data
             .split_at_checked(1)
             .ok_or_else(|| bad_state("uart", "empty"))?
@@ -437,7 +444,7 @@ impl Pic {
     }
 
     /// Restores what [`Pic::save`] produced.
-    pub fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), DeviceError> {
         let &[
             1,
             init,
@@ -488,7 +495,7 @@ impl Pit {
     }
 
     /// Restores what [`Pit::save`] produced.
-    pub fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), DeviceError> {
         let &[1, r0, r1, r2, r3, mode, high_next, low, changed] = data else {
             return Err(bad_state("pit", "wrong length or version"));
         };
@@ -532,7 +539,7 @@ mod saved_state_tests {
         };
         assert!(u2.restore(&forged(b"ok\tline")).is_ok());
         let e = u2.restore(&forged(b"\x1b[2Jgone")).unwrap_err();
-        assert!(e.contains("control"), "{e}");
+        assert!(e.to_string().contains("control"), "{e}");
         assert!(u2.restore(&forged(&[b'a'; MAX_LINE])).is_err());
         assert!(u2.restore(&forged("caf\u{e9}".as_bytes())).is_err());
 
@@ -554,5 +561,213 @@ mod saved_state_tests {
         t2.restore(&t.save()).unwrap();
         assert_eq!(t2.save(), t.save());
         assert!(t2.restore(&[]).is_err());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The models on the bus.
+
+/// The guest's 16550 is also memory-mapped here, registers one byte apart
+/// (offsets past the eighth register read 0 and ignore writes).
+pub const MMIO_UART_BASE: u64 = 0xfe00_0000;
+/// Size of the MMIO 16550's window.
+pub const MMIO_UART_LEN: u64 = 0x1000;
+
+/// The devices every guest has, as the migration protocol names them, in
+/// the order [`platform`] registers them (a unit test keeps both in step).
+pub const DEVICES: &[&str] = &[
+    "uart16550",
+    "pic8259",
+    "pit8254",
+    "exit-port",
+    "request-port",
+];
+
+/// Every guest's devices, one line each. The 16550 is one device mapped
+/// twice (ports and MMIO): both paths write one console line buffer and
+/// one byte counter, and migrate as one state, as before the bus.
+pub fn platform() -> Result<Bus, BusError> {
+    let mut bus = Bus::new();
+    let uart = bus.add_pio(0x3f8..0x400, Box::new(Uart::default()))?;
+    bus.register_mmio(MMIO_UART_BASE..MMIO_UART_BASE + MMIO_UART_LEN, uart)?;
+    bus.add_pio(0x20..0x22, Box::new(Pic::default()))?;
+    bus.add_pio(0x40..0x44, Box::new(Pit::default()))?;
+    bus.add_pio(0xf4..0xf5, Box::new(ExitPort))?;
+    bus.add_pio(0xf5..0xf6, Box::new(RequestPort::default()))?;
+    Ok(bus)
+}
+
+/// A register offset within a device's range; the models' ranges are all
+/// under 64 KiB, anything past that is no register of theirs.
+fn reg(offset: u64) -> u16 {
+    u16::try_from(offset).unwrap_or(u16::MAX)
+}
+
+impl Device for Uart {
+    fn name(&self) -> &'static str {
+        "uart16550"
+    }
+    fn read(&mut self, offset: u64, _size: u8) -> u64 {
+        u64::from(Uart::read(self, reg(offset)))
+    }
+    fn write(&mut self, offset: u64, _size: u8, value: u64, fx: &mut Effects) {
+        // An 8-bit device: the low byte of a wider write.
+        fx.line = Uart::write(self, reg(offset), value as u8);
+    }
+    fn save(&self) -> Vec<u8> {
+        Uart::save(self)
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), DeviceError> {
+        Uart::restore(self, data)
+    }
+}
+
+impl Device for Pic {
+    fn name(&self) -> &'static str {
+        "pic8259"
+    }
+    fn read(&mut self, offset: u64, _size: u8) -> u64 {
+        u64::from(Pic::read(self, reg(offset)))
+    }
+    fn write(&mut self, offset: u64, _size: u8, value: u64, _fx: &mut Effects) {
+        Pic::write(self, reg(offset), value as u8);
+    }
+    fn save(&self) -> Vec<u8> {
+        Pic::save(self)
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), DeviceError> {
+        Pic::restore(self, data)
+    }
+    fn irq_chip(&mut self) -> Option<&mut dyn IrqChip> {
+        Some(self)
+    }
+}
+
+impl IrqChip for Pic {
+    fn raise(&mut self, line: u8) {
+        Pic::raise(self, line);
+    }
+    /// Edge-triggered: a request stays in the IRR until acknowledged.
+    fn lower(&mut self, _line: u8) {}
+    fn pending(&self) -> Option<u8> {
+        Pic::pending(self)
+    }
+    fn acknowledge(&mut self, vector: u8) {
+        Pic::acknowledge(self, vector);
+    }
+}
+
+impl Device for Pit {
+    fn name(&self) -> &'static str {
+        "pit8254"
+    }
+    fn read(&mut self, offset: u64, _size: u8) -> u64 {
+        u64::from(Pit::read(self, reg(offset)))
+    }
+    fn write(&mut self, offset: u64, _size: u8, value: u64, _fx: &mut Effects) {
+        Pit::write(self, reg(offset), value as u8);
+    }
+    fn save(&self) -> Vec<u8> {
+        Pit::save(self)
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), DeviceError> {
+        Pit::restore(self, data)
+    }
+    fn timer(&mut self) -> Option<&mut dyn Timer> {
+        Some(self)
+    }
+}
+
+impl Timer for Pit {
+    /// Channel 0's output is wired to IRQ0.
+    fn irq(&self) -> u8 {
+        0
+    }
+    fn period_tsc(&self, tsc_hz: u64) -> Option<u64> {
+        Pit::period_tsc(self, tsc_hz)
+    }
+    fn take_changed(&mut self) -> bool {
+        Pit::take_changed(self)
+    }
+}
+
+#[cfg(test)]
+mod platform_tests {
+    use super::*;
+
+    #[test]
+    fn platform_devices_are_the_protocol_devices_in_order() {
+        let bus = platform().unwrap();
+        assert_eq!(bus.names().collect::<Vec<_>>(), DEVICES);
+        let saved = bus.save();
+        assert_eq!(saved.len(), DEVICES.len());
+        let mut other = platform().unwrap();
+        other.restore(&saved).unwrap();
+        assert_eq!(other.save(), saved);
+    }
+
+    #[test]
+    fn ports_behave_as_before_the_bus() {
+        let mut bus = platform().unwrap();
+        assert_eq!(bus.pio_read(0x3fd, 1), 0x60, "LSR: transmitter empty");
+        assert_eq!(bus.mmio_read(MMIO_UART_BASE + 6, 1), Some(0xb0), "MSR");
+        assert_eq!(bus.mmio_read(MMIO_UART_BASE + 0x800, 1), Some(0));
+        assert_eq!(bus.pio_read(0x80, 1), u64::MAX);
+        assert_eq!(
+            bus.pio_read(0xf4, 1),
+            u64::MAX,
+            "the exit port is write-only"
+        );
+        assert_eq!(bus.pio_read(0xf5, 1), 0);
+        bus.with(|r: &mut RequestPort| r.bump());
+        assert_eq!(bus.pio_read(0xf5, 1), 1);
+        assert_eq!(bus.pio_write(0xf4, 4, 0x1234).stop, Some(0x1234));
+        // One line buffer behind the port and the MMIO window.
+        assert_eq!(bus.pio_write(0x3f8, 1, u64::from(b'h')).line, None);
+        assert_eq!(
+            bus.mmio_write(MMIO_UART_BASE, 1, u64::from(b'i')),
+            Some(Effects::default())
+        );
+        assert_eq!(
+            bus.pio_write(0x3f8, 1, u64::from(b'\n')).line.as_deref(),
+            Some("hi")
+        );
+        assert_eq!(bus.find::<Uart>().map(|u| u.bytes), Some(3));
+    }
+
+    #[test]
+    fn pit_ticks_reach_the_pic_as_irq0() {
+        let mut bus = platform().unwrap();
+        // PIC: vector base 0x20, single... as the test guests program it.
+        for (port, v) in [
+            (0x20, 0x11),
+            (0x21, 0x20),
+            (0x21, 0x04),
+            (0x21, 0x01),
+            (0x21, 0xfe),
+        ] {
+            bus.pio_write(port, 1, v);
+        }
+        assert!(!bus.take_timer_change());
+        // PIT channel 0, mode 2, divisor 11932 (~100 Hz).
+        for (port, v) in [(0x43, 0x34), (0x40, 0x9c), (0x40, 0x2e)] {
+            bus.pio_write(port, 1, v);
+        }
+        assert!(bus.take_timer_change());
+        assert!(!bus.take_timer_change());
+        assert_eq!(bus.timer_period_tsc(100_000_000), Some(1_000_015));
+        assert_eq!(bus.pending_vector(), None);
+        bus.timer_tick();
+        assert_eq!(bus.pending_vector(), Some(0x20));
+        bus.acknowledge(0x20);
+        assert_eq!(bus.pending_vector(), None);
+        bus.timer_tick();
+        assert_eq!(bus.pending_vector(), None, "in service until EOI");
+        bus.pio_write(0x20, 1, 0x20);
+        assert_eq!(bus.pending_vector(), Some(0x20));
+        // The pending vector survives a migration of the bus.
+        let mut other = platform().unwrap();
+        other.restore(&bus.save()).unwrap();
+        assert_eq!(other.pending_vector(), Some(0x20));
     }
 }
