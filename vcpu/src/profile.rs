@@ -840,6 +840,10 @@ impl Profile {
         dynamic: &Dynamic,
         host: &dyn CpuidSource,
     ) -> [u32; 4] {
+        // Only leaves 7 and 0DH have sub-leaves here; for every other leaf
+        // the CPU ignores ECX, and so must we (guests often leave garbage
+        // in it for leaf 1).
+        let sub = if matches!(leaf, 7 | 0xd) { sub } else { 0 };
         let bits = |reg| self.features.bits(leaf, sub, reg);
         let max_ext = host.cpuid(0x8000_0000, 0)[0].min(MAX_EXT_LEAF);
         match leaf {
@@ -1024,6 +1028,69 @@ impl<'a> Reader<'a> {
         }
         // Only ASCII passed `ok`.
         core::str::from_utf8(b).map_err(|_| ProfileError::BadChar { what, byte: 0 })
+    }
+}
+
+/// A VM's CPUID answers, computed once from its profile ([`Profile::cpuid`]
+/// for every leaf that is not all zeros), so that a CPUID exit costs a
+/// lookup. The two leaves that depend on the guest's own state (1: its
+/// CR4.OSXSAVE; 0DH: its XCR0) are computed on each call.
+#[derive(Debug, Clone, Default)]
+pub struct CpuidTable {
+    /// (leaf, sub-leaf, EAX..EDX), sorted.
+    leaves: Vec<(u32, u32, [u32; 4])>,
+}
+
+impl CpuidTable {
+    /// The table of `profile` for a VM whose fixed inputs (APIC ID, TSC
+    /// kHz) are those of `fixed`.
+    pub fn new(profile: &Profile, fixed: &Dynamic, host: &dyn CpuidSource) -> CpuidTable {
+        let mut leaves = Vec::new();
+        let ranges = [
+            (0, MAX_BASIC_LEAF),
+            (0x4000_0000, HV_MAX_LEAF),
+            (0x8000_0000, MAX_EXT_LEAF),
+        ];
+        for (first, last) in ranges {
+            for leaf in first..=last {
+                if Self::live(leaf) {
+                    continue;
+                }
+                let v = profile.cpuid(leaf, 0, fixed, host);
+                if v != [0; 4] {
+                    leaves.push((leaf, 0, v));
+                }
+            }
+        }
+        CpuidTable { leaves }
+    }
+
+    /// Leaves computed on every call.
+    fn live(leaf: u32) -> bool {
+        matches!(leaf, 1 | 0xd)
+    }
+
+    /// CPUID(`leaf`, `sub`) as [`Profile::cpuid`] answers it.
+    pub fn get(
+        &self,
+        profile: &Profile,
+        leaf: u32,
+        sub: u32,
+        dynamic: &Dynamic,
+        host: &dyn CpuidSource,
+    ) -> [u32; 4] {
+        if Self::live(leaf) {
+            return profile.cpuid(leaf, sub, dynamic, host);
+        }
+        // Of the cached leaves only 7 has sub-leaves, and only its first
+        // is not zeros.
+        if leaf == 7 && sub != 0 {
+            return [0; 4];
+        }
+        match self.leaves.binary_search_by_key(&leaf, |&(l, _, _)| l) {
+            Ok(i) => self.leaves[i].2,
+            Err(_) => [0; 4],
+        }
     }
 }
 

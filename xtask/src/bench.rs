@@ -107,8 +107,6 @@ fn vmx(args: &[String]) -> Result {
     let line =
         Regex::new(r"\[(\w+)\] exitbench: (\w+) (\d+) exits, (\d+) cycles/exit, (\d+) exits/s")
             .expect("static regex");
-    let switches = Regex::new(r"guest context switches \(all VMs\): (\d+), (\d+) TSC cycles each")
-        .expect("static regex");
     let mut rows = Vec::new();
     let mut switch_rows = Vec::new();
     for model in ["corei7_skylake_x", "corei7_sandy_bridge_2600k"] {
@@ -157,10 +155,15 @@ fn vmx(args: &[String]) -> Result {
                 .map_err(|e| e.to_string())?;
         }
         std::thread::sleep(Duration::from_secs(10));
-        let stats = m.try_command("vm stats f1", t).map_err(|e| e.to_string())?;
-        if let Some(c) = switches.captures(&stats) {
-            switch_rows.push((model, c[1].to_string(), c[2].to_string()));
-        }
+        // Guest lines interleave with the answer: wait for the line itself.
+        m.send_line("vm stats f1");
+        let found = m
+            .try_expect(
+                r"guest context switches \(all VMs\): (\d+), (\d+) TSC cycles each",
+                Duration::from_secs(60),
+            )
+            .map_err(|e| e.to_string())?;
+        switch_rows.push((model, found.num(1).to_string(), found.num(2).to_string()));
     }
     println!();
     println!(

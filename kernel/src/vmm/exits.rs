@@ -191,7 +191,7 @@ pub(super) fn emulate_cpuid(vm: &mut Vm) {
         xcr0: vm.ctx.xcr0,
         cr4_osxsave: vmread(Field::GUEST_CR4) & (1 << 18) != 0,
     };
-    let [a, b, c, d] = vm.profile.cpuid(leaf, sub, &dynamic, &HostCpuid);
+    let [a, b, c, d] = vm.cpuid.get(&vm.profile, leaf, sub, &dynamic, &HostCpuid);
     vm.regs.rax = u64::from(a);
     vm.regs.rbx = u64::from(b);
     vm.regs.rcx = u64::from(c);

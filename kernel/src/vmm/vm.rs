@@ -106,6 +106,8 @@ pub struct Vm {
     pub(super) xcr0_allowed: u64,
     /// The CPU this guest sees (CPUID), the same on every host it runs on.
     pub(super) profile: Profile,
+    /// Its CPUID answers, computed once from the profile.
+    pub(super) cpuid: vcpu::profile::CpuidTable,
     /// Every device the guest sees (ports, MMIO, IRQs): see [`crate::vmm::bus`].
     pub(super) bus: Bus,
     /// Guest time: its TSC and its timer's ticks.
@@ -349,6 +351,16 @@ pub(super) fn new_vm(
         } else {
             0
         },
+        cpuid: vcpu::profile::CpuidTable::new(
+            &profile,
+            &vcpu::profile::Dynamic {
+                apic_id: 0,
+                tsc_khz: (crate::arch::time::tsc_hz() / 1000) as u32,
+                xcr0: 1,
+                cr4_osxsave: false,
+            },
+            &HostCpuid,
+        ),
         profile,
         bus,
         clock: GuestClock::default(),

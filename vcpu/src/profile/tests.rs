@@ -588,3 +588,55 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_cpuid_table_answers_as_the_profile_does() {
+    let host = all_cpu();
+    let offer = HostOffer::read(&host);
+    for name in PROFILE_NAMES {
+        let p = Profile::resolve(name, &offer, RandExits::BOTH).unwrap();
+        let fixed = Dynamic {
+            apic_id: 3,
+            tsc_khz: 2_100_000,
+            xcr0: 1,
+            cr4_osxsave: false,
+        };
+        let table = CpuidTable::new(&p, &fixed, &host);
+        for xcr0 in [1, 7, 0xe7] {
+            for osxsave in [false, true] {
+                let d = Dynamic {
+                    xcr0,
+                    cr4_osxsave: osxsave,
+                    ..fixed
+                };
+                let leaves = (0..0x20)
+                    .chain(0x4000_0000..0x4000_0020)
+                    .chain(0x8000_0000..0x8000_0020)
+                    .chain([0x1234_5678, u32::MAX]);
+                for leaf in leaves {
+                    for sub in [0, 1, 2, 5, 63, 64, u32::MAX] {
+                        assert_eq!(
+                            table.get(&p, leaf, sub, &d, &host),
+                            p.cpuid(leaf, sub, &d, &host),
+                            "{name}: leaf {leaf:#x} sub {sub} xcr0 {xcr0:#x} osxsave {osxsave}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn leaves_without_sub_leaves_ignore_ecx() {
+    let host = all_cpu();
+    let p = Profile::resolve("skylake-server", &HostOffer::read(&host), RandExits::BOTH).unwrap();
+    let d = Dynamic::default();
+    for leaf in [1, 0x8000_0001, 0x8000_0002, 0x4000_0010] {
+        assert_eq!(
+            p.cpuid(leaf, 0xdead_beef, &d, &host),
+            p.cpuid(leaf, 0, &d, &host)
+        );
+    }
+    assert_ne!(p.cpuid(1, 0xdead_beef, &d, &host)[2] & (1 << 28), 0, "avx");
+}
