@@ -134,7 +134,15 @@ const UEFI_TARGET: &str = "x86_64-unknown-uefi";
 const KERNEL_TARGET: &str = "x86_64-unknown-none";
 /// The test guests (binaries of the `guests` crate, built for
 /// [`KERNEL_TARGET`]); each goes into the image as module `<name>`.
-const GUESTS: [&str; 6] = ["hello", "ticks", "memtest", "rogue", "exitbench", "dirty"];
+const GUESTS: [&str; 7] = [
+    "hello",
+    "ticks",
+    "memtest",
+    "rogue",
+    "exitbench",
+    "dirty",
+    "fpu",
+];
 
 fn loader_path() -> PathBuf {
     root()
