@@ -20,7 +20,7 @@
 //! - `enabling avx: xcr0 = 0x7` just before the XSETBV;
 //! - `seed <s>, pattern in xmm0-15 (sse)` or `seed <s>, pattern in
 //!   ymm0-15 (avx)` once the registers are filled: the start sentinel;
-//! - `alive <k> checks <n> (<sse|avx>)` every 16384 checks (about once a
+//! - `alive <k> checks <n> (<sse|avx>)` every 131072 checks (about twice a
 //!   second in Bochs with two guests on the CPU);
 //! - `MISMATCH <xmmN|ymmN> lane <k>: expected <hex> got <hex>` (lane `k`
 //!   = bits 64k..64k+63), then exit code 7 (`FPU_FAILED`);
