@@ -184,3 +184,135 @@ pub fn spin_forever() -> ! {
     // SAFETY: a jump to itself; no memory, no stack.
     unsafe { asm!("2:", "jmp 2b", options(noreturn, nomem, nostack)) }
 }
+
+/// CR4.OSFXSR (bit 9): FXSAVE/FXRSTOR and the SSE instructions are enabled.
+pub const CR4_OSFXSR: u64 = 1 << 9;
+/// CR4.OSXMMEXCPT (bit 10): unmasked SIMD floating-point exceptions raise #XM.
+pub const CR4_OSXMMEXCPT: u64 = 1 << 10;
+/// CR4.OSXSAVE (bit 18): XSAVE, XGETBV/XSETBV and the VEX (AVX) encodings.
+pub const CR4_OSXSAVE: u64 = 1 << 18;
+
+/// CR4 as the guest sees it (the hypervisor's read shadow for the bits it owns).
+pub fn read_cr4() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR4 at CPL 0 has no side effects.
+    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Writes CR4.
+///
+/// # Safety
+/// `value` must keep paging as it is (PAE) and set only bits this CPU
+/// supports (else #GP, and this guest has no handler that resumes).
+pub unsafe fn write_cr4(value: u64) {
+    // SAFETY: the caller guarantees the value. Not `nomem`: enabling SSE or
+    // AVX changes what later instructions do, so nothing moves across it.
+    unsafe { asm!("mov cr4, {}", in(reg) value, options(nostack, preserves_flags)) };
+}
+
+/// XSETBV: writes extended control register `xcr` (0 is XCR0, the state
+/// components XSAVE manages and AVX needs enabled). Under VMX it always
+/// exits to the hypervisor.
+///
+/// # Safety
+/// CR4.OSXSAVE must be set and `value` a valid XCR0 (x87 set, AVX only with
+/// SSE, only components CPUID.(EAX=0xD,ECX=0) offers), else #UD or #GP.
+pub unsafe fn xsetbv(xcr: u32, value: u64) {
+    let (lo, hi) = (value as u32, (value >> 32) as u32);
+    // SAFETY: the caller guarantees the preconditions; XSETBV touches no memory.
+    unsafe {
+        asm!("xsetbv", in("ecx") xcr, in("eax") lo, in("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// XGETBV: reads extended control register `xcr`.
+///
+/// # Safety
+/// CR4.OSXSAVE must be set, else #UD.
+pub unsafe fn xgetbv(xcr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller guarantees CR4.OSXSAVE; XGETBV touches no memory.
+    unsafe {
+        asm!("xgetbv", in("ecx") xcr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+// The vector registers. The guests are built soft-float: the compiler
+// never allocates XMM or YMM registers, so only these four functions touch
+// them, and what they load stays there until one of them runs again (or
+// the hypervisor changes it: what the `fpu` guest looks for). That is also
+// why they declare no clobbers (the target has no vector register class).
+
+/// Loads XMM0-15 from lanes 0-1 of each register of `regs` (MOVDQU, SSE).
+///
+/// # Safety
+/// CR4.OSFXSR must be set (else #UD).
+pub unsafe fn load_xmm(regs: &crate::fpu::VectorRegs) {
+    // SAFETY: the caller guarantees SSE is on; the loads read only `regs`
+    // (16 × 16 bytes at a 32-byte stride inside its 512 bytes).
+    unsafe {
+        asm!(
+            ".irp r,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+            "movdqu xmm\\r, xmmword ptr [{p} + 32*\\r]",
+            ".endr",
+            p = in(reg) regs,
+            options(readonly, nostack, preserves_flags)
+        )
+    };
+}
+
+/// Stores XMM0-15 into lanes 0-1 of each register of `regs` (MOVDQU, SSE);
+/// lanes 2-3 are left as they are.
+///
+/// # Safety
+/// CR4.OSFXSR must be set (else #UD).
+pub unsafe fn store_xmm(regs: &mut crate::fpu::VectorRegs) {
+    // SAFETY: the caller guarantees SSE is on; the stores write only inside
+    // `regs`, which is borrowed mutably.
+    unsafe {
+        asm!(
+            ".irp r,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+            "movdqu xmmword ptr [{p} + 32*\\r], xmm\\r",
+            ".endr",
+            p = in(reg) regs,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// Loads YMM0-15, all four lanes (VMOVDQU, AVX).
+///
+/// # Safety
+/// CR4.OSXSAVE must be set and XCR0 must enable SSE and AVX state (else #UD).
+pub unsafe fn load_ymm(regs: &crate::fpu::VectorRegs) {
+    // SAFETY: the caller guarantees AVX is on; the loads read only `regs`.
+    unsafe {
+        asm!(
+            ".irp r,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+            "vmovdqu ymm\\r, ymmword ptr [{p} + 32*\\r]",
+            ".endr",
+            p = in(reg) regs,
+            options(readonly, nostack, preserves_flags)
+        )
+    };
+}
+
+/// Stores YMM0-15, all four lanes (VMOVDQU, AVX).
+///
+/// # Safety
+/// As [`load_ymm`].
+pub unsafe fn store_ymm(regs: &mut crate::fpu::VectorRegs) {
+    // SAFETY: the caller guarantees AVX is on; the stores write only inside
+    // `regs`, which is borrowed mutably.
+    unsafe {
+        asm!(
+            ".irp r,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+            "vmovdqu ymmword ptr [{p} + 32*\\r], ymm\\r",
+            ".endr",
+            p = in(reg) regs,
+            options(nostack, preserves_flags)
+        )
+    };
+}

@@ -1,6 +1,6 @@
 //! Test guests for the hypervisor, and the tiny `no_std` runtime they share.
 //!
-//! Four binaries (`src/bin/`), each a bare-metal ELF when built with
+//! The binaries (`src/bin/`), each a bare-metal ELF when built with
 //! `cargo build --release -p guests --target x86_64-unknown-none`, copied
 //! into the boot image as `/EFI/hv/modules/<name>` and run with
 //! `vm create <vm> mem=<MiB> image=<name> [arg=<n>]`:
@@ -11,6 +11,7 @@
 //! | `ticks` | PIC + PIT interrupts at 100 Hz against the TSC, HLT | 0, or 3; `arg` != 0: runs forever |
 //! | `memtest` | every word of RAM above the image (pattern, checksum) | 0, or 4 |
 //! | `dirty` | `arg` = mode × 1000000 + rate. Mode 0 writes `rate` pages a second across its RAM, mode 1 `rate` consecutive pages in the second after each request (then `dirty: window <w> writes to <p> distinct pages`); both print `dirty: count <n> tsc <t> gap <g>` twice a second (`g`: longest TSC stretch between two wake-ups), `dirty: scan: <n> stale words in <p> pages` (a filling guest's leftovers) at start and, when port 0xF5 changes, `dirty: checksum <sum> expected <sum> ok\|MISMATCH` and the scan line again. Mode 2 fills its RAM with that tagged pattern: `dirty: filled <n> pages of <total>` | 6 on a mismatch; modes 0-1 run until stopped, mode 2 exits with 0 |
+//! | `fpu` | `arg` = mode × 1000000 + seed. Fills XMM0-15 (mode 0 with XSAVE+AVX: enables AVX with XSETBV, then YMM0-15; mode 1: SSE only) with a pattern of its seed and keeps reading it back: `fpu: seed <s>, pattern in <xmm\|ymm>0-15 (<sse\|avx>)`, then `fpu: alive <k> checks <n> (<sse\|avx>)` every 131072 checks; a register that changed under it prints `fpu: MISMATCH <reg> lane <k>: expected <hex> got <hex>`. Give each VM its own seed | 7 on a mismatch (or XCR0 not as written); runs until stopped |
 //! | `rogue` | arg 0: a refused WRMSR gets #GP, then a read outside RAM; 1: the WRMSR, then a triple fault; 2: a spin with interrupts off | 5 if it survives |
 //!
 //! Every line a guest prints is `<guest>: <text>\n` and its last line before
@@ -87,10 +88,19 @@
 //! code 0). A triple fault stops the VM as crashed. The hypervisor's
 //! preemption timer takes the CPU back from a guest that never exits.
 //!
+//! **Vector registers.** CR0.EM is clear and CR0.MP set; a guest enables
+//! SSE itself (CR4.OSFXSR, CR4.OSXMMEXCPT) and AVX with CR4.OSXSAVE and
+//! XSETBV (XCR0 = x87|SSE|AVX), which exits to the hypervisor. Its x87,
+//! XMM and YMM contents and its XCR0 are its own: no other guest sees or
+//! changes them, and a migration carries them (what `fpu` checks). Until the
+//! hypervisor switches that state, `fpu` fails on it: two SSE guests see
+//! each other's values and XSETBV stops the VM as an unhandled exit.
+//!
 //! Reference for the x86 details: Intel SDM, revision 084.
 #![cfg_attr(not(test), no_std)]
 
 pub mod dirty;
+pub mod fpu;
 pub mod hv;
 pub mod idt;
 pub mod memtest;
@@ -131,7 +141,8 @@ pub mod exit_code {
     pub const ROGUE_FAILED: u32 = 5;
     /// `dirty`: its memory checksum did not match what it wrote.
     pub const DIRTY_FAILED: u32 = 6;
-    /// `fpu`: a vector register no longer held the guest's own pattern.
+    /// `fpu`: a vector register did not hold what the guest put there, or
+    /// XCR0 read back differently from what it wrote.
     pub const FPU_FAILED: u32 = 7;
 
     /// An unexpected exception or interrupt at `vector`: 0xE0 + vector
