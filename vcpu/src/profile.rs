@@ -1031,43 +1031,64 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A VM's CPUID answers, computed once from its profile ([`Profile::cpuid`]
-/// for every leaf that is not all zeros), so that a CPUID exit costs a
-/// lookup. The two leaves that depend on the guest's own state (1: its
-/// CR4.OSXSAVE; 0DH: its XCR0) are computed on each call.
-#[derive(Debug, Clone, Default)]
+/// A VM's CPUID answers, computed once from its profile
+/// ([`Profile::cpuid`]), so that a CPUID exit costs an array index. The two
+/// leaves that depend on the guest's own state (1: its CR4.OSXSAVE; 0DH:
+/// its XCR0) are computed on each call ([`CpuidTable::lookup`] leaves
+/// them to the caller).
+#[derive(Debug, Clone)]
 pub struct CpuidTable {
-    /// (leaf, sub-leaf, EAX..EDX), sorted.
-    leaves: Vec<(u32, u32, [u32; 4])>,
+    /// Leaves 0 to [`MAX_BASIC_LEAF`].
+    basic: [[u32; 4]; MAX_BASIC_LEAF as usize + 1],
+    /// Leaves 4000_0000H to [`HV_MAX_LEAF`].
+    hv: [[u32; 4]; (HV_MAX_LEAF - 0x4000_0000) as usize + 1],
+    /// Leaves 8000_0000H to [`MAX_EXT_LEAF`].
+    ext: [[u32; 4]; (MAX_EXT_LEAF - 0x8000_0000) as usize + 1],
 }
 
 impl CpuidTable {
     /// The table of `profile` for a VM whose fixed inputs (APIC ID, TSC
     /// kHz) are those of `fixed`.
     pub fn new(profile: &Profile, fixed: &Dynamic, host: &dyn CpuidSource) -> CpuidTable {
-        let mut leaves = Vec::new();
-        let ranges = [
-            (0, MAX_BASIC_LEAF),
-            (0x4000_0000, HV_MAX_LEAF),
-            (0x8000_0000, MAX_EXT_LEAF),
-        ];
-        for (first, last) in ranges {
-            for leaf in first..=last {
-                if Self::live(leaf) {
-                    continue;
-                }
-                let v = profile.cpuid(leaf, 0, fixed, host);
-                if v != [0; 4] {
-                    leaves.push((leaf, 0, v));
-                }
+        let mut t = CpuidTable {
+            basic: [[0; 4]; MAX_BASIC_LEAF as usize + 1],
+            hv: [[0; 4]; (HV_MAX_LEAF - 0x4000_0000) as usize + 1],
+            ext: [[0; 4]; (MAX_EXT_LEAF - 0x8000_0000) as usize + 1],
+        };
+        for (first, slots) in [
+            (0, &mut t.basic[..]),
+            (0x4000_0000, &mut t.hv[..]),
+            (0x8000_0000, &mut t.ext[..]),
+        ] {
+            for (i, slot) in slots.iter_mut().enumerate() {
+                *slot = profile.cpuid(first + i as u32, 0, fixed, host);
             }
         }
-        CpuidTable { leaves }
+        t
     }
 
     /// Leaves computed on every call.
-    fn live(leaf: u32) -> bool {
+    pub fn is_live(leaf: u32) -> bool {
         matches!(leaf, 1 | 0xd)
+    }
+
+    /// CPUID(`leaf`, `sub`) from the table; `None` for a live leaf.
+    pub fn lookup(&self, leaf: u32, sub: u32) -> Option<[u32; 4]> {
+        if Self::is_live(leaf) {
+            return None;
+        }
+        // Of the cached leaves only 7 has sub-leaves, and only its first
+        // is not zeros.
+        if leaf == 7 && sub != 0 {
+            return Some([0; 4]);
+        }
+        let slot = match leaf {
+            0..=MAX_BASIC_LEAF => self.basic.get(leaf as usize),
+            0x4000_0000..=HV_MAX_LEAF => self.hv.get((leaf - 0x4000_0000) as usize),
+            0x8000_0000..=MAX_EXT_LEAF => self.ext.get((leaf - 0x8000_0000) as usize),
+            _ => None,
+        };
+        Some(slot.copied().unwrap_or([0; 4]))
     }
 
     /// CPUID(`leaf`, `sub`) as [`Profile::cpuid`] answers it.
@@ -1079,18 +1100,8 @@ impl CpuidTable {
         dynamic: &Dynamic,
         host: &dyn CpuidSource,
     ) -> [u32; 4] {
-        if Self::live(leaf) {
-            return profile.cpuid(leaf, sub, dynamic, host);
-        }
-        // Of the cached leaves only 7 has sub-leaves, and only its first
-        // is not zeros.
-        if leaf == 7 && sub != 0 {
-            return [0; 4];
-        }
-        match self.leaves.binary_search_by_key(&leaf, |&(l, _, _)| l) {
-            Ok(i) => self.leaves[i].2,
-            Err(_) => [0; 4],
-        }
+        self.lookup(leaf, sub)
+            .unwrap_or_else(|| profile.cpuid(leaf, sub, dynamic, host))
     }
 }
 

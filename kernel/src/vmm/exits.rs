@@ -185,13 +185,16 @@ pub(super) fn handle_exit(vm: &mut Vm) {
 pub(super) fn emulate_cpuid(vm: &mut Vm) {
     let leaf = vm.regs.rax as u32;
     let sub = vm.regs.rcx as u32;
-    let dynamic = vcpu::profile::Dynamic {
-        apic_id: 0,
-        tsc_khz: (crate::arch::time::tsc_hz() / 1000) as u32,
-        xcr0: vm.ctx.xcr0,
-        cr4_osxsave: vmread(Field::GUEST_CR4) & (1 << 18) != 0,
-    };
-    let [a, b, c, d] = vm.cpuid.get(&vm.profile, leaf, sub, &dynamic, &HostCpuid);
+    let [a, b, c, d] = vm.cpuid.lookup(leaf, sub).unwrap_or_else(|| {
+        // Leaves 1 and 0DH depend on the guest's CR4 and XCR0.
+        let dynamic = vcpu::profile::Dynamic {
+            apic_id: 0,
+            tsc_khz: (crate::arch::time::tsc_hz() / 1000) as u32,
+            xcr0: vm.ctx.xcr0,
+            cr4_osxsave: vmread(Field::GUEST_CR4) & (1 << 18) != 0,
+        };
+        vm.profile.cpuid(leaf, sub, &dynamic, &HostCpuid)
+    });
     vm.regs.rax = u64::from(a);
     vm.regs.rbx = u64::from(b);
     vm.regs.rcx = u64::from(c);
