@@ -2,6 +2,7 @@
 //! engine and the actions it returns (reserve RAM, write pages, start).
 
 use super::*;
+use alloc::string::ToString;
 
 /// This host as an incoming migration sees it; `active`: migrations running
 /// here (incoming past Hello and outgoing).
@@ -273,6 +274,7 @@ pub(super) fn run_dest_actions(
                 profile,
             } => {
                 if let Err(e) = crate::vmm::reserve_incoming(&vm, mem_bytes, profile) {
+                    let e = e.to_string();
                     async_line(format_args!(
                         "migrate: refusing {} from {}: {}",
                         crate::text::peer(&vm),
@@ -299,6 +301,7 @@ pub(super) fn run_dest_actions(
                         ));
                     }
                     Err(e) => {
+                        let e = e.to_string();
                         async_line(format_args!(
                             "migrate: cannot start {}: {}",
                             crate::text::peer(&vm),

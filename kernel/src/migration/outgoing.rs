@@ -3,6 +3,7 @@
 
 use super::incoming::send;
 use super::*;
+use alloc::string::ToString;
 
 /// The source's view of a migrating VM's RAM.
 pub(super) struct SourceMem<'a> {
@@ -271,6 +272,7 @@ impl Outbound {
                 Action::NeedState => match crate::vmm::save_state(&vm) {
                     Ok((vcpu, devices)) => self.source.provide_state(vcpu, devices),
                     Err(e) => {
+                        let e = e.to_string();
                         for a in self.source.cancel(&e) {
                             if let Action::Send(m) = a {
                                 let _ = send(&mut self.chan, &m);

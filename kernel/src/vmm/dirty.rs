@@ -34,10 +34,10 @@ pub(super) fn drain_pml(vm: &mut Vm) {
 /// Opens a view of the dirty log for one consumer of a VM whose VMCS is
 /// current, turning tracking on if it is off. The view sees the pages
 /// written from now on.
-pub(super) fn dirty_open(host: &Host, vm: &mut Vm) -> Result<ept::ViewId, String> {
+pub(super) fn dirty_open(host: &Host, vm: &mut Vm) -> Result<ept::ViewId, VmError> {
     dirty_start(host, vm)?;
-    let log = vm.dirty.as_mut().ok_or("dirty tracking is off")?;
-    log.open_view().map_err(|e| format!("dirty tracking: {e}"))
+    let log = vm.dirty.as_mut().ok_or(VmError::DirtyOff)?;
+    log.open_view().map_err(VmError::Dirty)
 }
 
 /// Closes a consumer's view; tracking stops with the last one.
@@ -54,14 +54,14 @@ pub(super) fn dirty_close(host: &Host, vm: &mut Vm, view: ept::ViewId) {
 }
 
 /// Turns dirty tracking on for a VM whose VMCS is current.
-fn dirty_start(host: &Host, vm: &mut Vm) -> Result<(), String> {
+fn dirty_start(host: &Host, vm: &mut Vm) -> Result<(), VmError> {
     if vm.dirty.is_some() {
         return Ok(());
     }
     let pages = vm.ram_bytes() / PAGE_SIZE;
     let mut log = ept::DirtyLog::new(host.dirty_mechanism, pages);
     if host.dirty_mechanism == ept::Mechanism::Pml {
-        let page = alloc_page().ok_or("out of memory for the PML buffer")?;
+        let page = alloc_page().ok_or(VmError::NoPage("PML buffer"))?;
         vmwrite(Field::PML_ADDRESS, page);
         vmwrite(Field::PML_INDEX, u64::from(ept::DirtyLog::PML_INDEX_RESET));
         vm.pml_page = page;
@@ -76,7 +76,7 @@ fn dirty_start(host: &Host, vm: &mut Vm) -> Result<(), String> {
             if vm.pml_page != 0 {
                 free_page(core::mem::take(&mut vm.pml_page));
             }
-            return Err(format!("dirty tracking: {e}"));
+            return Err(VmError::Dirty(e.into()));
         }
     }
     if vm.pml_page != 0 {
@@ -89,13 +89,13 @@ fn dirty_start(host: &Host, vm: &mut Vm) -> Result<(), String> {
 
 /// The pages written since this view's last take (or since it opened).
 /// The VM's VMCS must be current and the guest not running.
-pub(super) fn dirty_take(vm: &mut Vm, view: ept::ViewId) -> Result<ept::DirtyBitmap, String> {
+pub(super) fn dirty_take(vm: &mut Vm, view: ept::ViewId) -> Result<ept::DirtyBitmap, VmError> {
     drain_pml(vm);
     let Vm { dirty, ept, .. } = vm;
-    let log = dirty.as_mut().ok_or("dirty tracking is off")?;
+    let log = dirty.as_mut().ok_or(VmError::DirtyOff)?;
     let (bitmap, flush) = log
         .take(view, ept, &mut IdentityMem, &mut KernelFrames)
-        .map_err(|e| format!("dirty tracking: {e}"))?;
+        .map_err(VmError::Dirty)?;
     if flush {
         invept_all();
     }
@@ -123,10 +123,13 @@ pub(super) fn dirty_stop(host: &Host, vm: &mut Vm) {
 
 /// `vm dirty <name>`: turns tracking on, or reports the pages written
 /// since the last look.
-pub fn dirty(name: &str) -> Result<(), String> {
+pub fn dirty(name: &str) -> Result<(), VmError> {
     with_vm(name, |host, vm| {
         if !vm.state.runs() {
-            return Err(format!("VM '{name}' is not running"));
+            return Err(VmError::NotRunning {
+                name: name.into(),
+                state: vm.state.name(),
+            });
         }
         dirty_look(host, vm, name)
     })
@@ -134,7 +137,7 @@ pub fn dirty(name: &str) -> Result<(), String> {
 
 /// The console's own view: a `vm dirty` during a live migration sees the
 /// guest's writes without taking them from the migration.
-pub(super) fn dirty_look(host: &Host, vm: &mut Vm, name: &str) -> Result<(), String> {
+pub(super) fn dirty_look(host: &Host, vm: &mut Vm, name: &str) -> Result<(), VmError> {
     if let Some(view) = vm.console_view {
         let b = dirty_take(vm, view)?;
         println!(

@@ -6,12 +6,14 @@ use vmx::caps::VmxCapabilities;
 use super::prelude::*;
 
 /// Enables VMX operation on the boot CPU. Called once, at the first `vm create`.
-pub(super) fn enable_vmx() -> Result<Host, String> {
+pub(super) fn enable_vmx() -> Result<Host, VmError> {
     let cpuid1 = arch::cpuid(1, 0).2;
     let caps = VmxCapabilities::read(&mut |msr| crate::vmm::vmxcaps::read_msr(msr), cpuid1)
-        .map_err(|e| format!("VT-x is not available: {e}"))?;
+        .map_err(|e| VmError::Vmx(format!("VT-x is not available: {e}")))?;
     if !caps.ept() {
-        return Err("this CPU has VT-x but no EPT; guests need EPT".into());
+        return Err(VmError::Vmx(
+            "this CPU has VT-x but no EPT; guests need EPT".into(),
+        ));
     }
     use vmx::controls::negotiate;
     let pin = negotiate(
@@ -20,7 +22,7 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
         (PinControls::EXTERNAL_INTERRUPT_EXITING | PinControls::NMI_EXITING).bits(),
         PinControls::PREEMPTION_TIMER.bits(),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| VmError::Vmx(e.to_string()))?;
     let primary = negotiate(
         "primary processor-based",
         caps.proc,
@@ -31,7 +33,7 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
             .bits(),
         0,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| VmError::Vmx(e.to_string()))?;
     let secondary = negotiate(
         "secondary processor-based",
         caps.proc2,
@@ -45,7 +47,7 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
             | SecondaryControls::RDSEED_EXITING)
             .bits(),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| VmError::Vmx(e.to_string()))?;
     let exit = negotiate(
         "VM-exit",
         caps.exit,
@@ -60,7 +62,7 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
             .bits(),
         0,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| VmError::Vmx(e.to_string()))?;
     let entry = negotiate(
         "VM-entry",
         caps.entry,
@@ -71,7 +73,7 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
             .bits(),
         0,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| VmError::Vmx(e.to_string()))?;
 
     // IA32_FEATURE_CONTROL: OVMF leaves it unlocked (TESTBED.md); lock it
     // with "VMX outside SMX" as firmware would. Locked without it: refuse.
@@ -81,10 +83,10 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
         // setting lock + VMX-outside-SMX is what firmware does at boot.
         unsafe { arch::wrmsr(crate::vmm::vmxcaps::MSR_FEATURE_CONTROL, fc | 1 | (1 << 2)) };
     } else if fc & (1 << 2) == 0 {
-        return Err(
+        return Err(VmError::Vmx(
             "the firmware locked IA32_FEATURE_CONTROL with VMX disabled; enable VT-x in its setup"
                 .into(),
-        );
+        ));
     }
     // The host itself runs with paging and protection on, so it takes the
     // strict CR0 fixed bits (SDM 24.8); guests get their own in setup_vmcs.
@@ -97,13 +99,16 @@ pub(super) fn enable_vmx() -> Result<Host, String> {
         arch::write_cr0((arch::cr0() | cr0_fixed.0) & cr0_fixed.1);
         arch::write_cr4((arch::cr4() | cr4_fixed.0 | (1 << 13)) & cr4_fixed.1);
     }
-    let region = alloc_page().ok_or("out of memory for the VMXON region")?;
+    let region = alloc_page().ok_or(VmError::NoPage("VMXON region"))?;
     // SAFETY: region is a fresh zeroed frame; the revision id goes first.
     unsafe { core::ptr::write_volatile(region as *mut u32, caps.basic.revision_id) };
     // SAFETY: CR4.VMXE is set, CR0/CR4 satisfy the fixed bits, feature
     // control allows VMXON outside SMX and `region` is a 4 KiB-aligned
     // VMXON region with the right revision id.
-    unsafe { insn::vmxon(region) }.map_err(|e| format!("VMXON failed: {e:?}"))?;
+    unsafe { insn::vmxon(region) }.map_err(|e| VmError::VmxInsn {
+        what: "VMXON",
+        why: format!("{e:?}"),
+    })?;
     let timer_rate = u32::from(caps.misc.preemption_timer_rate);
     log::info!(
         "vmx: enabled (VMCS revision {:#x}, preemption timer {})",

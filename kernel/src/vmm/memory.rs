@@ -16,14 +16,12 @@ impl Vm {
     }
 
     /// Copies `data` into guest RAM at `gpa` (the hypervisor's own write).
-    pub(super) fn write_guest(&mut self, gpa: u64, data: &[u8]) -> Result<(), String> {
+    pub(super) fn write_guest(&mut self, gpa: u64, data: &[u8]) -> Result<(), VmError> {
         let mut done = 0usize;
         while done < data.len() {
             let at = gpa + done as u64;
             let n = ((MIB2 - at % MIB2) as usize).min(data.len() - done);
-            let dst = self
-                .host_ptr(at, n as u64)
-                .ok_or_else(|| format!("guest-physical {at:#x} is outside RAM"))?;
+            let dst = self.host_ptr(at, n as u64).ok_or(VmError::OutsideRam(at))?;
             // SAFETY: dst..dst+n lies inside one 2 MiB chunk of this VM's RAM,
             // identity-mapped host memory that only this VM uses.
             unsafe { core::ptr::copy_nonoverlapping(data[done..].as_ptr(), dst, n) };
@@ -45,7 +43,7 @@ impl Vm {
         }
     }
 
-    pub(super) fn write_u64s(&mut self, gpa: u64, words: &[u64]) -> Result<(), String> {
+    pub(super) fn write_u64s(&mut self, gpa: u64, words: &[u64]) -> Result<(), VmError> {
         let mut bytes = Vec::with_capacity(words.len() * 8);
         for w in words {
             bytes.extend_from_slice(&w.to_le_bytes());

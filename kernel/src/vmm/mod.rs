@@ -13,7 +13,10 @@ pub const MAX_VM_MIB: u64 = 3072;
 pub mod bus;
 pub mod clock;
 pub mod devices;
+pub mod error;
 pub mod mmio;
+
+pub use error::VmError;
 pub mod vmxcaps;
 
 #[cfg(target_os = "none")]
@@ -54,6 +57,7 @@ mod prelude {
     pub(super) use super::clock::GuestClock;
     pub(super) use super::context::{self, GuestContext};
     pub(super) use super::dirty::*;
+    pub(super) use super::error::VmError;
     pub(super) use super::exits::*;
     pub(super) use super::host::*;
     pub(super) use super::io::*;

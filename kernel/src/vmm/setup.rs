@@ -3,7 +3,7 @@
 
 use super::prelude::*;
 
-pub(super) fn setup_guest_memory(vm: &mut Vm) -> Result<(), String> {
+pub(super) fn setup_guest_memory(vm: &mut Vm) -> Result<(), VmError> {
     // Identity map of 4 GiB with 2 MiB pages: PML4[0] -> PDPT, PDPT[0..4] -> PDs.
     vm.write_u64s(GUEST_PML4, &[GUEST_PDPT | 0x3])?;
     vm.write_u64s(

@@ -74,14 +74,14 @@ pub struct MigrationSource {
 
 pub(super) fn with_vm<T>(
     name: &str,
-    f: impl FnOnce(&Host, &mut Vm) -> Result<T, String>,
-) -> Result<T, String> {
+    f: impl FnOnce(&Host, &mut Vm) -> Result<T, VmError>,
+) -> Result<T, VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
     let vmcs = m.vms[i].vmcs;
     make_current(&mut m, vmcs);
     let Manager { host, vms, .. } = &mut *m;
-    let host = host.as_ref().ok_or("VMX is not enabled")?;
+    let host = host.as_ref().ok_or(VmError::NoVmx)?;
     f(host, &mut vms[i])
 }
 
@@ -89,8 +89,8 @@ pub(super) fn with_vm<T>(
 /// CPU holds.
 pub(super) fn with_vm_owner<T>(
     name: &str,
-    f: impl FnOnce(&Host, u64, &mut Vm) -> Result<T, String>,
-) -> Result<T, String> {
+    f: impl FnOnce(&Host, u64, &mut Vm) -> Result<T, VmError>,
+) -> Result<T, VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
     let vmcs = m.vms[i].vmcs;
@@ -101,7 +101,7 @@ pub(super) fn with_vm_owner<T>(
         ctx_owner,
         ..
     } = &mut *m;
-    let host = host.as_ref().ok_or("VMX is not enabled")?;
+    let host = host.as_ref().ok_or(VmError::NoVmx)?;
     f(host, *ctx_owner, &mut vms[i])
 }
 
@@ -138,19 +138,22 @@ pub fn cpu_offer() -> vcpu::profile::HostOffer {
 }
 
 /// The CPU profile of a VM, for migration.
-pub fn profile_of(name: &str) -> Result<Profile, String> {
+pub fn profile_of(name: &str) -> Result<Profile, VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
     Ok(m.vms[i].profile.clone())
 }
 
 /// RAM of a running VM, for `migrate check`.
-pub fn running_ram(name: &str) -> Result<u64, String> {
+pub fn running_ram(name: &str) -> Result<u64, VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
     let vm = &m.vms[i];
     if !vm.state.runs() {
-        return Err(format!("VM '{name}' is not running ({})", vm.state.name()));
+        return Err(VmError::NotRunning {
+            name: name.into(),
+            state: vm.state.name(),
+        });
     }
     Ok(vm.ram_bytes())
 }
@@ -161,13 +164,16 @@ pub fn exists(name: &str) -> bool {
 }
 
 /// Starts migrating `name` away: turns dirty tracking on.
-pub fn migration_begin(name: &str) -> Result<MigrationSource, String> {
+pub fn migration_begin(name: &str) -> Result<MigrationSource, VmError> {
     with_vm(name, |host, vm| {
         if vm.migrating {
-            return Err(format!("VM '{name}' is already being migrated"));
+            return Err(VmError::AlreadyMigrating(name.into()));
         }
         if !vm.state.runs() {
-            return Err(format!("VM '{name}' is not running ({})", vm.state.name()));
+            return Err(VmError::NotRunning {
+                name: name.into(),
+                state: vm.state.name(),
+            });
         }
         vm.migration_view = Some(dirty_open(host, vm)?);
         vm.migrating = true;
@@ -195,11 +201,9 @@ pub fn read_page(name: &str, gfn: u64, buf: &mut [u8; 4096]) {
 }
 
 /// The pages dirtied since the last call (the migration's own view).
-pub fn take_dirty(name: &str, f: &mut dyn FnMut(u64)) -> Result<(), String> {
+pub fn take_dirty(name: &str, f: &mut dyn FnMut(u64)) -> Result<(), VmError> {
     with_vm(name, |_, vm| {
-        let view = vm
-            .migration_view
-            .ok_or("no migration is tracking this VM")?;
+        let view = vm.migration_view.ok_or(VmError::NotTracked)?;
         let b = dirty_take(vm, view)?;
         b.iter().for_each(&mut *f);
         Ok(())
@@ -226,7 +230,7 @@ pub fn set_slow(name: &str, level: u8) {
 /// Saved devices: (name, state) pairs.
 pub type DeviceStates = Vec<(String, Vec<u8>)>;
 
-pub fn save_state(name: &str) -> Result<(Vec<u8>, DeviceStates), String> {
+pub fn save_state(name: &str) -> Result<(Vec<u8>, DeviceStates), VmError> {
     with_vm_owner(name, |host, owner, vm| {
         // The CPU may hold this guest's registers: into its context first.
         sync_context(host, owner, vm);
@@ -298,14 +302,14 @@ pub fn free_ram_bytes() -> u64 {
 }
 
 /// Reserves RAM and a VMCS for a guest migrating here.
-pub fn reserve_incoming(name: &str, mem_bytes: u64, profile: Profile) -> Result<(), String> {
-    migrate::names::check_vm_name(name).map_err(|e| format!("{e}"))?;
+pub fn reserve_incoming(name: &str, mem_bytes: u64, profile: Profile) -> Result<(), VmError> {
+    migrate::names::check_vm_name(name).map_err(|e| VmError::BadName(e.to_string()))?;
     if mem_bytes == 0 || !mem_bytes.is_multiple_of(MIB2) || mem_bytes > super::MAX_VM_MIB << 20 {
-        return Err(format!("bad guest RAM size {mem_bytes}"));
+        return Err(VmError::BadRamSize(mem_bytes));
     }
     let mut m = MANAGER.lock();
     if m.vms.iter().any(|v| v.name == name) {
-        return Err(format!("a VM named '{name}' already exists here"));
+        return Err(VmError::ExistsHere(name.into()));
     }
     if m.host.is_none() {
         m.host = Some(enable_vmx()?);
@@ -313,11 +317,10 @@ pub fn reserve_incoming(name: &str, mem_bytes: u64, profile: Profile) -> Result<
     if let Some(host) = m.host.as_ref() {
         let missing = profile.missing_on(&offer_of(host));
         if !missing.is_empty() {
-            return Err(format!(
-                "CPU profile {}: this host lacks {}",
-                profile.name(),
-                missing.join(", ")
-            ));
+            return Err(VmError::ProfileMissing {
+                profile: profile.name().into(),
+                missing: missing.join(", "),
+            });
         }
     }
     let mut vm = new_vm(
@@ -329,12 +332,9 @@ pub fn reserve_incoming(name: &str, mem_bytes: u64, profile: Profile) -> Result<
         State::Incoming,
         profile,
     )
-    .map_err(|free| {
-        format!(
-            "not enough memory: the guest needs {} MiB, {} MiB free",
-            mem_bytes >> 20,
-            free >> 20
-        )
+    .map_err(|free| VmError::NoMemoryIncoming {
+        mib: mem_bytes >> 20,
+        free: free >> 20,
     })??;
     // Pages from the source land here: a later `vm start` must zero again.
     vm.ram_zeroed = false;
@@ -382,31 +382,31 @@ pub fn start_incoming(
     vcpu: &[u8],
     devices: &[(String, Vec<u8>)],
     paused_us: u64,
-) -> Result<(), String> {
+) -> Result<(), VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
     if m.vms[i].state != State::Incoming {
-        return Err(format!("VM '{name}' is not an incoming guest"));
+        return Err(VmError::NotIncoming(name.into()));
     }
     fresh_launch(&mut m, i)?;
     let Manager { host, vms, .. } = &mut *m;
-    let host = host.as_ref().ok_or("VMX is not enabled")?;
+    let host = host.as_ref().ok_or(VmError::NoVmx)?;
     let vm = &mut vms[i];
-    let state = vcpu::state::VcpuState::decode(vcpu).map_err(|e| format!("vcpu state: {e}"))?;
+    let state = vcpu::state::VcpuState::decode(vcpu).map_err(|e| VmError::State(e.to_string()))?;
     let listed: Vec<u32> = state.vmcs.iter().map(|&(f, _)| f).collect();
     if !listed
         .iter()
         .copied()
         .eq(MIGRATED_FIELDS.iter().map(|f| f.0))
     {
-        return Err(String::from("vcpu state: wrong field list"));
+        return Err(VmError::State("wrong field list".into()));
     }
     let pat = state
         .vmcs
         .iter()
         .find(|&&(f, _)| f == Field::GUEST_IA32_PAT.0);
     if pat.is_some_and(|&(_, v)| !pat_ok(v)) {
-        return Err(String::from("vcpu state: invalid PAT"));
+        return Err(VmError::State("invalid PAT".into()));
     }
     if !context::SYSCALL_MSRS
         .iter()
@@ -417,21 +417,21 @@ pub fn start_incoming(
             .iter()
             .all(|&(m, v)| context::syscall_msr_ok(m, v))
     {
-        return Err(String::from("vcpu state: bad SYSCALL MSRs"));
+        return Err(VmError::State("bad SYSCALL MSRs".into()));
     }
     // XCR0 as XSETBV would have to accept it here (a lying source cannot
     // make the hypervisor load a value the CPU refuses).
     if host.xstate.xsave {
         vcpu::xcr0::check_xsetbv(0, state.xcr0, vm.xcr0_allowed)
-            .map_err(|e| format!("vcpu state: {e}"))?;
+            .map_err(|e| VmError::State(e.to_string()))?;
     } else if state.xcr0 != 1 {
-        return Err(format!(
-            "vcpu state: XCR0 {:#x} on a host without XSAVE",
+        return Err(VmError::State(format!(
+            "XCR0 {:#x} on a host without XSAVE",
             state.xcr0
-        ));
+        )));
     }
     let xsave = context::XsaveArea::from_image(&host.xstate, vm.xcr0_allowed, &state.xsave)
-        .map_err(|e| format!("vcpu state: {e}"))?;
+        .map_err(|e| VmError::State(e.to_string()))?;
     let g = &state.gprs;
     let regs = GuestRegs {
         rax: g[0],
@@ -453,8 +453,8 @@ pub fn start_incoming(
     };
     let guest_tsc = state.guest_tsc;
     let halted = state.halted;
-    let mut bus = crate::vmm::devices::platform().map_err(|e| e.to_string())?;
-    bus.restore(devices).map_err(|e| e.to_string())?;
+    let mut bus = crate::vmm::devices::platform().map_err(VmError::Platform)?;
+    bus.restore(devices).map_err(VmError::Devices)?;
     // Controls and host state as for any guest, then its own state.
     setup_vmcs(host, vm, 0);
     for &(f, v) in &state.vmcs {

@@ -236,35 +236,41 @@ pub fn create(
     image: &str,
     arg: u64,
     opts: &VmOptions,
-) -> Result<(), String> {
+) -> Result<(), VmError> {
     let mut m = MANAGER.lock();
     if m.vms.iter().any(|v| v.name == name) {
-        return Err(format!("a VM named '{name}' already exists"));
+        return Err(VmError::Exists(name.into()));
     }
     let data = module(image).ok_or_else(|| {
         let names = module_names();
         if names.is_empty() {
-            format!("no image '{image}': the ESP has no modules")
+            VmError::NoModules(image.into())
         } else {
-            format!("no image '{image}' (available: {})", names.join(", "))
+            VmError::NoImage {
+                image: image.into(),
+                available: names.join(", "),
+            }
         }
     })?;
     let ram = mem_mib.div_ceil(2) * MIB2;
-    boot::elf::parse_range(data, GUEST_IMAGE_BASE, ram)
-        .map_err(|e| format!("image '{image}' cannot run in {mem_mib} MiB: {e}"))?;
+    boot::elf::parse_range(data, GUEST_IMAGE_BASE, ram).map_err(|e| VmError::BadImage {
+        image: image.into(),
+        mib: mem_mib,
+        why: e.to_string(),
+    })?;
     if m.host.is_none() {
         m.host = Some(enable_vmx()?);
     }
     let profile = {
-        let host = m.host.as_ref().ok_or("VMX is not enabled")?;
-        Profile::resolve(&opts.cpu, &host.offer, host.rand_exits).map_err(|e| e.to_string())?
+        let host = m.host.as_ref().ok_or(VmError::NoVmx)?;
+        Profile::resolve(&opts.cpu, &host.offer, host.rand_exits)?
     };
     let mut vm =
         new_vm(&mut m, name, ram, image, arg, State::Created, profile).map_err(|free| {
-            format!(
-                "not enough memory for {mem_mib} MiB of guest RAM ({} MiB free)",
-                free >> 20
-            )
+            VmError::NoMemory {
+                mib: mem_mib,
+                free: free >> 20,
+            }
         })??;
     vm.clock.exiting = opts.rdtsc_exit;
     m.vms.push(vm);
@@ -286,9 +292,9 @@ pub(super) fn new_vm(
     arg: u64,
     state: State,
     profile: Profile,
-) -> Result<Result<Vm, String>, u64> {
+) -> Result<Result<Vm, VmError>, u64> {
     let Some(xstate) = m.host.as_ref().map(|h| h.xstate) else {
-        return Ok(Err("VMX is not enabled".into()));
+        return Ok(Err(VmError::NoVmx));
     };
     let chunks_needed = (ram / MIB2) as usize;
     let mut chunks = Vec::with_capacity(chunks_needed);
@@ -318,7 +324,7 @@ pub(super) fn new_vm(
         Ok(bus) => bus,
         Err(e) => {
             free_chunks(&chunks);
-            return Ok(Err(format!("devices: {e}")));
+            return Ok(Err(VmError::Platform(e)));
         }
     };
     let revision = m.host.as_ref().map_or(0, |h| h.caps.basic.revision_id);
@@ -381,8 +387,11 @@ pub(super) fn new_vm(
 
 /// EPT tables mapping `chunks` at guest-physical 0, and a cleared VMCS.
 /// On failure everything it allocated is freed again.
-pub(super) fn build_ept_and_vmcs(chunks: &[u64], revision: u32) -> Result<(ept::Ept, u64), String> {
-    let mut ept = ept::Ept::new(&mut KernelFrames).map_err(|e| format!("EPT: {e}"))?;
+pub(super) fn build_ept_and_vmcs(
+    chunks: &[u64],
+    revision: u32,
+) -> Result<(ept::Ept, u64), VmError> {
+    let mut ept = ept::Ept::new(&mut KernelFrames).map_err(VmError::Ept)?;
     let mapped = chunks.iter().enumerate().try_for_each(|(i, &c)| {
         ept.map(
             &mut IdentityMem,
@@ -400,8 +409,8 @@ pub(super) fn build_ept_and_vmcs(chunks: &[u64], revision: u32) -> Result<(ept::
             page.into_iter().for_each(free_page);
             ept.destroy(&mut IdentityMem, &mut KernelFrames);
             return Err(match r {
-                Err(e) => format!("EPT: {e}"),
-                Ok(()) => "out of memory for the VMCS".into(),
+                Err(e) => VmError::Ept(e),
+                Ok(()) => VmError::NoPage("VMCS"),
             });
         }
     };
@@ -411,7 +420,10 @@ pub(super) fn build_ept_and_vmcs(chunks: &[u64], revision: u32) -> Result<(ept::
     if let Err(e) = unsafe { insn::vmclear(vmcs) } {
         free_page(vmcs);
         ept.destroy(&mut IdentityMem, &mut KernelFrames);
-        return Err(format!("VMCLEAR failed: {e:?}"));
+        return Err(VmError::VmxInsn {
+            what: "VMCLEAR",
+            why: format!("{e:?}"),
+        });
     }
     Ok((ept, vmcs))
 }
@@ -424,30 +436,33 @@ pub(super) fn free_chunks(chunks: &[u64]) {
     }
 }
 
-pub(super) fn find(m: &mut Manager, name: &str) -> Result<usize, String> {
+pub(super) fn find(m: &mut Manager, name: &str) -> Result<usize, VmError> {
     m.vms
         .iter()
         .position(|v| v.name == name)
-        .ok_or_else(|| format!("no VM named '{name}' (see 'vm list')"))
+        .ok_or_else(|| VmError::NoSuchVm(name.into()))
 }
 
 /// Clears VM `i`'s launch state (VMCLEAR) and makes its VMCS current, for
 /// a first VMLAUNCH: a (re)start or an incoming guest.
-pub(super) fn fresh_launch(m: &mut Manager, i: usize) -> Result<(), String> {
+pub(super) fn fresh_launch(m: &mut Manager, i: usize) -> Result<(), VmError> {
     let vmcs = m.vms[i].vmcs;
     // SAFETY: `vmcs` is this VM's VMCS region; VMX is on.
-    unsafe { insn::vmclear(vmcs) }.map_err(|e| format!("VMCLEAR failed: {e:?}"))?;
+    unsafe { insn::vmclear(vmcs) }.map_err(|e| VmError::VmxInsn {
+        what: "VMCLEAR",
+        why: format!("{e:?}"),
+    })?;
     m.current_vmcs = 0;
     make_current(m, vmcs);
     Ok(())
 }
 
 /// `vm start`: loads the image into fresh RAM and runs it from its entry.
-pub fn start(name: &str) -> Result<(), String> {
+pub fn start(name: &str) -> Result<(), VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
     if m.vms[i].state.runs() {
-        return Err(format!("VM '{name}' is already running"));
+        return Err(VmError::AlreadyRunning(name.into()));
     }
     fresh_launch(&mut m, i)?;
     let Manager {
@@ -456,7 +471,7 @@ pub fn start(name: &str) -> Result<(), String> {
         ctx_owner,
         ..
     } = &mut *m;
-    let host = host.as_ref().ok_or("VMX is not enabled")?;
+    let host = host.as_ref().ok_or(VmError::NoVmx)?;
     let vm = &mut vms[i];
     dirty_stop(host, vm);
     // A restart begins from reset registers: the CPU's copy (if this VM
@@ -465,9 +480,9 @@ pub fn start(name: &str) -> Result<(), String> {
         *ctx_owner = 0;
     }
     vm.ctx = GuestContext::reset(&host.xstate);
-    let data = module(&vm.image).ok_or_else(|| format!("image '{}' disappeared", vm.image))?;
+    let data = module(&vm.image).ok_or_else(|| VmError::ImageGone(vm.image.clone()))?;
     let image = boot::elf::parse_range(data, GUEST_IMAGE_BASE, vm.ram_bytes())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| VmError::Load(e.to_string()))?;
     vm.zero_ram();
     for s in image.segments() {
         let src = &data[s.file_offset as usize..(s.file_offset + s.file_len) as usize];
@@ -479,7 +494,7 @@ pub fn start(name: &str) -> Result<(), String> {
     vm.regs = GuestRegs::default();
     vm.regs.rdi = vm.ram_bytes();
     vm.regs.rsi = vm.arg;
-    vm.bus = platform().map_err(|e| format!("devices: {e}"))?;
+    vm.bus = platform().map_err(VmError::Platform)?;
     vm.clock.set_period(0, 0);
     vm.state = State::Running;
     vm.started_tsc = arch::rdtsc();
@@ -488,17 +503,18 @@ pub fn start(name: &str) -> Result<(), String> {
 }
 
 /// `vm stop`.
-pub fn stop(name: &str) -> Result<(), String> {
+pub fn stop(name: &str) -> Result<(), VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
     let vm = &mut m.vms[i];
     if !vm.state.runs() {
-        return Err(format!("VM '{name}' is not running ({})", vm.state.name()));
+        return Err(VmError::NotRunning {
+            name: name.into(),
+            state: vm.state.name(),
+        });
     }
     if vm.migrating {
-        return Err(format!(
-            "VM '{name}' is being migrated (migrate cancel {name} first)"
-        ));
+        return Err(VmError::Migrating(name.into()));
     }
     flush_output(vm);
     vm.state = State::Stopped { code: None };
@@ -507,13 +523,11 @@ pub fn stop(name: &str) -> Result<(), String> {
 }
 
 /// `vm delete`: stops it and frees its RAM, tables and VMCS.
-pub fn delete(name: &str) -> Result<(), String> {
+pub fn delete(name: &str) -> Result<(), VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
     if m.vms[i].migrating {
-        return Err(format!(
-            "VM '{name}' is being migrated (migrate cancel {name} first)"
-        ));
+        return Err(VmError::Migrating(name.into()));
     }
     let vm = m.vms.remove(i);
     if m.current_vmcs == vm.vmcs {
@@ -566,17 +580,17 @@ pub fn list() {
 /// `vm stats`.
 /// `vm checksum`: bumps the request counter the guest reads on port 0xF5
 /// (the `dirty` guest answers with its memory checksum).
-pub fn request(name: &str) -> Result<u8, String> {
+pub fn request(name: &str) -> Result<u8, VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
     m.vms[i]
         .bus
         .with(RequestPort::bump)
-        .ok_or_else(|| format!("VM '{name}' has no request port"))
+        .ok_or_else(|| VmError::NoRequestPort(name.into()))
 }
 
 /// `vm show`: what the VM is (its configuration, CPU profile included).
-pub fn show(name: &str) -> Result<(), String> {
+pub fn show(name: &str) -> Result<(), VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
     let vm = &m.vms[i];
@@ -607,7 +621,7 @@ pub fn show(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub fn stats(name: &str) -> Result<(), String> {
+pub fn stats(name: &str) -> Result<(), VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
     let vm = &m.vms[i];
