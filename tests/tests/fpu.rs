@@ -11,6 +11,8 @@
 //! does not carry them. The seeds stand in for the VM names (a guest cannot
 //! know its name): VM `a` gets seed 1, `b` seed 2, the migrated `f` seed 3.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -25,8 +27,6 @@ const AFTER_MIGRATION: Duration = Duration::from_secs(15);
 /// How long, at most, one guest may go without an `alive` line before the
 /// watch gives up (they come about once a second).
 const ALIVE_SLACK: Duration = Duration::from_secs(120);
-
-const KEY: &str = "00112233445566778899aabbccddeeff";
 
 /// What the watched `fpu` guests of one host have shown so far.
 #[derive(Default)]
@@ -209,17 +209,9 @@ fn two_sse_only_fpu_guests_do_not_see_each_other() {
 }
 
 fn host(link: &Link, name: &str, ip: &str) -> Machine {
-    let mut m = Machine::bochs()
-        .bochs_model("corei7_skylake_x")
-        .memory_mib(256)
-        .hostname(name)
-        .config(&format!(
-            "hostname = {name}\nnet.ip = {ip}\nnet.key = {KEY}\n"
-        ))
-        .link(link)
-        .start();
-    m.boot_to_prompt();
-    m
+    common::linked_bochs(link, name, ip, |b| {
+        b.bochs_model("corei7_skylake_x").memory_mib(256)
+    })
 }
 
 #[test]

@@ -6,27 +6,15 @@
 
 mod common;
 
-use common::{dirty_count, highest_dirty_count, start_dirty};
+use common::{KEY, dirty_count, highest_dirty_count, linked_bochs, start_dirty};
 use hv_tests::{Link, Machine, secs};
-
-const KEY: &str = "00112233445566778899aabbccddeeff";
 
 fn host(link: &Link, name: &str, ip: &str, model: &str) -> Machine {
     host_with(link, name, ip, model, 256)
 }
 
 fn host_with(link: &Link, name: &str, ip: &str, model: &str, mib: u32) -> Machine {
-    let mut m = Machine::bochs()
-        .bochs_model(model)
-        .memory_mib(mib)
-        .hostname(name)
-        .config(&format!(
-            "hostname = {name}\nnet.ip = {ip}\nnet.key = {KEY}\n"
-        ))
-        .link(link)
-        .start();
-    m.boot_to_prompt();
-    m
+    linked_bochs(link, name, ip, |b| b.bochs_model(model).memory_mib(mib))
 }
 
 /// Asks for the guest's checksum on `m` and expects it to match.

@@ -11,9 +11,10 @@
 //! outside it: every run a later guest gets was the filling guest's. (The
 //! free frames outside it are fragments, reported, never filled.)
 
+mod common;
+
 use hv_tests::{Link, Machine, secs};
 
-const KEY: &str = "00112233445566778899aabbccddeeff";
 /// 4 KiB frames in a 2 MiB run of guest RAM.
 const RUN: u64 = 512;
 /// Frames a VM holds besides its RAM: the EPT's PML4, PDPT and page
@@ -153,15 +154,7 @@ fn bochs_a_new_guest_never_sees_the_memory_of_a_deleted_one() {
 }
 
 fn host(link: &Link, name: &str, ip: &str) -> Machine {
-    let mut m = Machine::bochs()
-        .hostname(name)
-        .config(&format!(
-            "hostname = {name}\nnet.ip = {ip}\nnet.key = {KEY}\n"
-        ))
-        .link(link)
-        .start();
-    m.boot_to_prompt();
-    m
+    common::linked_bochs(link, name, ip, |b| b)
 }
 
 #[test]

@@ -2,7 +2,7 @@
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 use hv_tests::regex::Regex;
-use hv_tests::{Found, Machine, secs};
+use hv_tests::{Builder, Found, Link, Machine, secs};
 
 /// Every console command, in the order `help` lists them.
 pub const COMMANDS: [&str; 13] = [
@@ -246,4 +246,26 @@ pub fn handshake_with_the_wrong_key(s: &mut std::net::TcpStream) {
     let n = s.read(&mut buf).unwrap();
     let err = hs.feed(&buf[..n]).unwrap_err();
     assert_eq!(err, netstack::codec::ChannelError::WrongKey);
+}
+
+/// The channel key the linked test hosts share.
+pub const KEY: &str = "00112233445566778899aabbccddeeff";
+
+/// A Bochs host named `name` on `link` at `ip` with [`KEY`], booted to
+/// its prompt; `tune` sets the rest (CPU model, memory).
+pub fn linked_bochs(
+    link: &Link,
+    name: &str,
+    ip: &str,
+    tune: impl FnOnce(Builder) -> Builder,
+) -> Machine {
+    let builder = Machine::bochs()
+        .hostname(name)
+        .config(&format!(
+            "hostname = {name}\nnet.ip = {ip}\nnet.key = {KEY}\n"
+        ))
+        .link(link);
+    let mut m = tune(builder).start();
+    m.boot_to_prompt();
+    m
 }
