@@ -130,7 +130,14 @@ fn regex(pattern: &str) -> hv_tests::regex::Regex {
 /// console until its start line has come. (Other guests may be printing
 /// meanwhile: every line goes through `watch`, none is skipped.)
 fn start_fpu(m: &mut Machine, p: &mut Progress, vm: &str, arg: u64) {
-    m.send_line(&format!("vm create {vm} mem=16 image=fpu arg={arg}"));
+    start_fpu_with(m, p, vm, arg, "");
+}
+
+/// As [`start_fpu`], with more `vm create` options.
+fn start_fpu_with(m: &mut Machine, p: &mut Progress, vm: &str, arg: u64, options: &str) {
+    m.send_line(&format!(
+        "vm create {vm} mem=16 image=fpu arg={arg}{options}"
+    ));
     watch(m, p, m.command_timeout(), |p| {
         p.created.iter().any(|c| c == vm)
     });
@@ -217,19 +224,21 @@ fn host(link: &Link, name: &str, ip: &str) -> Machine {
 #[test]
 fn fpu_guest_migrated_keeps_its_registers() {
     // Mode 0: AVX if the CPU has it (this model does).
-    migrate_fpu(3);
+    migrate_fpu(3, "", "0x7", "native");
 }
 
 #[test]
 fn sse_only_fpu_guest_migrated_keeps_its_registers() {
     // Mode 1: the XMM registers alone, no XSETBV.
-    migrate_fpu(SSE_ONLY + 3);
+    // With RDTSC exiting on (its alive lines are timed by RDTSC): the
+    // option moves with the guest.
+    migrate_fpu(SSE_ONLY + 3, " rdtsc=exit", "0x1", "exits");
 }
 
 /// Runs `fpu` with `arg` as VM `f` on a source host, migrates it and
 /// watches it on the destination: no MISMATCH, and its alive counter goes
 /// on from where it was on the source.
-fn migrate_fpu(arg: u64) {
+fn migrate_fpu(arg: u64, options: &str, xcr0: &str, rdtsc: &str) {
     let link = Link::bochs();
     let mut a = host(&link, "srca", "10.0.0.1/24");
     let mut b = host(&link, "dstb", "10.0.0.2/24");
@@ -239,7 +248,7 @@ fn migrate_fpu(arg: u64) {
     start_fpu(&mut b, &mut other, "other", 9);
 
     let mut src = Progress::default();
-    start_fpu(&mut a, &mut src, "f", arg);
+    start_fpu_with(&mut a, &mut src, "f", arg, options);
     watch(&mut a, &mut src, ALIVE_SLACK, |p| {
         p.last_alive("f") >= Some(2)
     });
@@ -289,4 +298,10 @@ fn migrate_fpu(arg: u64) {
             dst.summary()
         )
     });
+    // Its XCR0 and clock option came along (what `vm show` says there).
+    b.send_line("vm show f");
+    b.expect_line(
+        &format!(r"  xcr0 up to 0x[0-9a-f]+ \(now {xcr0}\), rdtsc {rdtsc}"),
+        secs(60),
+    );
 }

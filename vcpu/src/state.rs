@@ -15,6 +15,7 @@
 //! u64 cr2
 //! u64 guest_tsc
 //! u8  halted (0 or 1)
+//! u8  rdtsc_exiting (0 or 1)
 //! u32 n (<= MAX_VMCS_FIELDS), n × (u32 VMCS field encoding, u64 value)
 //! u64 xcr0
 //! u32 len (576..=16384), len bytes: standard-format XSAVE area
@@ -45,9 +46,10 @@ pub const MIN_XSAVE: usize = crate::xcr0::MIN_XSAVE_SIZE as usize;
 pub const MAX_XSAVE: usize = 16 * 1024;
 
 /// Bytes of the fixed fields, for the smallest blob: version, GPRs, CR2,
-/// TSC, halted, VMCS count, XCR0, XSAVE length, the minimal XSAVE area,
+/// TSC, halted, RDTSC exiting, VMCS count, XCR0, XSAVE length, the minimal XSAVE area,
 /// DRs, MSR count, pending event, timer.
-pub const MIN_WIRE: usize = 1 + 15 * 8 + 8 + 8 + 1 + 4 + 8 + 4 + MIN_XSAVE + 5 * 8 + 4 + 12 + 16;
+pub const MIN_WIRE: usize =
+    1 + 15 * 8 + 8 + 8 + 1 + 1 + 4 + 8 + 4 + MIN_XSAVE + 5 * 8 + 4 + 12 + 16;
 
 /// An event the vCPU was about to receive on its next VM entry (the
 /// VM-entry interruption-information, exception error code and
@@ -82,6 +84,8 @@ pub struct VcpuState {
     pub guest_tsc: u64,
     /// The vCPU was halted (HLT) rather than running.
     pub halted: bool,
+    /// RDTSC/RDTSCP exit to the guest clock (the VM's `rdtsc=exit`).
+    pub rdtsc_exiting: bool,
     /// VMCS guest-state fields: (encoding, value), at most
     /// [`MAX_VMCS_FIELDS`].
     pub vmcs: Vec<(u32, u64)>,
@@ -140,8 +144,8 @@ pub enum StateError {
     /// [`MAX_XSAVE`].
     #[error("XSAVE area of {0} bytes (must be {MIN_XSAVE} to {MAX_XSAVE})")]
     XsaveSize(usize),
-    /// The halted flag is neither 0 nor 1.
-    #[error("halted flag is {0} (must be 0 or 1)")]
+    /// A flag (halted, RDTSC exiting) is neither 0 nor 1.
+    #[error("flag byte is {0} (must be 0 or 1)")]
     BadBool(u8),
 }
 
@@ -193,6 +197,7 @@ impl VcpuState {
             w.extend_from_slice(&r.to_le_bytes());
         }
         w.push(u8::from(self.halted));
+        w.push(u8::from(self.rdtsc_exiting));
         pairs(&mut w, &self.vmcs);
         w.extend_from_slice(&self.xcr0.to_le_bytes());
         w.extend_from_slice(&len32(self.xsave.len()).to_le_bytes());
@@ -228,6 +233,11 @@ impl VcpuState {
         s.cr2 = r.u64("cr2")?;
         s.guest_tsc = r.u64("guest TSC")?;
         s.halted = match r.array("halted")? {
+            [0] => false,
+            [1] => true,
+            [b] => return Err(StateError::BadBool(b)),
+        };
+        s.rdtsc_exiting = match r.array("RDTSC exiting")? {
             [0] => false,
             [1] => true,
             [b] => return Err(StateError::BadBool(b)),
@@ -331,6 +341,7 @@ mod tests {
             cr2: 0xffff_8000_dead_b000,
             guest_tsc: 123_456_789,
             halted: true,
+            rdtsc_exiting: true,
             vmcs: vec![(0x681e, 0xffff_ffff_8100_0000), (0x681c, 0x7000)],
             xcr0: 0x7,
             xsave: vec![0x5a; 832],
@@ -429,9 +440,12 @@ mod tests {
         let mut blob = sample().encode();
         blob[1 + 17 * 8] = 2;
         assert_eq!(VcpuState::decode(&blob), Err(StateError::BadBool(2)));
+        let mut blob = sample().encode();
+        blob[1 + 17 * 8 + 1] = 3;
+        assert_eq!(VcpuState::decode(&blob), Err(StateError::BadBool(3)));
         // A huge announced count is refused before any allocation.
         let mut blob = sample().encode();
-        blob[1 + 17 * 8 + 1..][..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        blob[1 + 17 * 8 + 2..][..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             VcpuState::decode(&blob),
             Err(StateError::TooMany { .. })
@@ -448,6 +462,7 @@ mod tests {
             cr2 in any::<u64>(),
             guest_tsc in any::<u64>(),
             halted in any::<bool>(),
+            rdtsc_exiting in any::<bool>(),
             vmcs in pairs_strategy(40),
             xcr0 in any::<u64>(),
             xsave in pvec(any::<u8>(), MIN_XSAVE..=3000),
@@ -458,7 +473,7 @@ mod tests {
             timer in any::<(u64, u64)>(),
         ) -> VcpuState {
             VcpuState {
-                gprs, cr2, guest_tsc, halted, vmcs, xcr0, xsave, dr, dr6, msrs,
+                gprs, cr2, guest_tsc, halted, rdtsc_exiting, vmcs, xcr0, xsave, dr, dr6, msrs,
                 pending: PendingEvent { info: pending.0, error_code: pending.1, instruction_len: pending.2 },
                 timer: TimerPhase { period: timer.0, next_in: timer.1 },
             }

@@ -246,6 +246,7 @@ pub fn save_state(name: &str) -> Result<(Vec<u8>, DeviceStates), VmError> {
             // The guest's TSC now: the destination continues from it.
             guest_tsc: vm.clock.tsc(now),
             halted: vm.state == State::Halted,
+            rdtsc_exiting: vm.clock.exiting,
             vmcs: MIGRATED_FIELDS.iter().map(|&f| (f.0, vmread(f))).collect(),
             xcr0: vm.ctx.xcr0,
             xsave: vm.ctx.xsave.to_image(&host.xstate, vm.xcr0_allowed),
@@ -476,9 +477,9 @@ pub fn start_incoming(
     };
     let now = arch::rdtsc();
     let jump = crate::arch::time::tsc_hz() / 1_000_000 * paused_us;
-    let exiting = vm.clock.exiting;
     vm.clock = GuestClock::starting_at(now, guest_tsc.wrapping_add(jump));
-    vm.clock.exiting = exiting;
+    // rdtsc=exit (a VM option) moves with the guest.
+    vm.clock.exiting = state.rdtsc_exiting;
     vmwrite(Field::TSC_OFFSET, vm.clock.offset());
     vm.regs = regs;
     // The timer resumes where it was in its period (the period itself
