@@ -27,15 +27,10 @@ pub struct GuestClock {
     next: u64,
 }
 
-/// Where the timer is in its period: what a migrating guest carries so
-/// that its next tick comes as late as it would have at the source.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TimerPhase {
-    /// Period in TSC ticks (0: off).
-    pub period: u64,
-    /// Ticks until the next raise.
-    pub until_next: u64,
-}
+/// Where the timer is in its period (what a migrating guest carries so
+/// that its next tick comes as late as it would have at the source): the
+/// vCPU state's own type.
+pub use vcpu::state::TimerPhase;
 
 impl GuestClock {
     /// A clock whose guest TSC reads `guest_tsc` at host time `now`.
@@ -44,6 +39,16 @@ impl GuestClock {
             offset: guest_tsc.wrapping_sub(now),
             ..GuestClock::default()
         }
+    }
+
+    /// Starts the clock again (a VM start, an incoming guest): its TSC
+    /// reads `guest_tsc` at `now`, the timer is off; RDTSC exiting, the
+    /// VM's option, stays as it was.
+    pub fn restart(&mut self, now: u64, guest_tsc: u64) {
+        *self = GuestClock {
+            exiting: self.exiting,
+            ..GuestClock::starting_at(now, guest_tsc)
+        };
     }
 
     /// The guest's TSC at host time `now`.
@@ -87,7 +92,7 @@ impl GuestClock {
     pub fn phase(&self, now: u64) -> TimerPhase {
         TimerPhase {
             period: self.period,
-            until_next: if self.period == 0 {
+            next_in: if self.period == 0 {
                 0
             } else {
                 self.until_next(now)
@@ -99,7 +104,7 @@ impl GuestClock {
     /// tick never more than one period away).
     pub fn resume_phase(&mut self, phase: TimerPhase, now: u64) {
         self.period = phase.period;
-        self.next = now.saturating_add(phase.until_next.min(phase.period));
+        self.next = now.saturating_add(phase.next_in.min(phase.period));
     }
 }
 
@@ -145,7 +150,7 @@ mod tests {
             phase,
             TimerPhase {
                 period: 1_000,
-                until_next: 700
+                next_in: 700
             }
         );
         let mut dst = GuestClock::starting_at(50_000, 0);
@@ -156,7 +161,7 @@ mod tests {
         dst.resume_phase(
             TimerPhase {
                 period: 10,
-                until_next: u64::MAX,
+                next_in: u64::MAX,
             },
             0,
         );

@@ -7,7 +7,8 @@
 //! breakpoint; a VM exit sets DR7 to 0x400), so they are switched lazily:
 //! the CPU holds the context of the last guest that ran (its *owner*) until
 //! another guest is about to run, and only then is the owner's context
-//! saved and the next one's loaded ([`save`], [`load`]). Migration saves
+//! saved and the next one's loaded ([`GuestContext::save`],
+//! [`GuestContext::load`]). Migration saves
 //! the owner's context before it sends it.
 //!
 //! The save and restore run under the largest XCR0 this host supports, so
@@ -22,6 +23,10 @@
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use vcpu::profile::HostOffer;
+use vcpu::xcr0::{MIN_XSAVE_SIZE, xsave_size};
+
+use super::host::HostCpuid;
 use crate::arch::{self, xstate};
 
 /// IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK, IA32_KERNEL_GS_BASE.
@@ -33,11 +38,6 @@ pub const SYSCALL_MSRS: [u32; 5] = [
     0xc000_0102,
 ];
 
-/// XCR0 components the hypervisor can switch: x87, SSE, AVX, and the three
-/// AVX-512 components (opmask, ZMM_Hi256, Hi16_ZMM). MPX, PT, AMX are not
-/// offered to guests.
-pub const XCR0_SWITCHABLE: u64 = 0xe7;
-
 /// Offset of MXCSR in the legacy region of an XSAVE/FXSAVE image.
 const MXCSR_OFFSET: usize = 24;
 /// MXCSR after reset: every exception masked.
@@ -45,7 +45,7 @@ const MXCSR_RESET: u32 = 0x1f80;
 /// x87 control word after FNINIT.
 const FCW_RESET: u16 = 0x37f;
 /// The legacy region and the XSAVE header: the smallest XSAVE image.
-pub const XSAVE_MIN: usize = 576;
+const XSAVE_MIN: usize = MIN_XSAVE_SIZE as usize;
 
 /// What this CPU offers for guest extended state; read once when VMX is
 /// enabled ([`host_init`]).
@@ -66,10 +66,11 @@ pub struct XstateHost {
 static CURRENT_XCR0: AtomicU64 = AtomicU64::new(0);
 
 /// Turns on SSE and XSAVE for the host CPU (CR4.OSFXSR, OSXMMEXCPT,
-/// OSXSAVE) and sets XCR0 to every component guests may use.
-pub fn host_init() -> XstateHost {
-    let (_, _, ecx1, _) = arch::cpuid(1, 0);
-    let xsave = ecx1 & (1 << 26) != 0;
+/// OSXSAVE) and sets XCR0 to every component guests may use: those of
+/// the host's `offer` (x87, SSE, AVX, AVX-512 as the CPU has them, with
+/// their dependencies; MPX, PT and AMX are never offered).
+pub fn host_init(offer: &HostOffer) -> XstateHost {
+    let xsave = offer.features.contains("xsave");
     let mut cr4 = arch::cr4() | xstate::CR4_OSFXSR | xstate::CR4_OSXMMEXCPT;
     if xsave {
         cr4 |= xstate::CR4_OSXSAVE;
@@ -88,18 +89,7 @@ pub fn host_init() -> XstateHost {
             mxcsr_mask,
         };
     }
-    let supported = {
-        let (a, _, _, d) = arch::cpuid(0xd, 0);
-        (u64::from(d) << 32 | u64::from(a)) & XCR0_SWITCHABLE
-    };
-    // AVX needs SSE; the AVX-512 components go together and need AVX.
-    let mut xcr0_max = supported & 0x3;
-    if supported & 0x4 != 0 && xcr0_max == 0x3 {
-        xcr0_max |= 0x4;
-        if supported & 0xe0 == 0xe0 {
-            xcr0_max |= 0xe0;
-        }
-    }
+    let xcr0_max = offer.xcr0;
     // SAFETY: OSXSAVE is set above and xcr0_max holds only supported
     // components with their dependencies.
     unsafe { xstate::xsetbv(xcr0_max) };
@@ -107,15 +97,8 @@ pub fn host_init() -> XstateHost {
     // Sizes from CPUID, checked against each other (Bochs' leaf 0xD is not
     // always consistent, TESTBED.md): the end of the furthest component,
     // and never less than what the CPU says XSAVE writes.
-    let mut size = XSAVE_MIN;
-    for i in 2..64 {
-        if xcr0_max & (1 << i) != 0 {
-            let (len, offset, _, _) = arch::cpuid(0xd, i);
-            size = size.max(offset as usize + len as usize);
-        }
-    }
     let (_, ebx, _, _) = arch::cpuid(0xd, 0);
-    size = size.max(ebx as usize).next_multiple_of(64);
+    let size = (xsave_size(xcr0_max, &HostCpuid).max(ebx) as usize).next_multiple_of(64);
     XstateHost {
         xsave: true,
         xcr0_max,
@@ -249,8 +232,9 @@ impl GuestContext {
         }
     }
 
-    /// Stores the CPU's registers into this context (its guest owns them).
-    fn save(&mut self, host: &XstateHost) {
+    /// Stores the CPU's registers into this context (its guest owns them;
+    /// the CPU keeps them loaded).
+    pub fn save(&mut self, host: &XstateHost) {
         let area = self.xsave.bytes_mut().as_mut_ptr();
         if host.xsave {
             set_xcr0(host.xcr0_max);
@@ -268,8 +252,8 @@ impl GuestContext {
         }
     }
 
-    /// Loads this context into the CPU.
-    fn load(&self, host: &XstateHost) {
+    /// Loads this context into the CPU: its guest becomes the owner.
+    pub fn load(&self, host: &XstateHost) {
         let area = self.xsave.bytes().as_ptr();
         if host.xsave {
             set_xcr0(host.xcr0_max);
@@ -301,14 +285,7 @@ pub fn image_len(host: &XstateHost, allowed: u64) -> usize {
     if !host.xsave {
         return 512;
     }
-    let mut len = XSAVE_MIN;
-    for i in 2..64 {
-        if allowed & host.xcr0_max & (1 << i) != 0 {
-            let (size, offset, _, _) = arch::cpuid(0xd, i);
-            len = len.max(offset as usize + size as usize);
-        }
-    }
-    len.min(host.area_size)
+    (xsave_size(allowed & host.xcr0_max, &HostCpuid) as usize).min(host.area_size)
 }
 
 fn set_xcr0(v: u64) {
@@ -319,17 +296,6 @@ fn set_xcr0(v: u64) {
     }
 }
 
-/// Saves the CPU's guest registers into `ctx` (the context of the guest
-/// that owns them; the CPU keeps them loaded).
-pub fn save(host: &XstateHost, ctx: &mut GuestContext) {
-    ctx.save(host);
-}
-
-/// Loads `ctx` into the CPU: its guest becomes the owner.
-pub fn load(host: &XstateHost, ctx: &GuestContext) {
-    ctx.load(host);
-}
-
 /// Loads the guest's XCR0 just before VM entry.
 pub fn enter(host: &XstateHost, ctx: &GuestContext) {
     if host.xsave {
@@ -337,8 +303,14 @@ pub fn enter(host: &XstateHost, ctx: &GuestContext) {
     }
 }
 
-/// Whether a WRMSR value is acceptable for a SYSCALL MSR (else #GP):
-/// addresses must be canonical, FMASK's upper half is reserved.
+/// Where `msr` is in [`SYSCALL_MSRS`] (and [`GuestContext::msrs`]).
+pub fn syscall_msr_index(msr: u32) -> Option<usize> {
+    SYSCALL_MSRS.iter().position(|&m| m == msr)
+}
+
+/// Whether a WRMSR value is acceptable for one of the [`SYSCALL_MSRS`]
+/// (else #GP): addresses must be canonical, FMASK's upper half is
+/// reserved.
 pub fn syscall_msr_ok(msr: u32, v: u64) -> bool {
     let canonical = ((v as i64) << 16 >> 16) as u64 == v;
     match msr {

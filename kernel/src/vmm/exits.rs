@@ -187,13 +187,9 @@ pub(super) fn emulate_cpuid(vm: &mut Vm) {
     let sub = vm.regs.rcx as u32;
     let [a, b, c, d] = vm.cpuid.lookup(leaf, sub).unwrap_or_else(|| {
         // Leaves 1 and 0DH depend on the guest's CR4 and XCR0.
-        let dynamic = vcpu::profile::Dynamic {
-            apic_id: 0,
-            tsc_khz: (crate::arch::time::tsc_hz() / 1000) as u32,
-            xcr0: vm.ctx.xcr0,
-            cr4_osxsave: vmread(Field::GUEST_CR4) & (1 << 18) != 0,
-        };
-        vm.profile.cpuid(leaf, sub, &dynamic, &HostCpuid)
+        let osxsave = vmread(Field::GUEST_CR4) & (1 << 18) != 0;
+        let inputs = cpuid_inputs(vm.ctx.xcr0, osxsave);
+        vm.profile.cpuid(leaf, sub, &inputs, &HostCpuid)
     });
     vm.regs.rax = u64::from(a);
     vm.regs.rbx = u64::from(b);
@@ -201,18 +197,28 @@ pub(super) fn emulate_cpuid(vm: &mut Vm) {
     vm.regs.rdx = u64::from(d);
 }
 
+/// What a VM's CPUID depends on besides its profile: its APIC ID (one
+/// vCPU: 0), this host's TSC rate, and the guest's XCR0 and CR4.OSXSAVE.
+pub(super) fn cpuid_inputs(xcr0: u64, cr4_osxsave: bool) -> vcpu::profile::Dynamic {
+    vcpu::profile::Dynamic {
+        apic_id: 0,
+        tsc_khz: (crate::arch::time::tsc_hz() / 1000) as u32,
+        xcr0,
+        cr4_osxsave,
+    }
+}
+
 /// MSRs a guest may read: (value source).
 pub(super) fn read_msr(vm: &Vm, msr: u32) -> Option<u64> {
+    // STAR, LSTAR, CSTAR, FMASK, KERNEL_GS_BASE: the guest's own.
+    if let Some(k) = context::syscall_msr_index(msr) {
+        return Some(vm.ctx.msrs[k]);
+    }
     Some(match msr {
-        0x10 => vm.clock.tsc(arch::rdtsc()),    // IA32_TSC
-        0x1b => 0xfee0_0900,                    // IA32_APIC_BASE: BSP, enabled
-        0x1a0 => 1,                             // IA32_MISC_ENABLE: fast strings
-        0x277 => vmread(Field::GUEST_IA32_PAT), // IA32_PAT
-        // STAR, LSTAR, CSTAR, FMASK, KERNEL_GS_BASE: the guest's own.
-        m if context::SYSCALL_MSRS.contains(&m) => {
-            let k = context::SYSCALL_MSRS.iter().position(|&x| x == m)?;
-            vm.ctx.msrs[k]
-        }
+        0x10 => vm.clock.tsc(arch::rdtsc()),           // IA32_TSC
+        0x1b => 0xfee0_0900,                           // IA32_APIC_BASE: BSP, enabled
+        0x1a0 => 1,                                    // IA32_MISC_ENABLE: fast strings
+        0x277 => vmread(Field::GUEST_IA32_PAT),        // IA32_PAT
         0xc000_0080 => vmread(Field::GUEST_IA32_EFER), // IA32_EFER
         0xc000_0100 => vmread(Field::GUEST_FS_BASE),   // FS base
         0xc000_0101 => vmread(Field::GUEST_GS_BASE),   // GS base
@@ -222,21 +228,22 @@ pub(super) fn read_msr(vm: &Vm, msr: u32) -> Option<u64> {
 
 /// MSRs a guest may write. False: the write gets #GP.
 pub(super) fn write_msr(vm: &mut Vm, msr: u32, v: u64) -> bool {
+    if let Some(k) = context::syscall_msr_index(msr) {
+        if !context::syscall_msr_ok(msr, v) {
+            return false;
+        }
+        vm.ctx.msrs[k] = v;
+        // The guest owns the CPU's context while its exits are handled.
+        // SAFETY: the MSR exists on every x86-64 CPU and the value was
+        // checked (canonical, FMASK's reserved bits clear); the host never
+        // uses it.
+        unsafe { arch::wrmsr(msr, v) };
+        return true;
+    }
     match msr {
         // Each byte a memory type the PAT can hold (0, 1, 4-7), or VM
         // entry would fail on it.
         0x277 if pat_ok(v) => vmwrite(Field::GUEST_IA32_PAT, v),
-        m if context::SYSCALL_MSRS.contains(&m) && context::syscall_msr_ok(m, v) => {
-            let Some(k) = context::SYSCALL_MSRS.iter().position(|&x| x == m) else {
-                return false;
-            };
-            vm.ctx.msrs[k] = v;
-            // The guest owns the CPU's context while its exits are handled.
-            // SAFETY: the MSR exists on every x86-64 CPU and the value was
-            // checked (canonical, FMASK's reserved bits clear); the host
-            // never uses it.
-            unsafe { arch::wrmsr(m, v) };
-        }
         // EFER: only NXE/SCE may change; LME/LMA stay as set up.
         0xc000_0080 if v & !0xd01 == 0 && v & 0x500 == 0x500 => {
             vmwrite(Field::GUEST_IA32_EFER, v | 0x400)

@@ -122,11 +122,12 @@ pub(super) fn enable_vmx() -> Result<Host, VmError> {
     let ept_ad = caps.ept_ad();
     let pml = caps.pml() && ept_ad;
     let dirty_mechanism = ept::choose(ept_ad, pml);
-    let xstate = context::host_init();
     let rand_exits = vcpu::profile::RandExits {
         rdrand: secondary & SecondaryControls::RDRAND_EXITING.bits() != 0,
         rdseed: secondary & SecondaryControls::RDSEED_EXITING.bits() != 0,
     };
+    let offer = offerable(vcpu::profile::HostOffer::read(&HostCpuid), rand_exits);
+    let xstate = context::host_init(&offer);
     log::info!(
         "vmx: guest extended state by {} (xcr0 up to {:#x}, {} bytes)",
         if xstate.xsave { "XSAVE" } else { "FXSAVE" },
@@ -147,7 +148,7 @@ pub(super) fn enable_vmx() -> Result<Host, VmError> {
         ept_ad,
         dirty_mechanism,
         xstate,
-        offer: vcpu::profile::HostOffer::read(&HostCpuid),
+        offer,
         rand_exits,
     })
 }
@@ -232,6 +233,22 @@ pub(super) fn make_current(m: &mut Manager, vmcs: u64) {
         }
         m.current_vmcs = vmcs;
     }
+}
+
+/// What CPU profiles may offer on a host whose CPUID offers `offer`:
+/// everything but RDRAND/RDSEED where the CPU cannot make them exit (their
+/// values must come through the hypervisor).
+pub fn offerable(
+    mut offer: vcpu::profile::HostOffer,
+    exits: vcpu::profile::RandExits,
+) -> vcpu::profile::HostOffer {
+    if !exits.rdrand {
+        offer.features.remove("rdrand");
+    }
+    if !exits.rdseed {
+        offer.features.remove("rdseed");
+    }
+    offer
 }
 
 /// The host CPU's CPUID, for CPU profiles.

@@ -51,9 +51,9 @@ pub(super) fn own_context(m: &mut Manager, i: usize) {
     }
     let t0 = arch::rdtsc();
     if let Some(prev) = vms.iter_mut().find(|v| v.id == *ctx_owner) {
-        context::save(&host.xstate, &mut prev.ctx);
+        prev.ctx.save(&host.xstate);
     }
-    context::load(&host.xstate, &vms[i].ctx);
+    vms[i].ctx.load(&host.xstate);
     *ctx_owner = vms[i].id;
     *ctx_switches += 1;
     *ctx_switch_cycles += arch::rdtsc().saturating_sub(t0);
@@ -63,7 +63,7 @@ pub(super) fn own_context(m: &mut Manager, i: usize) {
 /// state leaves the host).
 pub(super) fn sync_context(host: &Host, owner: u64, vm: &mut Vm) {
     if owner == vm.id {
-        context::save(&host.xstate, &mut vm.ctx);
+        vm.ctx.save(&host.xstate);
     }
 }
 

@@ -41,9 +41,7 @@ pub(super) fn setup_vmcs(host: &Host, vm: &mut Vm, entry: u64) {
     vmwrite(F::EPT_POINTER, vm.ept.eptp(host.ept_ad));
     vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
     // The guest's TSC starts at 0 now, through its clock.
-    let exiting = vm.clock.exiting;
-    vm.clock = GuestClock::starting_at(arch::rdtsc(), 0);
-    vm.clock.exiting = exiting;
+    vm.clock.restart(arch::rdtsc(), 0);
     vmwrite(F::TSC_OFFSET, vm.clock.offset());
 
     // Guest CR0/CR4: the VMX fixed bits are forced, and hidden from the

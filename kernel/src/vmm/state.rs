@@ -72,17 +72,12 @@ pub struct MigrationSource {
     pub profile: Profile,
 }
 
+/// Runs `f` on the VM named `name` with its VMCS current.
 pub(super) fn with_vm<T>(
     name: &str,
     f: impl FnOnce(&Host, &mut Vm) -> Result<T, VmError>,
 ) -> Result<T, VmError> {
-    let mut m = MANAGER.lock();
-    let i = find(&mut m, name)?;
-    let vmcs = m.vms[i].vmcs;
-    make_current(&mut m, vmcs);
-    let Manager { host, vms, .. } = &mut *m;
-    let host = host.as_ref().ok_or(VmError::NoVmx)?;
-    f(host, &mut vms[i])
+    with_vm_owner(name, |host, _, vm| f(host, vm))
 }
 
 /// As [`with_vm`], also passing the id of the VM whose guest context the
@@ -105,19 +100,6 @@ pub(super) fn with_vm_owner<T>(
     f(host, *ctx_owner, &mut vms[i])
 }
 
-/// What CPU profiles can offer on this host: its features, without
-/// RDRAND/RDSEED where the CPU cannot make them exit.
-fn offer_of(host: &Host) -> vcpu::profile::HostOffer {
-    let mut offer = host.offer;
-    if !host.rand_exits.rdrand {
-        offer.features.remove("rdrand");
-    }
-    if !host.rand_exits.rdseed {
-        offer.features.remove("rdseed");
-    }
-    offer
-}
-
 /// What this host can offer a migrating guest's CPU profile (VMX is
 /// enabled for the answer if it is not yet; without VT-x, the CPUID
 /// features alone, RDRAND/RDSEED hidden).
@@ -127,13 +109,11 @@ pub fn cpu_offer() -> vcpu::profile::HostOffer {
         m.host = enable_vmx().ok();
     }
     match m.host.as_ref() {
-        Some(host) => offer_of(host),
-        None => {
-            let mut offer = vcpu::profile::HostOffer::read(&HostCpuid);
-            offer.features.remove("rdrand");
-            offer.features.remove("rdseed");
-            offer
-        }
+        Some(host) => host.offer,
+        None => offerable(
+            vcpu::profile::HostOffer::read(&HostCpuid),
+            vcpu::profile::RandExits::default(),
+        ),
     }
 }
 
@@ -236,7 +216,6 @@ pub fn save_state(name: &str) -> Result<(Vec<u8>, DeviceStates), VmError> {
         sync_context(host, owner, vm);
         let r = &vm.regs;
         let now = arch::rdtsc();
-        let clock = vm.clock.phase(now);
         let state = vcpu::state::VcpuState {
             gprs: [
                 r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12,
@@ -264,10 +243,7 @@ pub fn save_state(name: &str) -> Result<(Vec<u8>, DeviceStates), VmError> {
                 error_code: vmread(Field::ENTRY_EXCEPTION_ERROR_CODE) as u32,
                 instruction_len: vmread(Field::ENTRY_INSTRUCTION_LENGTH) as u32,
             },
-            timer: vcpu::state::TimerPhase {
-                period: clock.period,
-                next_in: clock.until_next,
-            },
+            timer: vm.clock.phase(now),
         };
         // Every device on the bus (DEVICES), even those without state.
         Ok((state.encode(), vm.bus.save()))
@@ -316,7 +292,7 @@ pub fn reserve_incoming(name: &str, mem_bytes: u64, profile: Profile) -> Result<
         m.host = Some(enable_vmx()?);
     }
     if let Some(host) = m.host.as_ref() {
-        let missing = profile.missing_on(&offer_of(host));
+        let missing = profile.missing_on(&host.offer);
         if !missing.is_empty() {
             return Err(VmError::ProfileMissing {
                 profile: profile.name().into(),
@@ -477,7 +453,7 @@ pub fn start_incoming(
     };
     let now = arch::rdtsc();
     let jump = crate::arch::time::tsc_hz() / 1_000_000 * paused_us;
-    vm.clock = GuestClock::starting_at(now, guest_tsc.wrapping_add(jump));
+    vm.clock.restart(now, guest_tsc.wrapping_add(jump));
     // rdtsc=exit (a VM option) moves with the guest.
     vm.clock.exiting = state.rdtsc_exiting;
     vmwrite(Field::TSC_OFFSET, vm.clock.offset());
@@ -489,7 +465,7 @@ pub fn start_incoming(
             period: bus
                 .timer_period_tsc(crate::arch::time::tsc_hz())
                 .unwrap_or(0),
-            until_next: state.timer.next_in,
+            next_in: state.timer.next_in,
         },
         now,
     );

@@ -153,7 +153,7 @@ pub(super) struct Host {
     pub(super) dirty_mechanism: ept::Mechanism,
     /// Extended state (XSAVE) this CPU offers guests.
     pub(super) xstate: context::XstateHost,
-    /// What CPU profiles may offer on this host.
+    /// What CPU profiles may offer on this host ([`offerable`]).
     pub(super) offer: vcpu::profile::HostOffer,
     /// Whether RDRAND/RDSEED exit (else profiles hide them).
     pub(super) rand_exits: vcpu::profile::RandExits,
@@ -357,16 +357,7 @@ pub(super) fn new_vm(
         } else {
             0
         },
-        cpuid: vcpu::profile::CpuidTable::new(
-            &profile,
-            &vcpu::profile::Dynamic {
-                apic_id: 0,
-                tsc_khz: (crate::arch::time::tsc_hz() / 1000) as u32,
-                xcr0: 1,
-                cr4_osxsave: false,
-            },
-            &HostCpuid,
-        ),
+        cpuid: vcpu::profile::CpuidTable::new(&profile, &cpuid_inputs(1, false), &HostCpuid),
         profile,
         bus,
         clock: GuestClock::default(),
@@ -495,7 +486,6 @@ pub fn start(name: &str) -> Result<(), VmError> {
     vm.regs.rdi = vm.ram_bytes();
     vm.regs.rsi = vm.arg;
     vm.bus = platform().map_err(VmError::Platform)?;
-    vm.clock.set_period(0, 0);
     vm.state = State::Running;
     vm.started_tsc = arch::rdtsc();
     log::debug!("vm {name}: started at {:#x}", image.entry);
