@@ -125,12 +125,7 @@ pub(super) fn dirty_stop(host: &Host, vm: &mut Vm) {
 /// since the last look.
 pub fn dirty(name: &str) -> Result<(), VmError> {
     with_vm(name, |host, vm| {
-        if !vm.state.runs() {
-            return Err(VmError::NotRunning {
-                name: name.into(),
-                state: vm.state.name(),
-            });
-        }
+        vm.must_run()?;
         dirty_look(host, vm, name)
     })
 }

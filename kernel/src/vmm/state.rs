@@ -129,12 +129,7 @@ pub fn running_ram(name: &str) -> Result<u64, VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
     let vm = &m.vms[i];
-    if !vm.state.runs() {
-        return Err(VmError::NotRunning {
-            name: name.into(),
-            state: vm.state.name(),
-        });
-    }
+    vm.must_run()?;
     Ok(vm.ram_bytes())
 }
 
@@ -149,12 +144,7 @@ pub fn migration_begin(name: &str) -> Result<MigrationSource, VmError> {
         if vm.migrating {
             return Err(VmError::AlreadyMigrating(name.into()));
         }
-        if !vm.state.runs() {
-            return Err(VmError::NotRunning {
-                name: name.into(),
-                state: vm.state.name(),
-            });
-        }
+        vm.must_run()?;
         vm.migration_view = Some(dirty_open(host, vm)?);
         vm.migrating = true;
         Ok(MigrationSource {

@@ -427,6 +427,20 @@ pub(super) fn free_chunks(chunks: &[u64]) {
     }
 }
 
+impl Vm {
+    /// Ok if the VM runs (running or halted), else why not.
+    pub(super) fn must_run(&self) -> Result<(), VmError> {
+        if self.state.runs() {
+            Ok(())
+        } else {
+            Err(VmError::NotRunning {
+                name: self.name.clone(),
+                state: self.state.name(),
+            })
+        }
+    }
+}
+
 pub(super) fn find(m: &mut Manager, name: &str) -> Result<usize, VmError> {
     m.vms
         .iter()
@@ -497,12 +511,7 @@ pub fn stop(name: &str) -> Result<(), VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
     let vm = &mut m.vms[i];
-    if !vm.state.runs() {
-        return Err(VmError::NotRunning {
-            name: name.into(),
-            state: vm.state.name(),
-        });
-    }
+    vm.must_run()?;
     if vm.migrating {
         return Err(VmError::Migrating(name.into()));
     }
