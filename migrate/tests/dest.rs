@@ -99,6 +99,13 @@ fn after_hello(pages: u64) -> (Dest, SimHost) {
     (dst, host)
 }
 
+/// [`after_hello`], then a layout of one region covering all `pages`.
+fn after_layout(pages: u64) -> (Dest, SimHost) {
+    let (mut dst, host) = after_hello(pages);
+    dst.on_message(layout(&[(0, pages * PAGE)]), None, &host);
+    (dst, host)
+}
+
 fn layout(regions: &[(u64, u64)]) -> Message {
     Message::MemoryLayout {
         regions: regions.to_vec(),
@@ -172,8 +179,7 @@ fn commit_after(
 #[test]
 fn commit_waits_for_every_page_of_the_layout() {
     // Page 15 never sent, page 0 sent twice: 16 pages arrived, 15 distinct.
-    let (mut dst, host) = after_hello(16);
-    dst.on_message(layout(&[(0, 16 * PAGE)]), None, &host);
+    let (mut dst, host) = after_layout(16);
     let mut mem = common::DestMemory::new(16);
     let out = commit_after(
         &mut dst,
@@ -185,8 +191,7 @@ fn commit_waits_for_every_page_of_the_layout() {
     expect_abort(&out, "Commit with 1 pages never received");
 
     // With every page: started.
-    let (mut dst, host) = after_hello(16);
-    dst.on_message(layout(&[(0, 16 * PAGE)]), None, &host);
+    let (mut dst, host) = after_layout(16);
     let out = commit_after(
         &mut dst,
         &host,
@@ -200,8 +205,7 @@ fn commit_waits_for_every_page_of_the_layout() {
 
 #[test]
 fn pages_outside_the_layout_or_the_reservation_abort() {
-    let (mut dst, host) = after_hello(16);
-    dst.on_message(layout(&[(0, 16 * PAGE)]), None, &host);
+    let (mut dst, host) = after_layout(16);
     let mut mem = common::DestMemory::new(16);
     // A run that starts inside and ends outside.
     expect_abort(
@@ -211,15 +215,13 @@ fn pages_outside_the_layout_or_the_reservation_abort() {
 
     // The kernel reserved fewer pages than announced: the pages past the
     // reservation are refused, so Commit can never come.
-    let (mut dst, host) = after_hello(16);
-    dst.on_message(layout(&[(0, 16 * PAGE)]), None, &host);
+    let (mut dst, host) = after_layout(16);
     let mut small = common::DestMemory::new(8);
     expect_abort(
         &dst.on_message(zero_pages(0, 16), Some(&mut small), &host),
         "page gfn 0x8 is beyond the 8 reserved pages",
     );
-    let (mut dst, host) = after_hello(16);
-    dst.on_message(layout(&[(0, 16 * PAGE)]), None, &host);
+    let (mut dst, host) = after_layout(16);
     let out = commit_after(&mut dst, &host, &mut small, vec![zero_pages(0, 8)], 8);
     expect_abort(&out, "Commit with 8 pages never received");
 }
@@ -270,8 +272,7 @@ fn a_probe_after_hello_aborts_and_frees_the_reservation() {
     );
     assert!(!dst.has_reservation());
 
-    let (mut dst, host) = after_hello(16);
-    dst.on_message(layout(&[(0, 16 * PAGE)]), None, &host);
+    let (mut dst, host) = after_layout(16);
     let mut mem = common::DestMemory::new(16);
     dst.on_message(zero_pages(0, 4), Some(&mut mem), &host);
     expect_abort(
