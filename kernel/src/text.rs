@@ -6,7 +6,12 @@
 //! characters are escaped, so one garbage line cannot flood the console or
 //! drive the terminal with escape sequences.
 
+use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Columns of the operator's terminal that console output fits in.
+pub const WIDTH: usize = 80;
 
 /// Characters of operator text (a config value, a console word) quoted in
 /// a diagnostic.
@@ -37,6 +42,30 @@ pub fn quote(s: &str, max_chars: usize) -> String {
 /// A peer's text for the console: [`quote`] at [`PEER_CHARS`].
 pub fn peer(s: &str) -> String {
     quote(s, PEER_CHARS)
+}
+
+/// Cuts `items` joined by `, ` after `label` into lines of at most
+/// [`WIDTH`] columns, each starting with two spaces (`vm help`'s list
+/// of images, `vm show`'s CPU features).
+pub fn wrap_list(label: &str, items: &[&str]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = format!("  {label}");
+    let indent = line.len();
+    for (i, item) in items.iter().enumerate() {
+        let sep = if i + 1 < items.len() { "," } else { "" };
+        let fresh = line.len() == indent;
+        if !fresh && line.len() + 1 + item.len() + sep.len() > WIDTH {
+            lines.push(line);
+            line = format!("{:indent$}", "");
+        }
+        if line.len() > indent {
+            line.push(' ');
+        }
+        line.push_str(item);
+        line.push_str(sep);
+    }
+    lines.push(line);
+    lines
 }
 
 #[cfg(test)]

@@ -169,6 +169,7 @@ fn bochs_failed_migrations_leave_the_guest_on_the_source() {
     a.cmd("vm create sky mem=8 image=ticks arg=1 cpu=skylake-server");
     a.send_line("vm show sky");
     a.expect_line(r"  cpu skylake-server \(\d+ features\)", secs(30));
+    a.expect_line(r"  features: fpu, .*", secs(30));
     a.expect_prompt(a.command_timeout());
     a.send_line("vm start sky");
     a.expect_line(r"\[sky\] ticks: alive 1", secs(60));

@@ -599,16 +599,8 @@ pub fn show(name: &str) -> Result<(), VmError> {
         vm.mem_mib, vm.image, vm.arg
     );
     println!("  cpu {}", vm.profile);
-    let mut line = String::from("   ");
-    for f in vm.profile.features().names() {
-        if line.len() + 1 + f.len() > 78 {
-            println!("{line}");
-            line = String::from("   ");
-        }
-        line.push(' ');
-        line.push_str(f);
-    }
-    if line.len() > 3 {
+    let features: Vec<&str> = vm.profile.features().names().collect();
+    for line in crate::text::wrap_list("features: ", &features) {
         println!("{line}");
     }
     println!(

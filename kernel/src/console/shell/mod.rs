@@ -53,7 +53,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
 ];
 
 /// The console's width: no help line is longer.
-pub const HELP_WIDTH: usize = 80;
+pub const HELP_WIDTH: usize = crate::text::WIDTH;
 
 /// A usage longer than this gets a line of its own, its description on
 /// the next one, so one long usage does not push every description right.
@@ -97,29 +97,7 @@ pub fn family_help(family: &str) -> Option<alloc::vec::Vec<String>> {
         .map(|(_, entries)| help_lines(entries))
 }
 
-/// Cuts `items` joined by `, ` after `label` into lines of at most
-/// [`HELP_WIDTH`] columns, each starting with two spaces (`vm help`'s
-/// list of images, which grows with the modules on the ESP).
-pub fn wrap_list(label: &str, items: &[&str]) -> alloc::vec::Vec<String> {
-    let mut lines = alloc::vec::Vec::new();
-    let mut line = format!("  {label}");
-    let indent = line.len();
-    for (i, item) in items.iter().enumerate() {
-        let sep = if i + 1 < items.len() { "," } else { "" };
-        let fresh = line.len() == indent;
-        if !fresh && line.len() + 1 + item.len() + sep.len() > HELP_WIDTH {
-            lines.push(line);
-            line = format!("{:indent$}", "");
-        }
-        if line.len() > indent {
-            line.push(' ');
-        }
-        line.push_str(item);
-        line.push_str(sep);
-    }
-    lines.push(line);
-    lines
-}
+pub use crate::text::wrap_list;
 
 /// The families of commands with sub-commands, and what `<family> help`
 /// lists for each.
