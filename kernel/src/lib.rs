@@ -8,6 +8,7 @@
 //! | [`vmm`] | guests under VT-x/EPT: lifecycle, run loop, exits, device bus and models, vCPU state |
 //! | [`net`] | the host's network stack and its services (sink, bench, ping) |
 //! | [`migration`] | live migration: the source and destination engines on the wire, the `migrate` commands |
+//! | [`ft`] | fault tolerance: the initial copy, the log link between twins, the `ft` commands |
 //! | [`console`] | the operator's shell: line editor, parser, command output |
 //!
 //! Dependencies point down the table's reverse: the console uses every
@@ -33,6 +34,8 @@ pub mod vmm;
 
 #[cfg(target_os = "none")]
 pub mod events;
+#[cfg(target_os = "none")]
+pub mod ft;
 #[cfg(target_os = "none")]
 pub mod migration;
 #[cfg(target_os = "none")]

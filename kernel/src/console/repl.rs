@@ -219,6 +219,7 @@ fn execute(sys: &System, cmd: Command) {
         Command::Vm(v) => vm_command(v),
         Command::Net(n) => net_command(n),
         Command::Migrate(c) => migrate_command(c),
+        Command::Ft(c) => ft_command(c),
         Command::Crash(fault) => {
             println!("crashing on purpose: {fault:?}");
             crate::arch::raise(fault);
@@ -250,6 +251,18 @@ fn net_command(cmd: crate::console::shell::NetCommand) {
     }
 }
 
+fn ft_command(cmd: crate::console::shell::FtCommand) {
+    use crate::console::shell::FtCommand as F;
+    match cmd {
+        F::Help => print_family_help("ft"),
+        F::Listen(on) => crate::ft::listen(on),
+        F::Status(vm) => crate::ft::status(vm.as_deref()),
+        F::Enable { vm, target, port } => crate::ft::enable(&vm, target, port),
+        F::Disable(vm) => crate::ft::disable(&vm),
+        F::Watch { vm, on } => crate::ft::watch(&vm, on),
+    }
+}
+
 fn migrate_command(cmd: crate::console::shell::MigrateCommand) {
     use crate::console::shell::MigrateCommand as M;
     match cmd {
@@ -271,6 +284,7 @@ fn migrate_command(cmd: crate::console::shell::MigrateCommand) {
                 port,
                 downtime_ms,
                 bandwidth_mib,
+                keep_running: false,
             },
             background,
         ),

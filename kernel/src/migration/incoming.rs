@@ -67,12 +67,20 @@ pub(super) struct Incoming {
     /// Answered and closing (a refusal or a check): no more frames taken.
     answered: bool,
     done: bool,
+    /// Fault tolerance: the guest started as a replaying secondary; the
+    /// channel goes to the FT service.
+    handed_over: bool,
 }
 
-/// `migrate listen`: accepts migrations while a key is set.
+/// `migrate listen`: accepts migrations while a key is set. The same
+/// service, in FT mode, is `ft listen`: the initial copy of a protected
+/// guest arrives as a migration and starts as a replaying secondary.
 pub struct MigrationService {
     listener: Listener,
     incoming: Vec<Incoming>,
+    ft: bool,
+    /// FT mode: secondaries started, their channels not yet taken.
+    secondaries: Vec<(String, Channel)>,
 }
 
 pub(super) fn send(chan: &mut Channel, msg: &Message) -> Result<(), netstack::channel::SendError> {
@@ -92,7 +100,29 @@ impl MigrationService {
         Ok(MigrationService {
             listener: Listener::new(stack, MIGRATE_PORT, max_pending)?,
             incoming: Vec::new(),
+            ft: false,
+            secondaries: Vec::new(),
         })
+    }
+
+    /// `ft listen`: on `port`, every guest arriving starts as a secondary.
+    pub fn new_ft(
+        stack: &mut Stack,
+        port: u16,
+        max_pending: usize,
+    ) -> Result<MigrationService, MigrationError> {
+        Ok(MigrationService {
+            listener: Listener::new(stack, port, max_pending)?,
+            incoming: Vec::new(),
+            ft: true,
+            secondaries: Vec::new(),
+        })
+    }
+
+    /// FT mode: the secondaries started since the last call, with the
+    /// channel their log arrives on.
+    pub fn take_secondaries(&mut self) -> Vec<(String, Channel)> {
+        core::mem::take(&mut self.secondaries)
     }
 
     /// Migrations in progress.
@@ -153,6 +183,7 @@ impl MigrationService {
                 heard_at_us: now,
                 answered: false,
                 done: false,
+                handed_over: false,
             });
         }
         // Guests leaving count against the same per-host limit.
@@ -181,17 +212,28 @@ impl MigrationService {
                 };
                 if acts.iter().any(|a| matches!(a, DestAction::Reserve { .. })) {
                     active += 1;
-                    async_line(format_args!(
-                        "migrate: incoming guest from {}",
-                        peer(&inc.chan)
-                    ));
+                    if self.ft {
+                        async_line(format_args!(
+                            "ft: initial copy of {} from {}",
+                            crate::text::peer(inc.dest.vm()),
+                            peer(&inc.chan)
+                        ));
+                    } else {
+                        async_line(format_args!(
+                            "migrate: incoming guest from {}",
+                            peer(&inc.chan)
+                        ));
+                    }
                 }
                 actions.extend(acts);
-                if !run_dest_actions(inc, stack, &mut actions, now) || inc.answered {
+                if !run_dest_actions(inc, stack, &mut actions, now, self.ft)
+                    || inc.answered
+                    || inc.handed_over
+                {
                     break;
                 }
             }
-            if inc.answered {
+            if inc.answered || inc.handed_over {
                 continue;
             }
             if !inc.chan.is_closed()
@@ -204,7 +246,7 @@ impl MigrationService {
                     IDLE_TIMEOUT_US / 1_000_000
                 );
                 let mut acts = inc.dest.on_timeout(&why);
-                run_dest_actions(inc, stack, &mut acts, now);
+                run_dest_actions(inc, stack, &mut acts, now, self.ft);
                 // Whatever the peer does now, the channel goes.
                 inc.chan.close(stack);
             }
@@ -215,7 +257,7 @@ impl MigrationService {
                     .map(|r| alloc::format!("{r}"))
                     .unwrap_or_else(|| String::from("link lost"));
                 let mut acts = inc.dest.on_link_lost(&why);
-                run_dest_actions(inc, stack, &mut acts, now);
+                run_dest_actions(inc, stack, &mut acts, now, self.ft);
             }
             if inc.chan.is_closed() {
                 inc.done = true;
@@ -223,7 +265,11 @@ impl MigrationService {
         }
         let mut i = 0;
         while i < self.incoming.len() {
-            if self.incoming[i].done {
+            if self.incoming[i].handed_over {
+                let inc = self.incoming.swap_remove(i);
+                self.secondaries
+                    .push((String::from(inc.dest.vm()), inc.chan));
+            } else if self.incoming[i].done {
                 let inc = self.incoming.swap_remove(i);
                 inc.chan.release(stack);
             } else {
@@ -234,6 +280,11 @@ impl MigrationService {
 
     /// Stops listening; incoming guests not yet committed are discarded.
     pub fn close(self, stack: &mut Stack) {
+        for (vm, mut chan) in self.secondaries {
+            crate::vmm::ft_end(&vm);
+            chan.close(stack);
+            chan.release(stack);
+        }
         for mut inc in self.incoming {
             if inc.dest.has_reservation() {
                 let vm = String::from(inc.dest.vm());
@@ -253,6 +304,7 @@ pub(super) fn run_dest_actions(
     stack: &mut Stack,
     acts: &mut Vec<DestAction>,
     now: u64,
+    ft: bool,
 ) -> bool {
     let mut queue: Vec<DestAction> = core::mem::take(acts);
     let mut ok = true;
@@ -293,7 +345,21 @@ pub(super) fn run_dest_actions(
             DestAction::Start { vcpu, devices } => {
                 let vm = String::from(inc.dest.vm());
                 let paused_us = inc.paused_at_us.map_or(0, |t| now.saturating_sub(t));
-                match crate::vmm::start_incoming(&vm, &vcpu, &devices, paused_us) {
+                let started = if ft {
+                    crate::vmm::ft_start_secondary(&vm, &vcpu, &devices, &peer(&inc.chan))
+                } else {
+                    crate::vmm::start_incoming(&vm, &vcpu, &devices, paused_us)
+                };
+                match started {
+                    Ok(()) if ft => {
+                        async_line(format_args!(
+                            "ft: {vm}: secondary of {}: replaying",
+                            peer(&inc.chan)
+                        ));
+                        // Committed still goes out (the rest of this batch);
+                        // then the channel is the FT log's.
+                        inc.handed_over = true;
+                    }
                     Ok(()) => {
                         async_line(format_args!(
                             "migrate: {vm} from {} now runs here (gratuitous ARP for its MAC: the guest has no NIC yet)",

@@ -54,5 +54,5 @@ mod service;
 pub use commands::{cancel, check, listen, out, status};
 pub use error::MigrationError;
 pub use incoming::MigrationService;
-pub use outgoing::{Outbound, Outgoing, check_out};
+pub use outgoing::{CLOSE_GRACE_US, Outbound, Outgoing, check_out};
 pub use service::Migrations;

@@ -32,10 +32,14 @@ pub struct Outgoing<'a> {
     pub port: u16,
     pub downtime_ms: u64,
     pub bandwidth_mib: Option<u64>,
+    /// Fault tolerance's initial copy: after the commit the guest stays
+    /// here (paused, for the lockstep to resume) and the channel carries
+    /// on as the FT log's ([`Outbound::into_channel`]).
+    pub keep_running: bool,
 }
 
 /// How long a finished migration waits for its close or abort to leave.
-pub(super) const CLOSE_GRACE_US: u64 = 200_000;
+pub const CLOSE_GRACE_US: u64 = 200_000;
 
 /// One guest leaving: drives a [`Source`] over its channel, a turn at a
 /// time, from the network poll (so it runs in the background as well as
@@ -61,6 +65,10 @@ pub struct Outbound {
     outcome: Option<Result<(), String>>,
     /// When the channel is released however the close went.
     release_at: Option<u64>,
+    /// See [`Outgoing::keep_running`].
+    keep_running: bool,
+    /// The engine's summary once committed.
+    summary: Option<migrate::Summary>,
 }
 
 impl Outbound {
@@ -94,14 +102,25 @@ impl Outbound {
             bandwidth_limit: o.bandwidth_mib.map(|m| m << 20),
             ..Policy::default()
         };
-        println!(
-            "migrate: {} ({} MiB) to {}:{}, downtime budget {} ms",
-            o.vm,
-            info.mem_bytes >> 20,
-            o.target,
-            o.port,
-            o.downtime_ms
-        );
+        if o.keep_running {
+            println!(
+                "ft: {}: initial copy ({} MiB) to {}:{}, pause budget {} ms",
+                o.vm,
+                info.mem_bytes >> 20,
+                o.target,
+                o.port,
+                o.downtime_ms
+            );
+        } else {
+            println!(
+                "migrate: {} ({} MiB) to {}:{}, downtime budget {} ms",
+                o.vm,
+                info.mem_bytes >> 20,
+                o.target,
+                o.port,
+                o.downtime_ms
+            );
+        }
         Ok(Outbound {
             vm: String::from(o.vm),
             target: o.target,
@@ -116,7 +135,29 @@ impl Outbound {
             last_round: None,
             outcome: None,
             release_at: None,
+            keep_running: o.keep_running,
+            summary: None,
         })
+    }
+
+    /// The engine's summary (total time, pause) once committed.
+    pub fn summary(&self) -> Option<&migrate::Summary> {
+        self.summary.as_ref()
+    }
+
+    /// The channel of a committed initial copy (fault tolerance): it
+    /// carries the log from here on.
+    pub fn into_channel(self) -> Channel {
+        self.chan
+    }
+
+    /// What the progress and error lines start with.
+    fn label(&self) -> String {
+        if self.keep_running {
+            alloc::format!("ft: {}: initial copy", self.vm)
+        } else {
+            alloc::format!("migrate: {}", self.vm)
+        }
     }
 
     /// The VM being moved.
@@ -265,7 +306,8 @@ impl Outbound {
                 Action::SlowGuest(level) => {
                     crate::vmm::set_slow(&vm, level);
                     async_line(format_args!(
-                        "migrate: {vm}: dirtying faster than the link; slowing the guest (level {level})"
+                        "{}: dirtying faster than the link; slowing the guest (level {level})",
+                        self.label()
                     ));
                 }
                 Action::PauseGuest => crate::vmm::set_paused(&vm, true),
@@ -291,8 +333,12 @@ impl Outbound {
                         r.mib_per_s,
                         r.est_downtime_us / 1000
                     );
-                    async_line(format_args!("migrate: {vm}: {line}"));
+                    async_line(format_args!("{}: {line}", self.label()));
                     self.last_round = Some(line);
+                }
+                Action::Done(s) if self.keep_running => {
+                    self.summary = Some(s);
+                    self.outcome.get_or_insert(Ok(()));
                 }
                 Action::Done(s) => {
                     async_line(format_args!(
@@ -320,9 +366,20 @@ impl Outbound {
     fn finish(&mut self, outcome: Result<(), String>, stack: &mut Stack) {
         let vm = self.vm.clone();
         match outcome {
+            // The lockstep takes the guest (paused) and the channel over.
+            Ok(()) if self.keep_running => {}
             Ok(()) => {
                 crate::vmm::migration_end(&vm, true);
                 self.chan.close(stack);
+            }
+            Err(why) if self.keep_running => {
+                // Nothing was committed anywhere that runs: the secondary
+                // only replays, so the guest goes on here.
+                crate::vmm::migration_end(&vm, false);
+                async_line(format_args!(
+                    "error: ft: {vm}: {}; {vm} keeps running unprotected",
+                    crate::text::peer(&why)
+                ));
             }
             Err(why) if self.commit_sent() && self.source.is_paused() => {
                 // The destination may have started the guest: running it here

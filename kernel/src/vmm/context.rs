@@ -218,6 +218,9 @@ pub struct GuestContext {
     pub dr6: u64,
     /// The [`SYSCALL_MSRS`], in that order.
     pub msrs: [u64; 5],
+    /// DR0-3 and DR6 are virtual (fault tolerance: MOV-DR exits, the
+    /// replayer owns the hardware's): not switched with the rest.
+    pub dr_virtual: bool,
 }
 
 impl GuestContext {
@@ -229,6 +232,7 @@ impl GuestContext {
             dr: [0; 4],
             dr6: 0xffff_0ff0,
             msrs: [0; 5],
+            dr_virtual: false,
         }
     }
 
@@ -245,7 +249,9 @@ impl GuestContext {
             // SAFETY: OSFXSR is on; the area is aligned and >= 512 bytes.
             unsafe { xstate::fxsave(area) };
         }
-        (self.dr, self.dr6) = xstate::debug_regs();
+        if !self.dr_virtual {
+            (self.dr, self.dr6) = xstate::debug_regs();
+        }
         for (v, &msr) in self.msrs.iter_mut().zip(&SYSCALL_MSRS) {
             // SAFETY: the SYSCALL MSRs exist on every x86-64 CPU.
             *v = unsafe { arch::rdmsr(msr) };
@@ -265,9 +271,12 @@ impl GuestContext {
             // SAFETY: as above, for FXRSTOR.
             unsafe { xstate::fxrstor(area) };
         }
-        // SAFETY: after a VM exit DR7 is 0x400 (every breakpoint off) and
-        // the host never sets it, so guest addresses cannot trap the host.
-        unsafe { xstate::set_debug_regs(&self.dr, self.dr6) };
+        if !self.dr_virtual {
+            // SAFETY: after a VM exit DR7 is 0x400 (every breakpoint off)
+            // and the host never sets it, so guest addresses cannot trap
+            // the host.
+            unsafe { xstate::set_debug_regs(&self.dr, self.dr6) };
+        }
         for (&v, &msr) in self.msrs.iter().zip(&SYSCALL_MSRS) {
             // SAFETY: the host never runs SYSCALL or SWAPGS, so these MSRs
             // only matter to the guest; values were checked on WRMSR
@@ -294,6 +303,15 @@ fn set_xcr0(v: u64) {
         // xcr0_max or a guest value accepted by `check_xsetbv` against it.
         unsafe { xstate::xsetbv(v) };
     }
+}
+
+/// Points DR0 at guest address `rip` (the replayer's breakpoint; the
+/// guest's VMCS DR7 enables it).
+pub fn set_breakpoint(rip: u64) {
+    // SAFETY: as in `GuestContext::load`: the host's DR7 is 0x400 after
+    // every VM exit and never set by the host, so DR0 only matters inside
+    // the guest whose VMCS DR7 enables it.
+    unsafe { xstate::set_debug_regs(&[rip, 0, 0, 0], 0xffff_0ff0) };
 }
 
 /// Loads the guest's XCR0 just before VM entry.

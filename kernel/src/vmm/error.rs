@@ -29,6 +29,18 @@ pub enum VmError {
     /// Stop or delete during a migration.
     #[error("VM '{0}' is being migrated (migrate cancel {0} first)")]
     Migrating(String),
+    /// A fault-tolerance operation on a VM that is not protected.
+    #[error("VM '{0}' is not protected (see 'ft status')")]
+    NotProtected(String),
+    /// `ft watch` on a VM that is not a secondary here.
+    #[error("VM '{0}' is not a secondary on this host")]
+    NotSecondary(String),
+    /// Lifecycle commands on a secondary's copy (it follows its primary).
+    #[error("VM '{0}' is the secondary copy of a protected guest: 'ft disable {0}' first")]
+    Secondary(String),
+    /// Migrating, protecting or stopping a protected primary.
+    #[error("VM '{0}' is protected by fault tolerance: 'ft disable {0}' first")]
+    Protected(String),
     /// A second migration of one VM.
     #[error("VM '{0}' is already being migrated")]
     AlreadyMigrating(String),

@@ -39,7 +39,13 @@ pub(super) fn handle_exit(vm: &mut Vm) {
         );
         return;
     }
-    match info.reason {
+    lockstep::on_exit(vm, info.reason);
+    dispatch(vm, info.reason);
+    lockstep::after_exit(vm);
+}
+
+fn dispatch(vm: &mut Vm, reason: ExitReason) {
+    match reason {
         ExitReason::ExternalInterrupt | ExitReason::PreemptionTimer => {}
         ExitReason::InterruptWindow => {}
         ExitReason::Cpuid => {
@@ -72,6 +78,13 @@ pub(super) fn handle_exit(vm: &mut Vm) {
             let msr = vm.regs.rcx as u32;
             match read_msr(vm, msr) {
                 Some(v) => {
+                    // IA32_TSC is time: logged; the rest follow from the
+                    // guest's own state.
+                    let v = if msr == 0x10 {
+                        lockstep::input(vm, ft_lockstep::Input::Msr { msr }, [v, 0])[0]
+                    } else {
+                        v
+                    };
                     vm.regs.rax = v & 0xffff_ffff;
                     vm.regs.rdx = v >> 32;
                     skip_instruction();
@@ -89,14 +102,25 @@ pub(super) fn handle_exit(vm: &mut Vm) {
             }
         }
         ExitReason::CrAccess => emulate_cr(vm),
-        ExitReason::Rdrand | ExitReason::Rdseed => emulate_rand(vm, info.reason),
+        ExitReason::MovDr if vm.ft.is_some() => lockstep::emulate_mov_dr(vm),
+        ExitReason::ExceptionOrNmi
+            if vmread(Field::EXIT_INTERRUPTION_INFO) & 0x8000_07ff == 0x8000_0301 =>
+        {
+            lockstep::debug_exit(vm)
+        }
+        ExitReason::Rdrand | ExitReason::Rdseed => emulate_rand(vm, reason),
         ExitReason::Rdtsc | ExitReason::Rdtscp => {
             // Only with RDTSC exiting (the clock asked for it): the value
-            // comes from the guest clock.
-            let tsc = vm.clock.tsc(arch::rdtsc());
+            // comes from the guest clock (or a primary's log).
+            let input = if reason == ExitReason::Rdtscp {
+                ft_lockstep::Input::Rdtscp
+            } else {
+                ft_lockstep::Input::Rdtsc
+            };
+            let [tsc, _] = lockstep::input(vm, input, [vm.clock.tsc(arch::rdtsc()), 0]);
             vm.regs.rax = tsc & 0xffff_ffff;
             vm.regs.rdx = tsc >> 32;
-            if info.reason == ExitReason::Rdtscp {
+            if reason == ExitReason::Rdtscp {
                 // IA32_TSC_AUX is not offered to guests: it reads 0.
                 vm.regs.rcx = 0;
             }
@@ -191,6 +215,12 @@ pub(super) fn emulate_cpuid(vm: &mut Vm) {
         let inputs = cpuid_inputs(vm.ctx.xcr0, osxsave);
         vm.profile.cpuid(leaf, sub, &inputs, &HostCpuid)
     });
+    // The TSC rate in the hypervisor leaves is this host's: logged, so a
+    // secondary on another host answers as the primary did.
+    let lo = |x: u32, y: u32| u64::from(x) | u64::from(y) << 32;
+    let input = ft_lockstep::Input::Cpuid { leaf, sub };
+    let [ab, cd] = lockstep::input(vm, input, [lo(a, b), lo(c, d)]);
+    let (a, b, c, d) = (ab as u32, (ab >> 32) as u32, cd as u32, (cd >> 32) as u32);
     vm.regs.rax = u64::from(a);
     vm.regs.rbx = u64::from(b);
     vm.regs.rcx = u64::from(c);
@@ -290,7 +320,10 @@ fn emulate_rand(vm: &mut Vm, reason: ExitReason) {
         1 => 4,
         _ => 8,
     };
-    let value = guest_random(seed);
+    let live = guest_random(seed);
+    let input = ft_lockstep::Input::Rand { seed };
+    let [v, ok] = lockstep::input(vm, input, [live.unwrap_or(0), u64::from(live.is_some())]);
+    let value = (ok != 0).then_some(v);
     if let Some(gpr) = vmx::Gpr::from_index(((ii >> 3) & 0xf) as u8) {
         let old = vm.regs.get(gpr, &CurrentVmcs);
         let v = crate::vmm::mmio::merge_load(old, value.unwrap_or(0), size, false);

@@ -18,6 +18,11 @@ pub(super) fn emulate_io(vm: &mut Vm, q: IoQualification) {
     skip_instruction();
     if q.input {
         let v = vm.bus.pio_read(q.port, q.size);
+        let input = ft_lockstep::Input::Pio {
+            port: q.port,
+            size: q.size,
+        };
+        let v = lockstep::input(vm, input, [v, 0])[0];
         // Same register rules as a load: `in eax` clears bits 63:32.
         vm.regs.rax = merge_load(vm.regs.rax, v, q.size, false);
         return;
@@ -32,12 +37,16 @@ pub(super) fn emulate_io(vm: &mut Vm, q: IoQualification) {
 /// with the VM's name, a stop request stops the VM with its code. (IRQ
 /// lines the bus has already taken to the interrupt controller.)
 pub(super) fn apply_effects(vm: &mut Vm, fx: Effects) {
-    if let Some(line) = fx.line {
-        async_line(format_args!("[{}] {line}", vm.name));
+    if let Some(line) = fx.line
+        && let Some(out) = lockstep::output(vm, lockstep::Output::Line(line))
+    {
+        lockstep::print_output(&vm.name, out);
     }
     if let Some(code) = fx.stop {
         flush_output(vm);
-        async_line(format_args!("vm {}: exited with code {code}", vm.name));
+        if let Some(out) = lockstep::output(vm, lockstep::Output::Exited(code)) {
+            lockstep::print_output(&vm.name, out);
+        }
         log::debug!("vm {}: exited with code {code}", vm.name);
         vm.state = State::Stopped { code: Some(code) };
     }
@@ -65,6 +74,11 @@ pub(super) fn emulate_mmio(vm: &mut Vm, gpa: u64, write: bool) -> Result<(), Str
         (Access::Load { reg, zero_extend }, false) => {
             let gpr = vmx::Gpr::from_index(reg).ok_or("bad register")?;
             let value = vm.bus.mmio_read(gpa, insn.size).ok_or_else(nothing_there)?;
+            let input = ft_lockstep::Input::Mmio {
+                gpa,
+                size: insn.size,
+            };
+            let value = lockstep::input(vm, input, [value, 0])[0];
             let old = vm.regs.get(gpr, &CurrentVmcs);
             vm.regs.set(
                 gpr,

@@ -30,6 +30,8 @@ mod host;
 #[cfg(target_os = "none")]
 mod io;
 #[cfg(target_os = "none")]
+mod lockstep;
+#[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
 mod run;
@@ -61,6 +63,7 @@ mod prelude {
     pub(super) use super::exits::*;
     pub(super) use super::host::*;
     pub(super) use super::io::*;
+    pub(super) use super::lockstep;
     pub(super) use super::memory::*;
     pub(super) use super::run::*;
     pub(super) use super::setup::*;
@@ -76,6 +79,11 @@ mod prelude {
 
 #[cfg(target_os = "none")]
 pub use dirty::dirty;
+#[cfg(target_os = "none")]
+pub use lockstep::{
+    CHECK_EVERY_US, FtPoll, FtStatus, ft_end, ft_frames, ft_lag, ft_on_ack, ft_poll,
+    ft_protected, ft_push, ft_start_primary, ft_start_secondary, ft_status, ft_watch,
+};
 #[cfg(target_os = "none")]
 pub use run::run_slice;
 #[cfg(target_os = "none")]

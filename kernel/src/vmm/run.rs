@@ -16,7 +16,7 @@ pub fn run_slice() -> bool {
         let i = (m.next + k) % n;
         let vm = &mut m.vms[i];
         update_timer(vm, now);
-        if vm.paused {
+        if vm.paused || lockstep::throttled(vm) {
             continue;
         }
         if runnable(vm) {
@@ -88,13 +88,18 @@ pub(super) fn run_for_a_slice(host: &Host, vm: &mut Vm, start: u64) {
     }
 }
 
-/// Running, or halted with an interrupt to deliver.
+/// Running, or halted with an interrupt to deliver; under fault
+/// tolerance also as the lockstep allows (a secondary runs only on log).
 pub(super) fn runnable(vm: &Vm) -> bool {
-    match vm.state {
-        State::Running => true,
-        State::Halted => vm.bus.pending_vector().is_some(),
-        _ => false,
+    if lockstep::replaying(vm) {
+        return vm.state.runs() && lockstep::may_run(vm);
     }
+    let ready = match vm.state {
+        State::Running => true,
+        State::Halted => vm.bus.pending_vector().is_some() || lockstep::has_pending(vm),
+        _ => false,
+    };
+    ready && lockstep::may_run(vm)
 }
 
 /// Raises the timer's IRQ (the PIT's IRQ0) through the bus when its
@@ -107,13 +112,16 @@ pub(super) fn update_timer(vm: &mut Vm, now: u64) {
             .unwrap_or(0);
         vm.clock.set_period(period, now);
     }
-    if vm.clock.tick_due(now) {
+    // A paused guest's ticks wait for its resumption: its state may be
+    // on its way to another host (a migration's final round, the initial
+    // copy of fault tolerance) and must not change under it.
+    if !vm.paused && vm.clock.tick_due(now) {
         // Auto-converge (a migration the guest outruns): deliver one timer
         // tick in 2^slow, so a guest that works per tick works that much
         // less. Its TSC keeps real time.
         vm.skipped = vm.skipped.wrapping_add(1);
         if vm.slow == 0 || vm.skipped.is_multiple_of(1 << vm.slow) {
-            vm.bus.timer_tick();
+            lockstep::timer_tick(vm);
         }
     }
 }
@@ -126,8 +134,22 @@ pub(super) fn run_vm(host: &Host, vm: &mut Vm) {
     if vm.clock.exiting {
         primary |= PrimaryControls::RDTSC_EXITING.bits();
     }
+    let replay = lockstep::replaying(vm);
+    if vm.ft.is_some() {
+        // The guest's debug registers are virtual while protected.
+        primary |= PrimaryControls::MOV_DR_EXITING.bits();
+        if replay {
+            // Every event comes from the log, at its landmark.
+            if !lockstep::secondary_before_entry(vm) {
+                return;
+            }
+        } else {
+            lockstep::primary_before_entry(vm);
+        }
+    }
     let reinjecting = vmread(Field::ENTRY_INTERRUPTION_INFO) & (1 << 31) != 0;
-    if reinjecting {
+    if replay {
+    } else if reinjecting {
         if vm.bus.pending_vector().is_some() {
             primary |= PrimaryControls::INTERRUPT_WINDOW_EXITING.bits();
         }
@@ -137,15 +159,22 @@ pub(super) fn run_vm(host: &Host, vm: &mut Vm) {
         if rflags & 0x200 != 0 && !blocked {
             let info = InterruptionInfo::external_interrupt(vector);
             vmwrite(Field::ENTRY_INTERRUPTION_INFO, u64::from(info.encode()));
+            lockstep::injected(vm, vector);
             vm.bus.acknowledge(vector);
             vm.state = State::Running;
         } else {
             primary |= PrimaryControls::INTERRUPT_WINDOW_EXITING.bits();
         }
     }
+    if vm.ft.is_some() && vm.state == State::Halted {
+        // Still halted (the tick's IRQ is masked): entering would run the
+        // guest past its HLT.
+        return;
+    }
     vmwrite(Field::PRIMARY_PROC_CONTROLS, u64::from(primary));
     if host.pin & PinControls::PREEMPTION_TIMER.bits() != 0 {
-        let slice = crate::arch::time::tsc_hz() / 1000 * SLICE_MS;
+        let us = lockstep::slice_us(vm, SLICE_MS * 1000);
+        let slice = crate::arch::time::tsc_hz() / 1_000_000 * us;
         vmwrite(
             Field::PREEMPTION_TIMER_VALUE,
             (slice >> host.timer_rate).min(u64::from(u32::MAX)),
@@ -179,8 +208,10 @@ pub(super) fn run_vm(host: &Host, vm: &mut Vm) {
 
 /// The guest's unfinished console line, when it stops.
 pub(super) fn flush_output(vm: &mut Vm) {
-    if let Some(line) = vm.bus.with(Uart::flush).flatten() {
-        async_line(format_args!("[{}] {line}", vm.name));
+    if let Some(line) = vm.bus.with(Uart::flush).flatten()
+        && let Some(out) = lockstep::output(vm, lockstep::Output::Line(line))
+    {
+        lockstep::print_output(&vm.name, out);
     }
 }
 

@@ -144,6 +144,9 @@ pub fn migration_begin(name: &str) -> Result<MigrationSource, VmError> {
         if vm.migrating {
             return Err(VmError::AlreadyMigrating(name.into()));
         }
+        if vm.ft.is_some() {
+            return Err(VmError::Protected(name.into()));
+        }
         vm.must_run()?;
         vm.migration_view = Some(dirty_open(host, vm)?);
         vm.migrating = true;
@@ -440,6 +443,7 @@ pub fn start_incoming(
         dr: state.dr,
         dr6: state.dr6,
         msrs: core::array::from_fn(|k| state.msrs[k].1),
+        dr_virtual: false,
     };
     let now = arch::rdtsc();
     let jump = crate::arch::time::tsc_hz() / 1_000_000 * paused_us;

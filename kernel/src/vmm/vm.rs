@@ -133,6 +133,9 @@ pub struct Vm {
     pub(super) skipped: u32,
     /// Being migrated away (one migration at a time per VM).
     pub(super) migrating: bool,
+    /// Fault tolerance: this VM's side of the lockstep (primary or
+    /// secondary), while protected.
+    pub(super) ft: Option<alloc::boxed::Box<lockstep::Lockstep>>,
 }
 
 /// VT-x state of the host CPU.
@@ -373,6 +376,7 @@ pub(super) fn new_vm(
         slow: 0,
         skipped: 0,
         migrating: false,
+        ft: None,
     }))
 }
 
@@ -466,6 +470,9 @@ pub(super) fn fresh_launch(m: &mut Manager, i: usize) -> Result<(), VmError> {
 pub fn start(name: &str) -> Result<(), VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
+    if m.vms[i].ft.is_some() {
+        return Err(VmError::Protected(name.into()));
+    }
     if m.vms[i].state.runs() {
         return Err(VmError::AlreadyRunning(name.into()));
     }
@@ -515,6 +522,9 @@ pub fn stop(name: &str) -> Result<(), VmError> {
     if vm.migrating {
         return Err(VmError::Migrating(name.into()));
     }
+    if lockstep::replaying(vm) {
+        return Err(VmError::Secondary(name.into()));
+    }
     flush_output(vm);
     vm.state = State::Stopped { code: None };
     log::debug!("vm {name}: stopped by the operator");
@@ -527,6 +537,9 @@ pub fn delete(name: &str) -> Result<(), VmError> {
     let i = find(&mut m, name)?;
     if m.vms[i].migrating {
         return Err(VmError::Migrating(name.into()));
+    }
+    if m.vms[i].ft.is_some() {
+        return Err(VmError::Protected(name.into()));
     }
     let vm = m.vms.remove(i);
     if m.current_vmcs == vm.vmcs {
@@ -582,10 +595,10 @@ pub fn list() {
 pub fn request(name: &str) -> Result<u8, VmError> {
     let mut m = MANAGER.lock();
     let i = find(&mut m, name)?;
-    m.vms[i]
-        .bus
-        .with(RequestPort::bump)
-        .ok_or_else(|| VmError::NoRequestPort(name.into()))
+    if lockstep::replaying(&m.vms[i]) {
+        return Err(VmError::Secondary(name.into()));
+    }
+    lockstep::request(&mut m.vms[i]).ok_or_else(|| VmError::NoRequestPort(name.into()))
 }
 
 /// `vm show`: what the VM is (its configuration, CPU profile included).

@@ -12,7 +12,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     (
         "help",
         "help",
-        "this list; vm help, net help, migrate help for more",
+        "this list; vm help, net help, migrate help, ft help",
     ),
     ("version", "version", "hypervisor version and boot ABI"),
     ("status", "status", "host name, uptime, memory, CPUs, VT-x"),
@@ -43,6 +43,11 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "migrate",
         "migrate <command>",
         "live migration to another host (migrate help)",
+    ),
+    (
+        "ft",
+        "ft <command>",
+        "fault tolerance: a twin replays the guest (ft help)",
     ),
     ("reboot", "reboot", "reset the machine"),
     (
@@ -105,6 +110,7 @@ pub const FAMILIES: &[(&str, &[(&str, &str)])] = &[
     ("vm", VM_USAGE),
     ("net", NET_USAGE),
     ("migrate", MIGRATE_USAGE),
+    ("ft", FT_USAGE),
 ];
 
 pub use crate::arch::Fault;
@@ -241,6 +247,76 @@ pub const MIGRATE_USAGE: &[(&str, &str)] = &[
     ),
 ];
 
+/// The `ft` sub-commands: (usage, description).
+pub const FT_USAGE: &[(&str, &str)] = &[
+    (
+        "ft enable <vm> <ip>[:port]",
+        "protect a running guest: its twin replays it there",
+    ),
+    (
+        "ft disable <vm>",
+        "end protection on both hosts; the primary runs on",
+    ),
+    (
+        "ft listen [stop]",
+        "be a twin: accept guests to replay on port 7003",
+    ),
+    (
+        "ft status [<vm>]",
+        "role, log position, lag, held output, checks",
+    ),
+    (
+        "ft watch <vm> on|off",
+        "secondary: show the guest lines it replays",
+    ),
+];
+
+/// The port `ft listen` takes connections on.
+pub const FT_PORT: u16 = ft_lockstep::DEFAULT_PORT;
+
+/// A parsed `ft` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FtCommand {
+    Help,
+    Listen(bool),
+    Status(Option<String>),
+    Enable {
+        vm: String,
+        target: netstack::stack::Ipv4Address,
+        port: u16,
+    },
+    Disable(String),
+    Watch {
+        vm: String,
+        on: bool,
+    },
+}
+
+fn parse_ft(args: &[&str]) -> Result<FtCommand, String> {
+    let usage = "usage: ft enable <vm> <ip>[:port] | ft disable <vm> | ft listen [stop] | ft status [<vm>] | ft watch <vm> on|off";
+    match args {
+        ["help"] => Ok(FtCommand::Help),
+        [] | ["status"] => Ok(FtCommand::Status(None)),
+        ["status", vm] => Ok(FtCommand::Status(Some(check_vm_name(vm)?))),
+        ["listen"] => Ok(FtCommand::Listen(true)),
+        ["listen", "stop"] => Ok(FtCommand::Listen(false)),
+        ["enable", vm, peer] => {
+            let vm = check_vm_name(vm)?;
+            let (target, port) = parse_peer(peer, FT_PORT)?;
+            Ok(FtCommand::Enable { vm, target, port })
+        }
+        ["enable", ..] => Err(String::from("usage: ft enable <vm> <ip>[:port]")),
+        ["disable", vm] => Ok(FtCommand::Disable(check_vm_name(vm)?)),
+        ["disable", ..] => Err(String::from("usage: ft disable <vm>")),
+        ["watch", vm, on @ ("on" | "off")] => Ok(FtCommand::Watch {
+            vm: check_vm_name(vm)?,
+            on: *on == "on",
+        }),
+        ["watch", ..] => Err(String::from("usage: ft watch <vm> on|off")),
+        _ => Err(String::from(usage)),
+    }
+}
+
 /// A parsed `migrate` command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MigrateCommand {
@@ -373,6 +449,7 @@ pub enum Command {
     Vm(VmCommand),
     Net(NetCommand),
     Migrate(MigrateCommand),
+    Ft(FtCommand),
 }
 
 /// Parses one line. The error is the full message after `error: `.
@@ -417,6 +494,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "vm" => parse_vm(&args).map(Command::Vm),
         "net" => parse_net(&args).map(Command::Net),
         "migrate" => parse_migrate(&args).map(Command::Migrate),
+        "ft" => parse_ft(&args).map(Command::Ft),
         "crash" => match args.as_slice() {
             ["pf"] => Ok(Command::Crash(Fault::PageFault)),
             ["gp"] => Ok(Command::Crash(Fault::GeneralProtection)),

@@ -206,6 +206,54 @@ fn net_commands() {
 }
 
 #[test]
+fn ft_commands() {
+    use netstack::stack::parse_ipv4;
+    assert_eq!(parse("ft"), Ok(Command::Ft(FtCommand::Status(None))));
+    assert_eq!(
+        parse("ft status d"),
+        Ok(Command::Ft(FtCommand::Status(Some("d".into()))))
+    );
+    assert_eq!(parse("ft listen"), Ok(Command::Ft(FtCommand::Listen(true))));
+    assert_eq!(
+        parse("ft listen stop"),
+        Ok(Command::Ft(FtCommand::Listen(false)))
+    );
+    assert_eq!(
+        parse("ft enable d 10.0.0.2"),
+        Ok(Command::Ft(FtCommand::Enable {
+            vm: "d".into(),
+            target: parse_ipv4("10.0.0.2").unwrap(),
+            port: FT_PORT,
+        }))
+    );
+    assert!(matches!(
+        parse("ft enable d 10.0.0.2:9000"),
+        Ok(Command::Ft(FtCommand::Enable { port: 9000, .. }))
+    ));
+    assert_eq!(
+        parse("ft disable d"),
+        Ok(Command::Ft(FtCommand::Disable("d".into())))
+    );
+    assert_eq!(
+        parse("ft watch d off"),
+        Ok(Command::Ft(FtCommand::Watch {
+            vm: "d".into(),
+            on: false
+        }))
+    );
+    for (line, err) in [
+        ("ft enable d", "usage: ft enable <vm> <ip>[:port]"),
+        ("ft disable", "usage: ft disable <vm>"),
+        ("ft watch d maybe", "usage: ft watch <vm> on|off"),
+    ] {
+        assert_eq!(parse(line), Err(String::from(err)), "{line}");
+    }
+    assert!(parse("ft enable d 10.0.0").is_err());
+    assert!(parse("ft enable d 10.0.0.2:0").is_err());
+    assert!(parse("ft frobnicate").unwrap_err().starts_with("usage: ft enable"));
+}
+
+#[test]
 fn migrate_commands() {
     use netstack::stack::parse_ipv4;
     assert_eq!(
@@ -321,6 +369,7 @@ fn family_help_fits_and_parses() {
             "vm" => Command::Vm(VmCommand::Help),
             "net" => Command::Net(NetCommand::Help),
             "migrate" => Command::Migrate(MigrateCommand::Help),
+            "ft" => Command::Ft(FtCommand::Help),
             other => panic!("a family without a help command: {other}"),
         };
         assert_eq!(parse(&format!("{family} help")), Ok(expected));
@@ -336,6 +385,7 @@ fn family_help_fits_and_parses() {
         .collect();
     assert!(all.contains(&format!("port {}", netstack::bench::SINK_PORT)));
     assert!(all.contains(&format!("port {MIGRATE_PORT}")));
+    assert!(all.contains(&format!("port {FT_PORT}")));
     assert!(all.contains(&format!("({MIN_VM_MIB} to {MAX_VM_MIB} MiB)")));
     assert!(all.contains(&format!("default {DEFAULT_DOWNTIME_MS})")));
     assert!(all.contains(&format!("default {BENCH_DEFAULT_MIB})")));

@@ -501,13 +501,16 @@ impl Bus {
     /// A timer period elapsed: raises the timer's IRQ line.
     #[inline(never)]
     pub fn timer_tick(&mut self) {
-        if let Some(line) = self
-            .timer
-            .and_then(|t| self.devices[t].timer())
-            .map(|t| t.irq())
-        {
+        if let Some(line) = self.timer_line() {
             self.raise_irq(line);
         }
+    }
+
+    /// The IRQ line the timer raises (None: no timer on the bus).
+    pub fn timer_line(&mut self) -> Option<u8> {
+        self.timer
+            .and_then(|t| self.devices[t].timer())
+            .map(|t| t.irq())
     }
 
     /// Names of the devices, in registration order.
