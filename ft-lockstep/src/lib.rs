@@ -44,8 +44,12 @@ pub const DEFAULT_PORT: u16 = 7003;
 /// The log format's version, the first field of every frame.
 pub const VERSION: u16 = 1;
 
-/// Bytes of log a primary keeps unacknowledged before its guest waits.
-pub const DEFAULT_BUFFER_BYTES: usize = 1 << 20;
+/// Bytes of log a primary keeps unreplayed before its guest waits.
+pub const DEFAULT_BUFFER_BYTES: usize = 512 << 10;
+
+/// Bytes of log (encoded) a secondary queues at most: twice what an
+/// honest primary lets it hold. A primary that sends more is refused.
+pub const MAX_QUEUED_BYTES: usize = 2 * DEFAULT_BUFFER_BYTES;
 
 /// FNV-1a's 64-bit prime and offset basis, the mixing of [`Digest`].
 const PRIME: u64 = 0x0000_0100_0000_01b3;

@@ -1,5 +1,12 @@
 //! The primary's log: records in order, handed out in frames, kept until
-//! the secondary acknowledges them.
+//! the secondary has replayed them.
+//!
+//! The secondary acknowledges two positions: records *received* (what the
+//! output rule waits for: a secondary that holds the log can reproduce the
+//! output) and records *replayed* (how far its guest got). The buffer keeps
+//! what is not yet replayed, so its cap bounds the secondary's backlog as
+//! well as the primary's memory, and the lag is the age of the oldest
+//! record not yet replayed.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -27,6 +34,17 @@ pub enum AckError {
         /// Records acknowledged before.
         before: u64,
     },
+    /// It claims to have replayed records it has not received, or fewer
+    /// than it said before.
+    #[error("replay position {replayed} with {received} records received (before: {before})")]
+    Replayed {
+        /// Records replayed, as claimed.
+        replayed: u64,
+        /// Records received, as claimed.
+        received: u64,
+        /// Records replayed, as claimed before.
+        before: u64,
+    },
 }
 
 struct Entry {
@@ -37,9 +55,10 @@ struct Entry {
 
 /// The primary's side of the log.
 pub struct Recorder {
-    /// Records not yet acknowledged, from sequence number `acked`.
+    /// Records not yet replayed, from sequence number `replayed`.
     entries: VecDeque<Entry>,
     acked: u64,
+    replayed: u64,
     sent: u64,
     next: u64,
     buffered: usize,
@@ -53,6 +72,7 @@ impl Recorder {
         Recorder {
             entries: VecDeque::new(),
             acked: 0,
+            replayed: 0,
             sent: 0,
             next: 0,
             buffered: 0,
@@ -86,12 +106,17 @@ impl Recorder {
         self.sent
     }
 
-    /// Records the secondary acknowledged.
+    /// Records the secondary acknowledged (received).
     pub fn acked(&self) -> u64 {
         self.acked
     }
 
-    /// Encoded bytes not yet acknowledged.
+    /// Records the secondary replayed.
+    pub fn replayed(&self) -> u64 {
+        self.replayed
+    }
+
+    /// Encoded bytes not yet replayed.
     pub fn buffered_bytes(&self) -> usize {
         self.buffered
     }
@@ -104,7 +129,7 @@ impl Recorder {
     /// The next `Log` frame: unsent records, at most `max_bytes` of them
     /// encoded (but at least one). None when everything was sent.
     pub fn take_frame(&mut self, max_bytes: usize) -> Option<Frame> {
-        let skip = (self.sent - self.acked) as usize;
+        let skip = (self.sent - self.replayed) as usize;
         let mut records = Vec::new();
         let mut bytes = 0;
         for e in self.entries.iter().skip(skip) {
@@ -122,11 +147,13 @@ impl Recorder {
         Some(Frame::Log { first, records })
     }
 
-    /// The secondary holds `received` records: they leave the buffer, and
-    /// their age feeds `lag`.
+    /// The secondary holds `received` records and replayed `replayed`:
+    /// the replayed ones leave the buffer, and the age of the oldest of
+    /// them feeds `lag`.
     pub fn on_ack(
         &mut self,
         received: u64,
+        replayed: u64,
         now_us: u64,
         lag: &mut LagController,
     ) -> Result<(), AckError> {
@@ -142,23 +169,29 @@ impl Recorder {
                 before: self.acked,
             });
         }
-        let n = (received - self.acked) as usize;
+        if replayed > received || replayed < self.replayed {
+            return Err(AckError::Replayed {
+                replayed,
+                received,
+                before: self.replayed,
+            });
+        }
+        self.acked = received;
+        let n = (replayed - self.replayed) as usize;
         if n > 0 {
-            // The newest record acknowledged now waited the least; the
-            // oldest the most: that one is the lag.
             if let Some(e) = self.entries.front() {
                 lag.sample(now_us.saturating_sub(e.created_us));
             }
             for e in self.entries.drain(..n) {
                 self.buffered -= e.len;
             }
-            self.acked = received;
+            self.replayed = replayed;
         }
         Ok(())
     }
 
-    /// Age of the oldest record not yet acknowledged (0 if none): the lag
-    /// as it stands.
+    /// Age of the oldest record not yet replayed (0 if none): the lag as
+    /// it stands.
     pub fn oldest_unacked_age(&self, now_us: u64) -> u64 {
         self.entries
             .front()
@@ -216,28 +249,39 @@ mod tests {
         assert!(r.full(), "36 bytes over a 30-byte cap");
         assert_eq!(r.oldest_unacked_age(1000), 1000);
         assert_eq!(
-            r.on_ack(1, 1000, &mut lag),
+            r.on_ack(1, 0, 1000, &mut lag),
             Err(AckError::Beyond { acked: 1, sent: 0 })
         );
         r.take_frame(1000);
-        r.on_ack(3, 1000, &mut lag).unwrap();
-        assert_eq!(r.acked(), 3);
+        // Received, not replayed: still buffered.
+        r.on_ack(3, 0, 1000, &mut lag).unwrap();
+        assert_eq!((r.acked(), r.buffered_bytes()), (3, 36));
+        assert!(matches!(
+            r.on_ack(3, 4, 1000, &mut lag),
+            Err(AckError::Replayed { .. })
+        ));
+        r.on_ack(3, 3, 1000, &mut lag).unwrap();
+        assert_eq!((r.acked(), r.replayed()), (3, 3));
         assert_eq!(r.buffered_bytes(), 9);
         assert!(!r.full());
         assert_eq!(r.oldest_unacked_age(1000), 700);
         assert_eq!(lag.stats().max_us, 1000);
         assert_eq!(
-            r.on_ack(2, 1000, &mut lag),
+            r.on_ack(2, 2, 1000, &mut lag),
             Err(AckError::Backwards {
                 acked: 2,
                 before: 3
             })
         );
+        assert!(matches!(
+            r.on_ack(3, 2, 1000, &mut lag),
+            Err(AckError::Replayed { .. })
+        ));
         assert_eq!(
-            r.on_ack(5, 1000, &mut lag),
+            r.on_ack(5, 3, 1000, &mut lag),
             Err(AckError::Beyond { acked: 5, sent: 4 })
         );
-        r.on_ack(4, 2000, &mut lag).unwrap();
+        r.on_ack(4, 4, 2000, &mut lag).unwrap();
         assert_eq!(r.oldest_unacked_age(5000), 0);
         // Frames after an ack start where the sent ones ended.
         r.record(h(9), 0);

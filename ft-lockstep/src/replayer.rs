@@ -62,6 +62,15 @@ pub enum ReplayError {
     /// The guest did something else than the primary's did.
     #[error("diverged: {0}")]
     Diverged(String),
+    /// More log than the secondary holds (the primary ignored the
+    /// replay position in the acknowledgements).
+    #[error("the primary sent {queued} bytes of log ahead of the replay (at most {max})")]
+    Flooded {
+        /// Bytes queued with this frame.
+        queued: usize,
+        /// The limit.
+        max: usize,
+    },
     /// An input was needed that the log does not hold (the kernel entered
     /// the guest without [`Step::Run`]).
     #[error("exit {exits} needs an input the log does not hold yet")]
@@ -80,6 +89,8 @@ pub struct Replayer {
     exits: u64,
     horizon: u64,
     released: u64,
+    /// Encoded bytes of the queued records.
+    queued_bytes: usize,
 }
 
 fn diverged(s: String) -> ReplayError {
@@ -101,6 +112,14 @@ impl Replayer {
                 expected: self.received,
             });
         }
+        let bytes: usize = records.iter().map(crate::codec::record_len).sum();
+        if self.queued_bytes + bytes > crate::MAX_QUEUED_BYTES {
+            return Err(ReplayError::Flooded {
+                queued: self.queued_bytes + bytes,
+                max: crate::MAX_QUEUED_BYTES,
+            });
+        }
+        self.queued_bytes += bytes;
         self.received += records.len() as u64;
         self.queue.extend(records);
         Ok(())
@@ -150,14 +169,15 @@ impl Replayer {
                 Record::Released { seq } => self.released = self.released.max(seq),
                 _ => return,
             }
-            self.queue.pop_front();
-            self.consumed += 1;
+            self.pop();
         }
     }
 
     fn pop(&mut self) {
-        self.queue.pop_front();
-        self.consumed += 1;
+        if let Some(r) = self.queue.pop_front() {
+            self.queued_bytes -= crate::codec::record_len(&r);
+            self.consumed += 1;
+        }
     }
 
     /// The value of the input the current exit reads.

@@ -26,24 +26,28 @@ fn host(link: &Link, name: &str, ip: &str) -> Machine {
     })
 }
 
-/// Guest lines of `vm` printed on the primary (`[vm] ...`), in order.
-fn primary_lines(m: &Machine, vm: &str) -> Vec<String> {
-    let tag = format!("[{vm}] ");
+/// The lines of `m`'s console that start with `tag` (after a prompt the
+/// line may share), without it.
+fn tagged(m: &Machine, tag: &str) -> Vec<String> {
     m.output()
         .lines()
-        .filter_map(|l| l.find(&tag).map(|i| l[i + tag.len()..].trim_end().to_string()))
+        .map(|l| match l.find("> ") {
+            Some(i) if !l[..i].contains(' ') => &l[i + 2..],
+            _ => l,
+        })
+        .filter_map(|l| l.strip_prefix(tag).map(|r| r.trim_end().to_string()))
         .filter(|l| !l.is_empty())
         .collect()
 }
 
+/// Guest lines of `vm` printed on the primary (`[vm] ...`), in order.
+fn primary_lines(m: &Machine, vm: &str) -> Vec<String> {
+    tagged(m, &format!("[{vm}] "))
+}
+
 /// Guest lines of `vm` the secondary replayed (`ft: replayed [vm] ...`).
 fn replayed_lines(m: &Machine, vm: &str) -> Vec<String> {
-    let tag = format!("ft: replayed [{vm}] ");
-    m.output()
-        .lines()
-        .filter_map(|l| l.find(&tag).map(|i| l[i + tag.len()..].trim_end().to_string()))
-        .filter(|l| !l.is_empty())
-        .collect()
+    tagged(m, &format!("ft: replayed [{vm}] "))
 }
 
 /// The `dirty: count <n>` values of `vm` in `lines`.
@@ -84,7 +88,7 @@ fn same_lines(a: &Machine, b: &Machine, vm: &str, min: usize) {
 fn checks(a: &mut Machine, vm: &str) -> (u64, u64) {
     a.send_line(&format!("ft status {vm}"));
     let c = a.expect_line(
-        r"secondary acknowledged \d+ records, replayed \d+ \(\d+ exits\); checks (\d+) sent, (\d+) matched",
+        r"  secondary acknowledged \d+ records, replayed \d+ \(\d+ exits\); checks (\d+) sent, (\d+) matched",
         secs(60),
     );
     (c.num(1), c.num(2))
@@ -117,8 +121,8 @@ fn bochs_ft_lockstep_dirty_ticks_and_fpu() {
     for vm in ["d", "t", "f"] {
         a.send_line(&format!("vm start {vm}"));
     }
-    a.expect_line(r"\[d\] dirty: count \d+", secs(60));
-    a.expect_line(r"\[f\] fpu: alive \d+", secs(60));
+    a.expect_line(r"\[d\] dirty: count \d+ .*", secs(60));
+    a.expect_line(r"\[f\] fpu: alive \d+ .*", secs(60));
     for vm in ["d", "t", "f"] {
         protect(&mut a, vm);
         b.expect_line(&format!(r"ft: {vm}: secondary of [\d.:]+: replaying"), secs(60));
@@ -129,7 +133,7 @@ fn bochs_ft_lockstep_dirty_ticks_and_fpu() {
     let first = *counts(&primary_lines(&a, "d")).last().unwrap_or(&0);
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
-        let c = a.expect_line(r"\[d\] dirty: count (\d+)", secs(120)).num(1);
+        let c = a.expect_line(r"\[d\] dirty: count (\d+) .*", secs(120)).num(1);
         if c >= first + 120 {
             break;
         }
@@ -139,7 +143,7 @@ fn bochs_ft_lockstep_dirty_ticks_and_fpu() {
     }
     // Let the replay catch up with what the primary released.
     b.expect_line(
-        &format!(r"ft: replayed \[d\] dirty: count {} ", first + 120),
+        &format!(r"ft: replayed \[d\] dirty: count {} .*", first + 120),
         secs(120),
     );
     let (sent, matched) = checks(&mut a, "d");
@@ -167,7 +171,9 @@ fn bochs_ft_lockstep_dirty_ticks_and_fpu() {
     std::thread::sleep(Duration::from_secs(3));
     let during = a.output()[mark..].to_string();
     a.send_line("ft status d");
-    let held = a.expect_line(r"output: (\d+) lines held", secs(30)).num(1);
+    let held = a
+        .expect_line(r"  output: (\d+) lines held, .*", secs(30))
+        .num(1);
     b.check(unsafe_kill(pid, "CONT"), || "SIGCONT failed".into());
     a.check(!during.contains("[d] dirty: count"), || {
         format!("the primary released guest lines while the secondary was stopped:\n{during}")
@@ -175,11 +181,11 @@ fn bochs_ft_lockstep_dirty_ticks_and_fpu() {
     a.check(held > 0, || "no line was held while the secondary was stopped".into());
     let last_before = *before.last().unwrap_or(&0);
     a.expect_line(
-        &format!(r"\[d\] dirty: count {} ", last_before + 1),
+        &format!(r"\[d\] dirty: count {} .*", last_before + 1),
         secs(120),
     );
     a.expect_line(
-        &format!(r"\[d\] dirty: count {} ", last_before + 4),
+        &format!(r"\[d\] dirty: count {} .*", last_before + 4),
         secs(120),
     );
     let all = counts(&primary_lines(&a, "d"));
@@ -199,8 +205,8 @@ fn bochs_ft_lockstep_dirty_ticks_and_fpu() {
     a.send_line("ft disable d");
     a.expect_line(r"ft: d: protection disabled; d keeps running unprotected", secs(60));
     b.expect_line(r"ft: d: secondary copy discarded: .*disabled by the operator", secs(60));
-    let c = a.expect_line(r"\[d\] dirty: count (\d+)", secs(60)).num(1);
-    a.expect_line(&format!(r"\[d\] dirty: count {} ", c + 1), secs(60));
+    let c = a.expect_line(r"\[d\] dirty: count (\d+) .*", secs(60)).num(1);
+    a.expect_line(&format!(r"\[d\] dirty: count {} .*", c + 1), secs(60));
 }
 
 /// Sends SIGSTOP/SIGCONT with kill(1).

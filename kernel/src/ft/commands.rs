@@ -136,7 +136,7 @@ pub fn status(only: Option<&str>) {
 /// `ft watch <vm> on|off`: a secondary echoes the guest lines it replays.
 pub fn watch(vm: &str, on: bool) {
     match crate::vmm::ft_watch(vm, on) {
-        Ok(()) if on => println!("ft: {vm}: replayed lines are shown as 'ft: replayed [{vm}] ...'"),
+        Ok(()) if on => println!("ft: {vm}: showing the guest lines the replay produces"),
         Ok(()) => println!("ft: {vm}: replayed lines hidden"),
         Err(e) => println!("error: ft: {e}"),
     }

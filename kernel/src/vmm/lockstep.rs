@@ -99,6 +99,8 @@ pub(super) struct Secondary {
     pub(super) rep: Replayer,
     /// The breakpoint is armed at this RIP.
     armed: Option<u64>,
+    /// The last exit was the breakpoint, hit at this RIP.
+    hit: Option<u64>,
     pub(super) checks_ok: u64,
     pub(super) diverged: Option<String>,
     /// Guest lines replayed (not printed), the last few, and whether to
@@ -157,6 +159,9 @@ pub(super) fn on_exit(vm: &mut Vm, reason: ExitReason) {
     let det = deterministic(reason, vm);
     let Some(ft) = vm.ft.as_mut() else { return };
     ft.fresh = det;
+    if let Role::Secondary(s) = &mut ft.role {
+        s.hit = None;
+    }
     if !det {
         return;
     }
@@ -329,7 +334,10 @@ fn landmark(vm: &Vm) -> Landmark {
 
 /// (RIP, digest of GPRs and RFLAGS) of the guest now (VMCS current).
 fn here(vm: &Vm) -> (u64, u64) {
-    let r = &vm.regs;
+    here_of(&vm.regs)
+}
+
+fn here_of(r: &GuestRegs) -> (u64, u64) {
     let gprs = [
         r.rax,
         r.rcx,
@@ -491,7 +499,9 @@ pub(super) fn throttled(vm: &mut Vm) -> bool {
 pub(super) fn secondary_before_entry(vm: &mut Vm) -> bool {
     loop {
         let fresh = vm.ft.as_ref().is_some_and(|f| f.fresh);
-        let pos = here(vm);
+        // Asked only at a forced landmark: the digest costs VMCS reads.
+        let regs = vm.regs.clone();
+        let mut pos = None;
         let step = {
             let Some(ft) = vm.ft.as_mut() else {
                 return true;
@@ -502,7 +512,7 @@ pub(super) fn secondary_before_entry(vm: &mut Vm) -> bool {
             if s.diverged.is_some() {
                 return false;
             }
-            match s.rep.next(fresh, &mut || pos) {
+            match s.rep.next(fresh, &mut || *pos.get_or_insert_with(|| here_of(&regs))) {
                 Ok(step) => step,
                 Err(e) => {
                     s.diverged = Some(format!("{e}"));
@@ -535,7 +545,11 @@ pub(super) fn secondary_before_entry(vm: &mut Vm) -> bool {
                 arm(vm, Some(rip));
                 // A hit that did not match: run that instruction once
                 // without the breakpoint firing again.
-                if pos.0 == rip && !fresh {
+                let hit = match vm.ft.as_ref().map(|f| &f.role) {
+                    Some(Role::Secondary(s)) => s.hit,
+                    _ => None,
+                };
+                if hit == Some(rip) {
                     let f = vmread(Field::GUEST_RFLAGS);
                     vmwrite(Field::GUEST_RFLAGS, f | (1 << 16));
                 }
@@ -624,8 +638,8 @@ fn arm(vm: &mut Vm, at: Option<u64>) {
         None => {
             if s.armed.take().is_some() {
                 vmwrite(Field::GUEST_DR7, 0x400);
+                vmwrite(Field::EXCEPTION_BITMAP, 0);
             }
-            vmwrite(Field::EXCEPTION_BITMAP, 0);
         }
     }
 }
@@ -633,9 +647,11 @@ fn arm(vm: &mut Vm, at: Option<u64>) {
 /// A #DB exit. The secondary's breakpoint: counted, the next entry decides.
 /// Any other (the guest's own single-step): delivered to the guest.
 pub(super) fn debug_exit(vm: &mut Vm) {
+    let rip = vmread(Field::GUEST_RIP);
     let ours = vm.ft.as_mut().is_some_and(|ft| match &mut ft.role {
         Role::Secondary(s) if s.armed.is_some() => {
             s.breakpoints += 1;
+            s.hit = Some(rip);
             true
         }
         _ => false,
@@ -781,6 +797,7 @@ pub fn ft_start_secondary(
             Role::Secondary(Box::new(Secondary {
                 rep: Replayer::new(),
                 armed: None,
+                hit: None,
                 checks_ok: 0,
                 diverged: None,
                 lines: 0,
@@ -843,7 +860,7 @@ pub fn ft_on_ack(name: &str, ack: Ack) -> Result<(), String> {
     };
     let p = &mut **p;
     p.rec
-        .on_ack(ack.received, now, &mut p.lag)
+        .on_ack(ack.received, ack.replayed, now, &mut p.lag)
         .map_err(|e| format!("bad acknowledgement: {e}"))?;
     p.peer_ack = ack;
     let released = p.gate.release(ack.received, now);
@@ -906,7 +923,7 @@ pub fn ft_poll(name: &str) -> FtPoll {
             ended,
             diverged: None,
             ack: None,
-            drained: p.rec.acked() == p.rec.position() && p.gate.held() == 0,
+            drained: p.rec.replayed() == p.rec.position() && p.gate.held() == 0,
         },
         None => FtPoll {
             ended: Some(String::from("not protected")),
