@@ -309,7 +309,11 @@ fn get_record(r: &mut Reader<'_>) -> Result<Record, CodecError> {
                 2 | 3 => {
                     zero("unused field", a)?;
                     zero("unused field", u64::from(b))?;
-                    if kind == 2 { Input::Rdtsc } else { Input::Rdtscp }
+                    if kind == 2 {
+                        Input::Rdtsc
+                    } else {
+                        Input::Rdtscp
+                    }
                 }
                 4 => {
                     zero("unused field", a)?;
@@ -557,10 +561,7 @@ mod tests {
     fn wrong_version_type_tag_and_fields_are_refused() {
         let (ty, mut p) = encode(&Frame::Ack(Ack::default()));
         p[0] = 2;
-        assert_eq!(
-            decode(ty, &p),
-            Err(CodecError::Version { got: 2, want: 1 })
-        );
+        assert_eq!(decode(ty, &p), Err(CodecError::Version { got: 2, want: 1 }));
         assert_eq!(decode(41, &[1, 0]), Err(CodecError::UnknownType(41)));
         let (ty, mut p) = encode(&Frame::Log {
             first: 0,

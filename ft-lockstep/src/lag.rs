@@ -113,7 +113,10 @@ mod tests {
             l.sample(k * 1000);
         }
         let s = l.stats();
-        assert_eq!((s.samples, s.p50_us, s.p99_us, s.max_us), (100, 51_000, 100_000, 100_000));
+        assert_eq!(
+            (s.samples, s.p50_us, s.p99_us, s.max_us),
+            (100, 51_000, 100_000, 100_000)
+        );
         // The window forgets old samples; the maximum stays.
         for _ in 0..WINDOW {
             l.sample(5);

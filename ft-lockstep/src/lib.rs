@@ -148,7 +148,10 @@ mod tests {
     #[test]
     fn gpr_digest_ignores_rf_only() {
         let g = [7u64; 16];
-        assert_eq!(gpr_digest(&g, 1, 0x202), gpr_digest(&g, 1, 0x202 | RFLAGS_RF));
+        assert_eq!(
+            gpr_digest(&g, 1, 0x202),
+            gpr_digest(&g, 1, 0x202 | RFLAGS_RF)
+        );
         assert_ne!(gpr_digest(&g, 1, 0x202), gpr_digest(&g, 1, 0x203));
         assert_ne!(gpr_digest(&g, 1, 0x202), gpr_digest(&g, 2, 0x202));
         let mut h = g;

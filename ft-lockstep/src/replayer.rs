@@ -273,9 +273,10 @@ impl Replayer {
             .iter()
             .any(|r| !matches!(r, Record::Horizon { .. } | Record::Released { .. }))
             || self.horizon > self.exits
-            || self.queue.iter().any(
-                |r| matches!(r, Record::Horizon { exits } if *exits > self.exits),
-            )
+            || self
+                .queue
+                .iter()
+                .any(|r| matches!(r, Record::Horizon { exits } if *exits > self.exits))
     }
 
     /// The acknowledgement to send now.
@@ -376,7 +377,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(r.input(Input::Rdtsc), Ok([99, 0]));
-        assert_eq!(r.input(Input::Rdtsc), Err(ReplayError::Starved { exits: 2 }));
+        assert_eq!(
+            r.input(Input::Rdtsc),
+            Err(ReplayError::Starved { exits: 2 })
+        );
     }
 
     #[test]
@@ -494,8 +498,11 @@ mod tests {
     #[test]
     fn acks_say_how_far_it_got() {
         let mut r = Replayer::new();
-        r.push(0, vec![Record::Released { seq: 4 }, Record::Horizon { exits: 2 }])
-            .unwrap();
+        r.push(
+            0,
+            vec![Record::Released { seq: 4 }, Record::Horizon { exits: 2 }],
+        )
+        .unwrap();
         assert_eq!(r.next(true, &mut here((0, 0))), Ok(Step::Run));
         r.on_exit();
         assert_eq!(

@@ -74,7 +74,12 @@ fn same_lines(a: &Machine, b: &Machine, vm: &str, min: usize) {
     let start = p
         .iter()
         .position(|l| Some(l) == r.first())
-        .unwrap_or_else(|| b.fail(&format!("{vm}: first replayed line {:?} never printed on the primary", r.first())));
+        .unwrap_or_else(|| {
+            b.fail(&format!(
+                "{vm}: first replayed line {:?} never printed on the primary",
+                r.first()
+            ))
+        });
     for (k, line) in r.iter().enumerate() {
         let theirs = p.get(start + k);
         b.check(theirs == Some(line), || {
@@ -125,7 +130,10 @@ fn bochs_ft_lockstep_dirty_ticks_and_fpu() {
     a.expect_line(r"\[f\] fpu: alive \d+ .*", secs(60));
     for vm in ["d", "t", "f"] {
         protect(&mut a, vm);
-        b.expect_line(&format!(r"ft: {vm}: secondary of [\d.:]+: replaying"), secs(60));
+        b.expect_line(
+            &format!(r"ft: {vm}: secondary of [\d.:]+: replaying"),
+            secs(60),
+        );
         b.cmd(&format!("ft watch {vm} on"));
     }
 
@@ -133,7 +141,9 @@ fn bochs_ft_lockstep_dirty_ticks_and_fpu() {
     let first = *counts(&primary_lines(&a, "d")).last().unwrap_or(&0);
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
-        let c = a.expect_line(r"\[d\] dirty: count (\d+) .*", secs(120)).num(1);
+        let c = a
+            .expect_line(r"\[d\] dirty: count (\d+) .*", secs(120))
+            .num(1);
         if c >= first + 120 {
             break;
         }
@@ -178,7 +188,9 @@ fn bochs_ft_lockstep_dirty_ticks_and_fpu() {
     a.check(!during.contains("[d] dirty: count"), || {
         format!("the primary released guest lines while the secondary was stopped:\n{during}")
     });
-    a.check(held > 0, || "no line was held while the secondary was stopped".into());
+    a.check(held > 0, || {
+        "no line was held while the secondary was stopped".into()
+    });
     let last_before = *before.last().unwrap_or(&0);
     a.expect_line(
         &format!(r"\[d\] dirty: count {} .*", last_before + 1),
@@ -192,20 +204,33 @@ fn bochs_ft_lockstep_dirty_ticks_and_fpu() {
     let mut seen = BTreeMap::new();
     for w in all.windows(2) {
         a.check(w[1] == w[0] + 1, || {
-            format!("dirty counts out of order or repeated: {} then {}", w[0], w[1])
+            format!(
+                "dirty counts out of order or repeated: {} then {}",
+                w[0], w[1]
+            )
         });
     }
     for c in &all {
         *seen.entry(*c).or_insert(0) += 1;
     }
-    a.check(seen.values().all(|&n| n == 1), || "a count printed twice".into());
+    a.check(seen.values().all(|&n| n == 1), || {
+        "a count printed twice".into()
+    });
     println!("output rule: {held} lines held while the secondary was stopped, released in order");
 
     // Protection ends on both sides; the primary runs on.
     a.send_line("ft disable d");
-    a.expect_line(r"ft: d: protection disabled; d keeps running unprotected", secs(60));
-    b.expect_line(r"ft: d: secondary copy discarded: .*disabled by the operator", secs(60));
-    let c = a.expect_line(r"\[d\] dirty: count (\d+) .*", secs(60)).num(1);
+    a.expect_line(
+        r"ft: d: protection disabled; d keeps running unprotected",
+        secs(60),
+    );
+    b.expect_line(
+        r"ft: d: secondary copy discarded: .*disabled by the operator.*",
+        secs(60),
+    );
+    let c = a
+        .expect_line(r"\[d\] dirty: count (\d+) .*", secs(60))
+        .num(1);
     a.expect_line(&format!(r"\[d\] dirty: count {} .*", c + 1), secs(60));
 }
 

@@ -115,7 +115,11 @@ pub fn status(only: Option<&str>) {
                 None => println!("ft: not listening (ft listen)"),
             }
         }
-        for c in s.copies.iter().filter(|c| only.is_none_or(|v| v == c.out.vm())) {
+        for c in s
+            .copies
+            .iter()
+            .filter(|c| only.is_none_or(|v| v == c.out.vm()))
+        {
             println!("{}: {}", c.out.vm(), c.out.status());
         }
         let all = crate::vmm::ft_status(only);

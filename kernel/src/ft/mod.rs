@@ -34,6 +34,19 @@ pub const COPY_PAUSE_MS: u64 = 300;
 /// rest of the log before it ends protection anyway.
 pub const END_GRACE_US: u64 = 5_000_000;
 
+/// Most time between two frames to the twin: with nothing else to say,
+/// an empty log frame (primary) or a repeated acknowledgement (secondary).
+pub const KEEPALIVE_US: u64 = 1_000_000;
+
+/// A twin silent this long is given up on (part 1: protection ends; the
+/// failover of part 2 replaces this with heartbeats and a witness).
+pub const SILENCE_US: u64 = 10_000_000;
+
+/// How long a link that ended may take to hand its last frames (the End
+/// after what the channel already sealed) to the twin before it is
+/// released.
+pub const CLOSE_GRACE_US: u64 = 2_000_000;
+
 /// Least time between two acknowledgements that only report replay
 /// progress (one is sent at once for every log frame received).
 pub const ACK_EVERY_US: u64 = 20_000;

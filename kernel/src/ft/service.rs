@@ -14,7 +14,7 @@ use crate::events::emit as async_line;
 use crate::migration::{MigrationService, Outbound};
 use crate::net::{Service, Turn};
 
-use super::{ACK_EVERY_US, END_GRACE_US};
+use super::{ACK_EVERY_US, END_GRACE_US, KEEPALIVE_US, SILENCE_US};
 
 /// An initial copy under way (the guest keeps running here).
 pub(super) struct Copy {
@@ -46,6 +46,9 @@ pub(super) struct Link {
     /// left or at `release_at`.
     closed: bool,
     release_at: u64,
+    /// When the twin was last heard from, and when we last sent.
+    heard_us: u64,
+    sent_us: u64,
 }
 
 impl Link {
@@ -61,13 +64,32 @@ impl Link {
             ending_at: None,
             closed: false,
             release_at: u64::MAX,
+            heard_us: crate::arch::time::now_us(),
+            sent_us: 0,
         }
+    }
+
+    /// Whether the twin has been silent too long (a dead host, a cut
+    /// link): protection cannot go on. Part of every turn; the twin sends
+    /// at least every [`KEEPALIVE_US`].
+    fn silent(&self, now: u64) -> Option<String> {
+        (now.saturating_sub(self.heard_us) >= SILENCE_US).then(|| {
+            alloc::format!(
+                "the {} sent nothing for {} s",
+                match self.side {
+                    Side::Primary => "secondary",
+                    Side::Secondary => "primary",
+                },
+                SILENCE_US / 1_000_000
+            )
+        })
     }
 
     fn send(&mut self, f: &Frame) {
         let (ty, p) = ft_lockstep::encode(f);
         self.backlog.push_back((ty, p));
         self.flush();
+        self.sent_us = crate::arch::time::now_us();
     }
 
     /// Hands the backlog to the channel. Frames are never dropped: a log
@@ -93,6 +115,9 @@ impl Link {
         }
         self.closed = true;
         if self.chan.is_open() {
+            // Log the twin will not replay need not go; the End must, and
+            // whole, before the close.
+            self.backlog.clear();
             self.send(&Frame::End {
                 reason: String::from(tell),
             });
@@ -100,19 +125,23 @@ impl Link {
         crate::vmm::ft_end(&self.vm);
         async_line(format_args!("{report}"));
         self.chan.close(stack);
-        self.release_at = crate::arch::time::now_us() + crate::migration::CLOSE_GRACE_US;
+        self.release_at = crate::arch::time::now_us() + super::CLOSE_GRACE_US;
     }
 
     /// The primary's turn: acknowledgements in, log out.
     fn primary_turn(&mut self, stack: &mut Stack, now: u64) {
         while let Some((ty, p)) = self.chan.recv(stack) {
+            self.heard_us = now;
             let why = match ft_lockstep::decode(ty, &p) {
                 Ok(Frame::Ack(a)) => match crate::vmm::ft_on_ack(&self.vm, a) {
                     Ok(()) => continue,
                     Err(e) => alloc::format!("the secondary sent a {e}"),
                 },
                 Ok(Frame::End { reason }) => {
-                    alloc::format!("the secondary ended protection: {}", crate::text::peer(&reason))
+                    alloc::format!(
+                        "the secondary ended protection: {}",
+                        crate::text::peer(&reason)
+                    )
                 }
                 Ok(Frame::Log { .. }) => String::from("the secondary sent a log frame"),
                 Err(e) => alloc::format!("bad frame from the secondary: {e}"),
@@ -125,6 +154,9 @@ impl Link {
                 .close_reason()
                 .map(|r| alloc::format!("link to {} lost: {r}", self.peer))
                 .unwrap_or_else(|| alloc::format!("link to {} lost", self.peer));
+            return self.unprotect(stack, &why);
+        }
+        if let Some(why) = self.silent(now) {
             return self.unprotect(stack, &why);
         }
         let poll = crate::vmm::ft_poll(&self.vm);
@@ -146,7 +178,18 @@ impl Link {
             .saturating_sub(self.chan.queued_bytes())
             .min(256 * 1024);
         match crate::vmm::ft_frames(&self.vm, room) {
+            Ok(frames) if frames.is_empty() && now.saturating_sub(self.sent_us) >= KEEPALIVE_US => {
+                // Nothing logged: an empty frame says we are alive.
+                let first = crate::vmm::ft_sent(&self.vm);
+                self.send(&Frame::Log {
+                    first,
+                    records: Vec::new(),
+                });
+            }
             Ok(frames) => {
+                if !frames.is_empty() {
+                    self.sent_us = now;
+                }
                 self.backlog.extend(frames);
                 self.flush();
             }
@@ -167,6 +210,7 @@ impl Link {
     fn secondary_turn(&mut self, stack: &mut Stack, now: u64) {
         let mut got_log = false;
         while let Some((ty, p)) = self.chan.recv(stack) {
+            self.heard_us = now;
             let why = match ft_lockstep::decode(ty, &p) {
                 Ok(Frame::Log { first, records }) => {
                     match crate::vmm::ft_push(&self.vm, first, records) {
@@ -179,7 +223,10 @@ impl Link {
                     }
                 }
                 Ok(Frame::End { reason }) => {
-                    alloc::format!("the primary ended protection: {}", crate::text::peer(&reason))
+                    alloc::format!(
+                        "the primary ended protection: {}",
+                        crate::text::peer(&reason)
+                    )
                 }
                 Ok(Frame::Ack(_)) => String::from("the primary sent an acknowledgement"),
                 Err(e) => alloc::format!("bad frame from the primary: {e}"),
@@ -194,6 +241,9 @@ impl Link {
                 .unwrap_or_else(|| String::from("link to the primary lost"));
             return self.discard(stack, &why);
         }
+        if let Some(why) = self.silent(now) {
+            return self.discard(stack, &why);
+        }
         let poll = crate::vmm::ft_poll(&self.vm);
         if let Some(why) = poll.diverged {
             let why = alloc::format!("diverged: {why}");
@@ -201,8 +251,9 @@ impl Link {
         }
         if let Some(ack) = poll.ack
             && !got_log
-            && self.last_ack != Some(ack)
-            && now.saturating_sub(self.last_ack_us) >= ACK_EVERY_US
+            && ((self.last_ack != Some(ack)
+                && now.saturating_sub(self.last_ack_us) >= ACK_EVERY_US)
+                || now.saturating_sub(self.last_ack_us) >= KEEPALIVE_US)
         {
             self.ack(ack, now);
         }
@@ -279,14 +330,22 @@ impl FtService {
             .summary()
             .map_or((0, 0), |s| (s.total_us / 1000, s.downtime_us / 1000));
         let mut chan = c.out.into_channel();
-        match crate::vmm::ft_start_primary(&vm, &alloc::format!("{}", c.peer), crate::vmm::CHECK_EVERY_US) {
+        match crate::vmm::ft_start_primary(
+            &vm,
+            &alloc::format!("{}", c.peer),
+            crate::vmm::CHECK_EVERY_US,
+        ) {
             Ok(()) => {
                 async_line(format_args!(
                     "ft: {vm}: protected by {}: lockstep (initial copy {total} ms, pause {pause} ms)",
                     c.peer
                 ));
-                self.links
-                    .push(Link::new(vm, Side::Primary, alloc::format!("{}", c.peer), chan));
+                self.links.push(Link::new(
+                    vm,
+                    Side::Primary,
+                    alloc::format!("{}", c.peer),
+                    chan,
+                ));
             }
             Err(e) => {
                 crate::vmm::migration_end(&vm, false);

@@ -33,8 +33,8 @@ use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 
 use ft_lockstep::{
-    Ack, Digest, Event, Input, LagController, LagStats, Landmark, OutputGate, Record,
-    Recorder, Replayer, Step, gpr_digest,
+    Ack, Digest, Event, Input, LagController, LagStats, Landmark, OutputGate, Record, Recorder,
+    Replayer, Step, gpr_digest,
 };
 
 use super::prelude::*;
@@ -61,6 +61,11 @@ pub(super) struct Lockstep {
     pub(super) exits: u64,
     /// The guest has not run since deterministic exit `exits` was handled.
     pub(super) fresh: bool,
+    /// A digest of every deterministic exit's reason and qualification
+    /// (port, MSR...) so far: part of each state check, so an exit of
+    /// another kind on the secondary (one that reads nothing, which the
+    /// log alone would not catch) shows at the next check.
+    pub(super) trail: Digest,
     /// The guest's own DR7 (the VMCS holds the replayer's).
     pub(super) dr7: u64,
     /// RDTSC exiting as the VM was created (FT forces it on).
@@ -122,6 +127,7 @@ impl Lockstep {
             peer: peer.into(),
             exits: 0,
             fresh: true,
+            trail: Digest::new(),
             dr7,
             rdtsc_option,
             ticks: 0,
@@ -166,6 +172,8 @@ pub(super) fn on_exit(vm: &mut Vm, reason: ExitReason) {
         return;
     }
     ft.exits += 1;
+    ft.trail.u64(vmread(Field::EXIT_REASON) & 0xffff);
+    ft.trail.u64(vmread(Field::EXIT_QUALIFICATION));
     if let Role::Secondary(s) = &mut ft.role {
         s.rep.on_exit();
     }
@@ -357,10 +365,7 @@ fn here_of(r: &GuestRegs) -> (u64, u64) {
         r.r15,
     ];
     let rip = vmread(Field::GUEST_RIP);
-    (
-        rip,
-        gpr_digest(&gprs, rip, vmread(Field::GUEST_RFLAGS)),
-    )
+    (rip, gpr_digest(&gprs, rip, vmread(Field::GUEST_RFLAGS)))
 }
 
 /// Whether the guest stands at a REP string instruction (a forced
@@ -394,10 +399,8 @@ fn record_event(vm: &mut Vm, event: Event) {
     if let Some(ft) = vm.ft.as_mut()
         && let Role::Primary(p) = &mut ft.role
     {
-        p.rec.record(
-            Record::Event { at, event },
-            crate::arch::time::now_us(),
-        );
+        p.rec
+            .record(Record::Event { at, event }, crate::arch::time::now_us());
     }
 }
 
@@ -442,7 +445,11 @@ pub(super) fn primary_before_entry(vm: &mut Vm) {
 
 /// The primary injects `vector` at this entry: logged.
 pub(super) fn injected(vm: &mut Vm, vector: u8) {
-    if vm.ft.as_ref().is_some_and(|f| matches!(f.role, Role::Primary(_))) {
+    if vm
+        .ft
+        .as_ref()
+        .is_some_and(|f| matches!(f.role, Role::Primary(_)))
+    {
         record_event(vm, Event::Inject { vector });
     }
 }
@@ -500,7 +507,7 @@ pub(super) fn secondary_before_entry(vm: &mut Vm) -> bool {
     loop {
         let fresh = vm.ft.as_ref().is_some_and(|f| f.fresh);
         // Asked only at a forced landmark: the digest costs VMCS reads.
-        let regs = vm.regs.clone();
+        let regs = vm.regs;
         let mut pos = None;
         let step = {
             let Some(ft) = vm.ft.as_mut() else {
@@ -512,7 +519,10 @@ pub(super) fn secondary_before_entry(vm: &mut Vm) -> bool {
             if s.diverged.is_some() {
                 return false;
             }
-            match s.rep.next(fresh, &mut || *pos.get_or_insert_with(|| here_of(&regs))) {
+            match s
+                .rep
+                .next(fresh, &mut || *pos.get_or_insert_with(|| here_of(&regs)))
+            {
                 Ok(step) => step,
                 Err(e) => {
                     s.diverged = Some(format!("{e}"));
@@ -715,6 +725,10 @@ pub(super) fn state_digest(vm: &Vm) -> u64 {
     }
     d.u64(vm.ctx.xcr0);
     d.u64(vm.regs.cr2);
+    if let Some(ft) = vm.ft.as_ref() {
+        d.u64(ft.exits);
+        d.u64(ft.trail.value());
+    }
     for (name, blob) in vm.bus.save() {
         d.bytes(name.as_bytes());
         d.bytes(&blob);
@@ -844,6 +858,22 @@ pub fn ft_frames(name: &str, max_bytes: usize) -> Result<Vec<(u8, Vec<u8>)>, VmE
         out.push((ty, payload));
     }
     Ok(out)
+}
+
+/// Records of a primary's log handed out so far (where an empty
+/// keep-alive frame starts).
+pub fn ft_sent(name: &str) -> u64 {
+    let m = MANAGER.lock();
+    match m
+        .vms
+        .iter()
+        .find(|v| v.name == name)
+        .and_then(|v| v.ft.as_ref())
+        .map(|f| &f.role)
+    {
+        Some(Role::Primary(p)) => p.rec.sent(),
+        _ => 0,
+    }
 }
 
 /// The secondary acknowledged: released output is printed. Err(why) for

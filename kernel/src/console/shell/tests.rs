@@ -250,7 +250,11 @@ fn ft_commands() {
     }
     assert!(parse("ft enable d 10.0.0").is_err());
     assert!(parse("ft enable d 10.0.0.2:0").is_err());
-    assert!(parse("ft frobnicate").unwrap_err().starts_with("usage: ft enable"));
+    assert!(
+        parse("ft frobnicate")
+            .unwrap_err()
+            .starts_with("usage: ft enable")
+    );
 }
 
 #[test]
