@@ -41,7 +41,7 @@ fn insn(pc: u64) -> Insn {
             1 => Insn::Rdtsc,
             _ => Insn::Out,
         }
-    } else if h % 3 == 0 {
+    } else if h.is_multiple_of(3) {
         Insn::Loop
     } else {
         Insn::Compute
@@ -261,7 +261,7 @@ fn run(plan: &Plan) -> (u64, u64, usize) {
             gate.hold(rec.position(), (out_seen, primary.out[out_seen]), now);
             out_seen += 1;
         }
-        if exit && rng(&mut r) % 8 == 0 {
+        if exit && rng(&mut r).is_multiple_of(8) {
             rec.record(
                 Record::Check {
                     exits: primary.exits,
@@ -271,7 +271,7 @@ fn run(plan: &Plan) -> (u64, u64, usize) {
             );
         }
         // The network turn: frames out, frames in, acks back, at random.
-        if rng(&mut r) % 4 == 0 {
+        if rng(&mut r).is_multiple_of(4) {
             rec.record(
                 Record::Horizon {
                     exits: primary.exits,
@@ -282,7 +282,7 @@ fn run(plan: &Plan) -> (u64, u64, usize) {
                 wire.push(encode(&f));
             }
         }
-        if rng(&mut r) % 3 == 0 && !wire.is_empty() {
+        if rng(&mut r).is_multiple_of(3) && !wire.is_empty() {
             let n = 1 + (rng(&mut r) as usize % wire.len());
             for (ty, p) in wire.drain(..n) {
                 let Ok(Frame::Log { first, records }) = decode(ty, &p) else {
@@ -292,11 +292,11 @@ fn run(plan: &Plan) -> (u64, u64, usize) {
                 acks.push(rep.ack(0));
             }
         }
-        if rng(&mut r) % 2 == 0 {
+        if rng(&mut r).is_multiple_of(2) {
             replay(&mut rep, &mut secondary, &mut fresh_s, 1 + (step % 7));
             acks.push(rep.ack(0));
         }
-        if rng(&mut r) % 3 == 0 {
+        if rng(&mut r).is_multiple_of(3) {
             for a in acks.drain(..) {
                 let (ty, p) = encode(&Frame::Ack(a));
                 let Ok(Frame::Ack(a)) = decode(ty, &p) else {
