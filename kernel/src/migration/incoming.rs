@@ -306,6 +306,7 @@ pub(super) fn run_dest_actions(
     now: u64,
     ft: bool,
 ) -> bool {
+    let label = if ft { "ft" } else { "migrate" };
     let mut queue: Vec<DestAction> = core::mem::take(acts);
     let mut ok = true;
     while !queue.is_empty() {
@@ -328,7 +329,7 @@ pub(super) fn run_dest_actions(
                 if let Err(e) = crate::vmm::reserve_incoming(&vm, mem_bytes, profile) {
                     let e = e.to_string();
                     async_line(format_args!(
-                        "migrate: refusing {} from {}: {}",
+                        "{label}: refusing {} from {}: {}",
                         crate::text::peer(&vm),
                         peer(&inc.chan),
                         crate::text::peer(&e)
@@ -369,7 +370,7 @@ pub(super) fn run_dest_actions(
                     Err(e) => {
                         let e = e.to_string();
                         async_line(format_args!(
-                            "migrate: cannot start {}: {}",
+                            "{label}: cannot start {}: {}",
                             crate::text::peer(&vm),
                             crate::text::peer(&e)
                         ));
@@ -385,9 +386,9 @@ pub(super) fn run_dest_actions(
                 // silent before its Hello.
                 let reason = crate::text::peer(&reason);
                 if inc.dest.answered_probe() {
-                    log::info!("migrate: {}: {reason}", peer(&inc.chan));
+                    log::info!("{label}: {}: {reason}", peer(&inc.chan));
                 } else {
-                    async_line(format_args!("migrate: {}: {reason}", peer(&inc.chan)));
+                    async_line(format_args!("{label}: {}: {reason}", peer(&inc.chan)));
                 }
                 // Released once the answer and the close have left.
                 inc.chan.close(stack);
@@ -399,7 +400,7 @@ pub(super) fn run_dest_actions(
                 let vm = inc.dest.vm();
                 crate::vmm::discard_incoming(vm);
                 async_line(format_args!(
-                    "migrate: incoming {vm} from {} discarded: {}",
+                    "{label}: incoming {vm} from {} discarded: {}",
                     peer(&inc.chan),
                     crate::text::peer(&reason)
                 ));

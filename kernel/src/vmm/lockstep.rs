@@ -894,6 +894,12 @@ pub fn ft_on_ack(name: &str, ack: Ack) -> Result<(), String> {
         .map_err(|e| format!("bad acknowledgement: {e}"))?;
     p.peer_ack = ack;
     let released = p.gate.release(ack.received, now);
+    if !released.is_empty() {
+        // How far the world has seen the guest's output: a secondary that
+        // goes live (part 2) re-emits only what comes after.
+        let seq = p.gate.last_released_pos();
+        p.rec.record(Record::Released { seq }, now);
+    }
     drop(m);
     for out in released {
         print_output(&vname, out);
