@@ -148,6 +148,26 @@ fn rng(seed: &mut u64) -> u64 {
     *seed
 }
 
+/// One instruction on the primary: inputs drawn at random and logged.
+fn primary_step(primary: &mut Guest, rec: &mut Recorder, r: &mut u64, now: u64) -> bool {
+    let exits = primary.exits;
+    let mut logged = Vec::new();
+    let exit = primary.step(&mut |i| {
+        let Some(i) = i else { return [0, 0] };
+        let v = [rng(r), 0];
+        logged.push(Record::Input {
+            exits: exits + 1,
+            input: i,
+            value: v,
+        });
+        v
+    });
+    for l in logged {
+        rec.record(l, now);
+    }
+    exit
+}
+
 /// Returns (events at forced landmarks, events right after exits, outputs).
 fn run(plan: &Plan) -> (u64, u64, usize) {
     let mut r = plan.seed | 1;
@@ -241,21 +261,7 @@ fn run(plan: &Plan) -> (u64, u64, usize) {
             rec.record(Record::Event { at, event }, now);
             primary.apply(event);
         }
-        let exits = primary.exits;
-        let mut logged = Vec::new();
-        let exit = primary.step(&mut |i| {
-            let Some(i) = i else { return [0, 0] };
-            let v = [rng(&mut r), 0];
-            logged.push(Record::Input {
-                exits: exits + 1,
-                input: i,
-                value: v,
-            });
-            v
-        });
-        for l in logged {
-            rec.record(l, now);
-        }
+        let exit = primary_step(&mut primary, &mut rec, &mut r, now);
         fresh_p = exit;
         while primary.out.len() > out_seen {
             gate.hold(rec.position(), (out_seen, primary.out[out_seen]), now);
@@ -318,21 +324,7 @@ fn run(plan: &Plan) -> (u64, u64, usize) {
     while !fresh_p {
         n += 1;
         assert!(n < 1_000_000, "the primary never exits");
-        let exits = primary.exits;
-        let mut logged = Vec::new();
-        fresh_p = primary.step(&mut |i| {
-            let Some(i) = i else { return [0, 0] };
-            let v = [rng(&mut r), 0];
-            logged.push(Record::Input {
-                exits: exits + 1,
-                input: i,
-                value: v,
-            });
-            v
-        });
-        for l in logged {
-            rec.record(l, now);
-        }
+        fresh_p = primary_step(&mut primary, &mut rec, &mut r, now);
         while primary.out.len() > out_seen {
             gate.hold(rec.position(), (out_seen, primary.out[out_seen]), now);
             out_seen += 1;

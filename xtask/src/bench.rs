@@ -37,7 +37,7 @@ fn parse(args: &[String]) -> Result<u32> {
     };
     if what != "boot" {
         return Err(format!(
-            "bench: unknown benchmark '{what}' (expected boot, vmx, net, migrate or migrate-qemu)"
+            "bench: unknown benchmark '{what}' (expected boot, vmx, net, migrate, migrate-qemu or ft)"
         ));
     }
     match rest {
@@ -205,6 +205,9 @@ pub fn main(args: &[String]) -> Result {
     }
     if args.first().map(String::as_str) == Some("migrate") {
         return crate::bench_migrate::main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("ft") {
+        return crate::bench_ft::main(&args[1..]);
     }
     if args.first().map(String::as_str) == Some("migrate-qemu") {
         return crate::bench_migrate_qemu::main(&args[1..]);

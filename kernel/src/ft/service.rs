@@ -419,11 +419,5 @@ impl Service for FtService {
 
 /// The FT service on `net`, registered at first use.
 pub(super) fn ft(net: &mut crate::net::Net) -> &mut FtService {
-    if net.service_mut::<FtService>().is_none() {
-        net.add_service(alloc::boxed::Box::new(FtService::default()));
-    }
-    match net.service_mut::<FtService>() {
-        Some(s) => s,
-        None => unreachable!("the FT service was registered just above"),
-    }
+    net.service::<FtService>()
 }

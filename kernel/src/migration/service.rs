@@ -3,7 +3,6 @@
 //! network ([`crate::net::Net::add_service`]) at the first `migrate`
 //! command and polled by it every turn.
 
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use netstack::codec::Key;
@@ -69,11 +68,5 @@ impl Service for Migrations {
 
 /// The migrations on `net`, registered as its service at first use.
 pub(super) fn migrations(net: &mut Net) -> &mut Migrations {
-    if net.service_mut::<Migrations>().is_none() {
-        net.add_service(Box::new(Migrations::default()));
-    }
-    match net.service_mut::<Migrations>() {
-        Some(m) => m,
-        None => unreachable!("the migration service was registered just above"),
-    }
+    net.service::<Migrations>()
 }

@@ -164,6 +164,17 @@ impl Net {
         self.services.push(service);
     }
 
+    /// The service of type `T`, registered (its default) at first use.
+    pub fn service<T: Service + Default>(&mut self) -> &mut T {
+        if self.service_mut::<T>().is_none() {
+            self.add_service(Box::new(T::default()));
+        }
+        match self.service_mut::<T>() {
+            Some(s) => s,
+            None => unreachable!("the service was registered just above"),
+        }
+    }
+
     /// The registered service of type `T`, if there is one.
     pub fn service_mut<T: Service>(&mut self) -> Option<&mut T> {
         self.services

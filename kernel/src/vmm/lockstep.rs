@@ -577,40 +577,49 @@ pub(super) fn secondary_before_entry(vm: &mut Vm) -> bool {
     }
 }
 
-fn halted_divergence(vm: &mut Vm) -> bool {
-    if let Some(ft) = vm.ft.as_mut()
-        && let Role::Secondary(s) = &mut ft.role
-    {
-        s.diverged.get_or_insert_with(|| {
-            format!(
-                "exit {}: the guest is halted here but ran on without an interrupt on the primary",
-                ft.exits
-            )
-        });
+/// Marks a secondary diverged (the first reason stays); `why` gets the
+/// exit count.
+fn diverge(vm: &mut Vm, why: impl FnOnce(u64) -> String) {
+    if let Some(ft) = vm.ft.as_mut() {
+        let exits = ft.exits;
+        if let Role::Secondary(s) = &mut ft.role {
+            s.diverged.get_or_insert_with(|| why(exits));
+        }
     }
+}
+
+fn halted_divergence(vm: &mut Vm) -> bool {
+    diverge(vm, |exits| {
+        format!(
+            "exit {exits}: the guest is halted here but ran on without an interrupt on the primary"
+        )
+    });
     false
 }
 
 /// Applies a logged event on the secondary.
 fn apply(vm: &mut Vm, event: Event) {
     match event {
-        Event::Irq { line } => vm.bus.raise_irq(line),
+        // The host raises only the timer's line: any other is a log that
+        // does not belong to this guest.
+        Event::Irq { line } if vm.bus.timer_line() == Some(line) => vm.bus.raise_irq(line),
+        Event::Irq { line } => {
+            diverge(vm, |exits| {
+                format!("exit {exits}: the log raises IRQ {line}, not the timer's")
+            });
+            return;
+        }
         Event::Request => {
             vm.bus.with(RequestPort::bump);
         }
         Event::Inject { vector } => {
             let pending = vm.bus.pending_vector();
             if pending != Some(vector) {
-                if let Some(ft) = vm.ft.as_mut()
-                    && let Role::Secondary(s) = &mut ft.role
-                {
-                    s.diverged.get_or_insert_with(|| {
-                        format!(
-                            "exit {}: the primary injected vector {vector:#x}, here the PIC has {pending:?}",
-                            ft.exits
-                        )
-                    });
-                }
+                diverge(vm, |exits| {
+                    format!(
+                        "exit {exits}: the primary injected vector {vector:#x}, here the PIC has {pending:?}"
+                    )
+                });
                 return;
             }
             let info = InterruptionInfo::external_interrupt(vector);
@@ -658,18 +667,24 @@ fn arm(vm: &mut Vm, at: Option<u64>) {
 /// Any other (the guest's own single-step): delivered to the guest.
 pub(super) fn debug_exit(vm: &mut Vm) {
     let rip = vmread(Field::GUEST_RIP);
-    let ours = vm.ft.as_mut().is_some_and(|ft| match &mut ft.role {
-        Role::Secondary(s) if s.armed.is_some() => {
-            s.breakpoints += 1;
-            s.hit = Some(rip);
-            true
-        }
-        _ => false,
-    });
+    // B0 alone: DR0, the replayer's breakpoint. A single-step (BS) or
+    // anything else is the guest's own and goes back to it.
+    let qual = vmread(Field::EXIT_QUALIFICATION);
+    let ours = qual & 0x400f == 1
+        && vm.ft.as_mut().is_some_and(|ft| match &mut ft.role {
+            Role::Secondary(s) if s.armed.is_some() => {
+                s.breakpoints += 1;
+                s.hit = Some(rip);
+                true
+            }
+            _ => false,
+        });
     // The breakpoint's CPU DR0 stays loaded: the context switch leaves a
     // protected VM's debug registers alone.
     vmwrite(Field::GUEST_PENDING_DEBUG_EXCEPTIONS, 0);
     if !ours {
+        // (DR6 stays as the guest wrote it, as on the primary, where the
+        // guest's own #DB never exits: DR6 is virtual while protected.)
         let info = InterruptionInfo::hardware_exception(1, false);
         vmwrite(Field::ENTRY_INTERRUPTION_INFO, u64::from(info.encode()));
     }
@@ -750,6 +765,17 @@ fn no_ft(name: &str) -> VmError {
     VmError::NotProtected(name.into())
 }
 
+/// Installs `role` on `vm`: the guest's debug registers become virtual
+/// (its DR7 kept aside), RDTSC exits (its value is an input).
+fn protect(vm: &mut Vm, role: Role, peer: &str) {
+    let dr7 = vmread(Field::GUEST_DR7);
+    vmwrite(Field::GUEST_DR7, 0x400);
+    vm.ctx.dr_virtual = true;
+    let rdtsc = vm.clock.exiting;
+    vm.clock.exiting = true;
+    vm.ft = Some(Box::new(Lockstep::new(role, peer, rdtsc, dr7)));
+}
+
 /// Begins protection on the primary after the initial copy committed:
 /// dirty tracking off, recording on, the guest resumes from exactly the
 /// state the secondary received.
@@ -761,12 +787,8 @@ pub fn ft_start_primary(name: &str, peer: &str, check_every_us: u64) -> Result<(
             dirty_close(host, vm, view);
         }
         let now = crate::arch::time::now_us();
-        let dr7 = vmread(Field::GUEST_DR7);
-        vmwrite(Field::GUEST_DR7, 0x400);
-        vm.ctx.dr_virtual = true;
-        let rdtsc = vm.clock.exiting;
-        vm.clock.exiting = true;
-        vm.ft = Some(Box::new(Lockstep::new(
+        protect(
+            vm,
             Role::Primary(Box::new(Primary {
                 rec: Recorder::new(ft_lockstep::DEFAULT_BUFFER_BYTES),
                 gate: OutputGate::new(),
@@ -785,9 +807,7 @@ pub fn ft_start_primary(name: &str, peer: &str, check_every_us: u64) -> Result<(
                 turn: 0,
             })),
             peer,
-            rdtsc,
-            dr7,
-        )));
+        );
         vm.paused = false;
         Ok(())
     })
@@ -802,12 +822,8 @@ pub fn ft_start_secondary(
 ) -> Result<(), VmError> {
     start_incoming(name, vcpu, devices, 0)?;
     with_vm(name, |_, vm| {
-        let dr7 = vmread(Field::GUEST_DR7);
-        vmwrite(Field::GUEST_DR7, 0x400);
-        vm.ctx.dr_virtual = true;
-        let rdtsc = vm.clock.exiting;
-        vm.clock.exiting = true;
-        vm.ft = Some(Box::new(Lockstep::new(
+        protect(
+            vm,
             Role::Secondary(Box::new(Secondary {
                 rep: Replayer::new(),
                 armed: None,
@@ -821,9 +837,7 @@ pub fn ft_start_secondary(
                 events: 0,
             })),
             peer,
-            rdtsc,
-            dr7,
-        )));
+        );
         Ok(())
     })
 }
