@@ -574,6 +574,38 @@ impl Instance {
         }
     }
 
+    /// How the emulator ended, if it has: `exited with code 1`, `killed by
+    /// signal 11`. The process is not reaped (its status stays for
+    /// [`Instance::try_wait`]), so this needs no `&mut`.
+    pub fn exited(&self) -> Option<String> {
+        let pid = libc::id_t::try_from(self.child.as_ref()?.id()).ok()?;
+        // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid, writable siginfo_t for the call's
+        // duration; WNOWAIT leaves the child waitable, WNOHANG returns at
+        // once. The pid is our unreaped child's, so it names no other process.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: waitid filled `info` (r == 0) for a SIGCHLD-kind record,
+        // whose pid and status fields these read.
+        let (got, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if r != 0 || got == 0 {
+            return None;
+        }
+        Some(match info.si_code {
+            libc::CLD_EXITED => format!("exited with code {status}"),
+            libc::CLD_KILLED => format!("was killed by signal {status}"),
+            libc::CLD_DUMPED => format!("was killed by signal {status} (core dumped)"),
+            code => format!("ended (si_code {code}, status {status})"),
+        })
+    }
+
     /// Log files worth showing on failure, most useful first.
     pub fn log_files(&self) -> Vec<PathBuf> {
         let mut v = Vec::new();

@@ -462,6 +462,9 @@ impl Machine {
             ),
         );
         s.push_str(&self.instance.log_tail(LOG_TAIL));
+        if let Some(how) = self.instance.exited() {
+            s.push_str(&format!("--- the emulator {how} ---\n"));
+        }
         for f in self.instance.failed_starts() {
             s.push_str(&format!("(earlier {f})\n"));
         }
