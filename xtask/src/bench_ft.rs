@@ -321,7 +321,7 @@ pub fn main(args: &[String]) -> Result {
 fn print_table(rows: &[(&Guest, Figures)]) {
     println!();
     println!(
-        "fault tolerance, two Bochs hosts (corei7_skylake_x) through bxhub; progress per wall second"
+        "fault tolerance, two Bochs hosts (corei7_skylake_x) through bxhub"
     );
     println!(
         "{:<20} {:>9} {:>9} {:>6} {:>8} {:>6} {:>8} {:>8} {:>8} {:>14} {:>10} {:>7} {:>7}",
