@@ -20,28 +20,11 @@ use std::time::Duration;
 use hv_tests::regex::Regex;
 use hv_tests::{Link, Machine};
 
+use crate::bench_migrate::linked_host;
 use crate::{Result, make_image, setup};
-
-const KEY: &str = "00112233445566778899aabbccddeeff";
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
-}
-
-fn host(link: &Link, name: &str, ip: &str) -> Result<Machine> {
-    let mut m = Machine::bochs()
-        .bochs_model("corei7_skylake_x")
-        .memory_mib(256)
-        .name(&format!("bench-ft-{name}"))
-        .hostname(name)
-        .config(&format!(
-            "hostname = {name}\nnet.ip = {ip}\nnet.key = {KEY}\n"
-        ))
-        .link(link)
-        .try_start()
-        .map_err(err)?;
-    m.try_boot_to_prompt().map_err(err)?;
-    Ok(m)
 }
 
 /// One guest to measure.
@@ -294,8 +277,8 @@ pub fn main(args: &[String]) -> Result {
     make_image()?;
     let window = Duration::from_secs(if quick { 15 } else { 30 });
     let link = Link::bochs();
-    let mut a = host(&link, "prim", "10.0.0.1/24")?;
-    let mut b = host(&link, "twin", "10.0.0.2/24")?;
+    let mut a = linked_host("ft", &link, "prim", "10.0.0.1/24", 256)?;
+    let mut b = linked_host("ft", &link, "twin", "10.0.0.2/24", 256)?;
     b.command("ft listen", Duration::from_secs(60));
     let mut rows = Vec::new();
     let chosen = |g: &&Guest| match &only {
@@ -320,9 +303,7 @@ pub fn main(args: &[String]) -> Result {
 
 fn print_table(rows: &[(&Guest, Figures)]) {
     println!();
-    println!(
-        "fault tolerance, two Bochs hosts (corei7_skylake_x) through bxhub"
-    );
+    println!("fault tolerance, two Bochs hosts (corei7_skylake_x) through bxhub");
     println!(
         "{:<20} {:>9} {:>9} {:>6} {:>8} {:>6} {:>8} {:>8} {:>8} {:>14} {:>10} {:>7} {:>7}",
         "guest",
