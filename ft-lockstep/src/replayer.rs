@@ -62,6 +62,17 @@ pub enum ReplayError {
     /// The guest did something else than the primary's did.
     #[error("diverged: {0}")]
     Diverged(String),
+    /// A record positioned before an earlier one (no honest primary logs
+    /// that; a corrupted or forged frame does).
+    #[error("log record {seq} is at exit {exits}, before the exit {before} of an earlier record")]
+    BadLog {
+        /// The record's sequence number.
+        seq: u64,
+        /// Its exit count.
+        exits: u64,
+        /// The highest exit count logged before it.
+        before: u64,
+    },
     /// More log than the secondary holds (the primary ignored the
     /// replay position in the acknowledgements).
     #[error("the primary sent {queued} bytes of log ahead of the replay (at most {max})")]
@@ -91,6 +102,8 @@ pub struct Replayer {
     released: u64,
     /// Encoded bytes of the queued records.
     queued_bytes: usize,
+    /// The highest exit count any record received so far is positioned at.
+    last_exits: u64,
 }
 
 fn diverged(s: String) -> ReplayError {
@@ -112,6 +125,19 @@ impl Replayer {
                 expected: self.received,
             });
         }
+        let mut last = self.last_exits;
+        for (k, r) in records.iter().enumerate() {
+            if let Some(e) = r.exits() {
+                if e < last {
+                    return Err(ReplayError::BadLog {
+                        seq: first + k as u64,
+                        exits: e,
+                        before: last,
+                    });
+                }
+                last = e;
+            }
+        }
         let bytes: usize = records.iter().map(crate::codec::record_len).sum();
         if self.queued_bytes + bytes > crate::MAX_QUEUED_BYTES {
             return Err(ReplayError::Flooded {
@@ -120,6 +146,7 @@ impl Replayer {
             });
         }
         self.queued_bytes += bytes;
+        self.last_exits = last;
         self.received += records.len() as u64;
         self.queue.extend(records);
         Ok(())
@@ -324,6 +351,16 @@ mod tests {
         );
         r.push(1, vec![]).unwrap();
         assert_eq!(r.received(), 1);
+        // Positions never go back along the log.
+        assert_eq!(
+            r.push(1, vec![Record::Horizon { exits: 0 }]),
+            Err(ReplayError::BadLog {
+                seq: 1,
+                exits: 0,
+                before: 1
+            })
+        );
+        assert_eq!(r.received(), 1, "nothing of a refused frame is kept");
     }
 
     #[test]

@@ -33,6 +33,7 @@ fn qemu_information_commands() {
         ("vm help", m.cmd("vm help")),
         ("net help", m.cmd("net help")),
         ("migrate help", m.cmd("migrate help")),
+        ("ft help", m.cmd("ft help")),
     ] {
         m.check(
             out.lines().count() > 1

@@ -35,11 +35,19 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-fn host(link: &Link, name: &str, ip: &str, mib: u32) -> Result<Machine> {
+/// A Skylake-X Bochs host of `mib` MiB on `link` at `ip` with the bench
+/// key, booted to its prompt (`bench` names its emulator logs).
+pub(crate) fn linked_host(
+    bench: &str,
+    link: &Link,
+    name: &str,
+    ip: &str,
+    mib: u32,
+) -> Result<Machine> {
     let mut m = Machine::bochs()
         .bochs_model("corei7_skylake_x")
         .memory_mib(mib)
-        .name(&format!("bench-migrate-{name}"))
+        .name(&format!("bench-{bench}-{name}"))
         .hostname(name)
         .config(&format!(
             "hostname = {name}\nnet.ip = {ip}\nnet.key = {KEY}\n"
@@ -141,8 +149,8 @@ fn link_mib_s(a: &mut Machine, b: &mut Machine) -> Result<f64> {
 fn ours(mem: u32, rate: u64, measure_link: bool) -> Result<(OurFigures, Option<f64>)> {
     let link = Link::bochs();
     let host_mib = (mem * 2).max(256);
-    let mut a = host(&link, "srca", "10.0.0.1/24", host_mib)?;
-    let mut b = host(&link, "dstb", "10.0.0.2/24", host_mib)?;
+    let mut a = linked_host("migrate", &link, "srca", "10.0.0.1/24", host_mib)?;
+    let mut b = linked_host("migrate", &link, "dstb", "10.0.0.2/24", host_mib)?;
     let bw = if measure_link {
         Some(link_mib_s(&mut a, &mut b)?)
     } else {

@@ -14,7 +14,7 @@
 //! bench migrate [--quick] live migration in Bochs (64/256 MiB, 3 dirty rates) beside QEMU's own
 //! bench migrate-qemu [--mem MIB] [--rate N] [--bandwidth MIBPS]
 //!                      QEMU's own live migration of the dirty guest (TCG, two processes)
-//! bench ft [--quick]   fault tolerance between two Bochs hosts: throughput on/off, log, lag
+//! bench ft [--quick] [--only d1,d2,x,t] fault tolerance between two Bochs hosts: throughput on/off, log, lag
 //! ```
 //!
 //! Emulators are started through the `hv-tests` harness, so the emulator
@@ -54,7 +54,7 @@ commands:
                          3 dirty rates) beside QEMU's own live migration of it at the same bandwidth
   bench migrate-qemu [--mem MIB] [--rate N] [--bandwidth MIBPS] [--downtime MS] [--warmup S] [--image PATH]
                          QEMU's own live migration of the dirty guest between two QEMUs (TCG)
-  bench ft [--quick]     fault tolerance between two Bochs hosts (dirty at two rates, exitbench,
+  bench ft [--quick] [--only d1,d2,x,t] fault tolerance between two Bochs hosts (dirty at two rates, exitbench,
                          ticks): throughput protected/unprotected, log rate, lag, output latency
 ";
 

@@ -76,6 +76,8 @@ pub(super) struct Lockstep {
     pub(super) requests: u32,
     /// When the oldest of those began to wait.
     pub(super) pending_since_us: u64,
+    /// The time of the last deterministic exit (its records' time).
+    now_us: u64,
     pub(super) since_us: u64,
 }
 
@@ -133,6 +135,7 @@ impl Lockstep {
             ticks: 0,
             requests: 0,
             pending_since_us: 0,
+            now_us: 0,
             since_us: crate::arch::time::now_us(),
         }
     }
@@ -172,6 +175,7 @@ pub(super) fn on_exit(vm: &mut Vm, reason: ExitReason) {
         return;
     }
     ft.exits += 1;
+    ft.now_us = crate::arch::time::now_us();
     ft.trail.u64(vmread(Field::EXIT_REASON) & 0xffff);
     ft.trail.u64(vmread(Field::EXIT_QUALIFICATION));
     if let Role::Secondary(s) = &mut ft.role {
@@ -182,11 +186,11 @@ pub(super) fn on_exit(vm: &mut Vm, reason: ExitReason) {
 /// After a deterministic exit was handled: the primary's periodic state
 /// check.
 pub(super) fn after_exit(vm: &mut Vm) {
-    let now = crate::arch::time::now_us();
     let Some(ft) = vm.ft.as_mut() else { return };
     if !ft.fresh {
         return;
     }
+    let now = ft.now_us;
     let Role::Primary(p) = &mut ft.role else {
         return;
     };
@@ -211,7 +215,7 @@ pub(super) fn input(vm: &mut Vm, input: Input, live: [u64; 2]) -> [u64; 2] {
     let Some(ft) = vm.ft.as_mut() else {
         return live;
     };
-    let exits = ft.exits;
+    let (exits, now) = (ft.exits, ft.now_us);
     match &mut ft.role {
         Role::Primary(p) => {
             p.rec.record(
@@ -220,7 +224,7 @@ pub(super) fn input(vm: &mut Vm, input: Input, live: [u64; 2]) -> [u64; 2] {
                     input,
                     value: live,
                 },
-                crate::arch::time::now_us(),
+                now,
             );
             live
         }

@@ -5,8 +5,8 @@ use hv_tests::regex::Regex;
 use hv_tests::{Builder, Found, Link, Machine, secs};
 
 /// Every console command, in the order `help` lists them.
-pub const COMMANDS: [&str; 13] = [
-    "help", "version", "status", "mem", "cpus", "pci", "vmx", "log", "vm", "net", "migrate",
+pub const COMMANDS: [&str; 14] = [
+    "help", "version", "status", "mem", "cpus", "pci", "vmx", "log", "vm", "net", "migrate", "ft",
     "reboot", "crash",
 ];
 
