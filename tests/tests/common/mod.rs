@@ -251,6 +251,18 @@ pub fn handshake_with_the_wrong_key(s: &mut std::net::TcpStream) {
 /// The channel key the linked test hosts share.
 pub const KEY: &str = "00112233445566778899aabbccddeeff";
 
+/// A Bochs host named `name` on `link` at `ip`, with the channel key
+/// `key` in its configuration (none: the host starts without one), not
+/// started yet: starting two builders before booting either boots them
+/// side by side.
+pub fn bochs_on(link: &Link, name: &str, ip: &str, key: Option<&str>) -> Builder {
+    let key = key.map(|k| format!("net.key = {k}\n")).unwrap_or_default();
+    Machine::bochs()
+        .hostname(name)
+        .config(&format!("hostname = {name}\nnet.ip = {ip}\n{key}"))
+        .link(link)
+}
+
 /// A Bochs host named `name` on `link` at `ip` with [`KEY`], booted to
 /// its prompt; `tune` sets the rest (CPU model, memory).
 pub fn linked_bochs(
@@ -259,13 +271,7 @@ pub fn linked_bochs(
     ip: &str,
     tune: impl FnOnce(Builder) -> Builder,
 ) -> Machine {
-    let builder = Machine::bochs()
-        .hostname(name)
-        .config(&format!(
-            "hostname = {name}\nnet.ip = {ip}\nnet.key = {KEY}\n"
-        ))
-        .link(link);
-    let mut m = tune(builder).start();
+    let mut m = tune(bochs_on(link, name, ip, Some(KEY))).start();
     m.boot_to_prompt();
     m
 }
