@@ -245,17 +245,7 @@ fn bochs_ft_enable_errors_leave_the_guest_running() {
     // A fake primary: a Hello the twin accepts (it reserves the RAM and
     // answers Ready), then garbage instead of the copy.
     let mut peer = HubPeer::join(&link, "10.0.0.9/24").unwrap_or_else(|e| b.fail(&e.0));
-    let (hello_ty, hello) = encode(&Message::Hello {
-        version: migrate::proto::PROTOCOL_VERSION,
-        vm: "g".into(),
-        mem_bytes: 4 << 20,
-        profile: x86_64_profile(),
-        devices: AnyHost.devices(),
-    });
-    let log = ft_lockstep::encode(&Frame::Log {
-        first: 0,
-        records: vec![],
-    });
+    let ((hello_ty, hello), log) = hello_and_empty_log();
     let fakes: Vec<(&str, Vec<RawFrame>, &str)> = vec![
         (
             "a Hello, then a log frame in the middle of the copy",
@@ -749,6 +739,22 @@ fn bochs_ft_fake_secondary_with_bad_frames_leaves_the_primary_unprotected() {
 // C. Fake primaries sending garbage to `ft listen` (QEMU: the listener
 // needs no VT-x).
 
+/// A fake primary's Hello for a 4 MiB guest `g`, and an empty log frame.
+fn hello_and_empty_log() -> (RawFrame, RawFrame) {
+    let hello = encode(&Message::Hello {
+        version: migrate::proto::PROTOCOL_VERSION,
+        vm: "g".into(),
+        mem_bytes: 4 << 20,
+        profile: x86_64_profile(),
+        devices: AnyHost.devices(),
+    });
+    let log = ft_lockstep::encode(&Frame::Log {
+        first: 0,
+        records: vec![],
+    });
+    (hello, log)
+}
+
 /// Reads from `s` until the host ends the connection (EOF or reset);
 /// fails if it is still open after 30 s.
 fn expect_closed(m: &Machine, what: &str, s: &mut TcpStream) {
@@ -843,17 +849,7 @@ fn qemu_ft_listener_survives_garbage_and_wrong_keys() {
     // Hello; an unknown type; a Hello (refused here: no VT-x), then garbage.
     let key = Key::from_hex(KEY).unwrap();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let (hello_ty, hello) = encode(&Message::Hello {
-        version: migrate::proto::PROTOCOL_VERSION,
-        vm: "g".into(),
-        mem_bytes: 4 << 20,
-        profile: x86_64_profile(),
-        devices: AnyHost.devices(),
-    });
-    let log = ft_lockstep::encode(&Frame::Log {
-        first: 0,
-        records: vec![],
-    });
+    let ((hello_ty, hello), log) = hello_and_empty_log();
     let cases: Vec<(&str, Vec<RawFrame>, &str)> = vec![
         (
             "a log frame before any copy",
