@@ -1,7 +1,8 @@
 //! The FT channel's frames and their binary encoding.
 //!
 //! Every frame is one channel frame `(type, payload)`; types 0..32 belong to
-//! the channel, 32..=44 to migration (`migrate::proto`), FT uses 48..=50.
+//! the channel, 32..=44 to migration (`migrate::proto`), FT uses 48..=52
+//! (the witness's frames, 56..=59, are [`crate::witness`]'s).
 //! Every payload starts with the format's version (`u16`, [`VERSION`]); a
 //! frame of another version is refused before anything after it is read.
 //! Integers are little-endian.
@@ -11,6 +12,8 @@
 //! | 48   | `Log` | `u64 first, u32 n, n × record` |
 //! | 49   | `Ack` | `u64 received, u64 replayed, u64 exits, u64 checks_ok` |
 //! | 50   | `End` | `u32 len, len bytes of UTF-8 (at most 1024)` |
+//! | 51   | `Heartbeat` | `u64 seq` (both ways, every `ft.heartbeat_ms`) |
+//! | 52   | `Arbiter` | `u8 kind (0 none, 1 witness), 4 bytes IPv4, u64 generation` (primary, first frame) |
 //!
 //! A record is a tag byte and its fields:
 //!
@@ -46,6 +49,11 @@ pub const FRAME_ACK: u8 = 49;
 /// `End` frames (either way).
 pub const FRAME_END: u8 = 50;
 
+/// `Heartbeat` frames (either way).
+pub const FRAME_HEARTBEAT: u8 = 51;
+/// `Arbiter` frames (primary to secondary, first on the link).
+pub const FRAME_ARBITER: u8 = 52;
+
 /// Longest `End` reason.
 pub const MAX_REASON: usize = 1024;
 
@@ -78,6 +86,20 @@ pub enum Frame {
     End {
         /// The reason.
         reason: String,
+    },
+    /// "I am alive": sent every heartbeat interval whatever else flows;
+    /// `seq` counts up from 1 on each side.
+    Heartbeat {
+        /// This side's heartbeat number.
+        seq: u64,
+    },
+    /// Who decides, should the twins lose each other: the witness (its
+    /// IPv4 address) or nobody, and this protection's generation there.
+    Arbiter {
+        /// The witness's address; `None`: no witness (`witness=none`).
+        witness: Option<[u8; 4]>,
+        /// The generation the witness granted at `ft enable`.
+        generation: u64,
     },
 }
 
@@ -240,6 +262,19 @@ pub fn encode(f: &Frame) -> (u8, Vec<u8>) {
             out.extend_from_slice(&reason.as_bytes()[..end]);
             FRAME_END
         }
+        Frame::Heartbeat { seq } => {
+            out.extend_from_slice(&seq.to_le_bytes());
+            FRAME_HEARTBEAT
+        }
+        Frame::Arbiter {
+            witness,
+            generation,
+        } => {
+            out.push(u8::from(witness.is_some()));
+            out.extend_from_slice(&witness.unwrap_or([0; 4]));
+            out.extend_from_slice(&generation.to_le_bytes());
+            FRAME_ARBITER
+        }
     };
     (ty, out)
 }
@@ -390,6 +425,8 @@ pub fn decode(ty: u8, payload: &[u8]) -> Result<Frame, CodecError> {
         FRAME_LOG => "Log",
         FRAME_ACK => "Ack",
         FRAME_END => "End",
+        FRAME_HEARTBEAT => "Heartbeat",
+        FRAME_ARBITER => "Arbiter",
         other => return Err(CodecError::UnknownType(other)),
     };
     let mut r = Reader {
@@ -425,6 +462,24 @@ pub fn decode(ty: u8, payload: &[u8]) -> Result<Frame, CodecError> {
             exits: r.u64()?,
             checks_ok: r.u64()?,
         }),
+        FRAME_HEARTBEAT => Frame::Heartbeat { seq: r.u64()? },
+        FRAME_ARBITER => {
+            let kind = r.u8()?;
+            let ip: [u8; 4] = r
+                .take(4)?
+                .try_into()
+                .map_err(|_| CodecError::Truncated(frame))?;
+            let generation = r.u64()?;
+            let witness = match kind {
+                0 if ip == [0; 4] => None,
+                1 => Some(ip),
+                _ => return Err(bad("arbiter kind", u64::from(kind))),
+            };
+            Frame::Arbiter {
+                witness,
+                generation,
+            }
+        }
         _ => {
             let len = r.u32()? as usize;
             if len > MAX_REASON {
@@ -529,6 +584,15 @@ mod tests {
             Frame::End {
                 reason: String::from("disabled by the operator"),
             },
+            Frame::Heartbeat { seq: 7 },
+            Frame::Arbiter {
+                witness: Some([10, 0, 0, 9]),
+                generation: 3,
+            },
+            Frame::Arbiter {
+                witness: None,
+                generation: 0,
+            },
         ]
     }
 
@@ -613,7 +677,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn arbitrary_bytes_never_panic(ty in 46u8..52, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn arbitrary_bytes_never_panic(ty in 46u8..54, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode(ty, &bytes);
         }
 

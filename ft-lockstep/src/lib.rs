@@ -28,9 +28,11 @@ pub mod lag;
 pub mod record;
 pub mod recorder;
 pub mod replayer;
+pub mod witness;
 
 pub use codec::{
-    Ack, CodecError, FRAME_ACK, FRAME_END, FRAME_LOG, Frame, decode, encode, record_len,
+    Ack, CodecError, FRAME_ACK, FRAME_ARBITER, FRAME_END, FRAME_HEARTBEAT, FRAME_LOG, Frame,
+    decode, encode, record_len,
 };
 pub use gate::OutputGate;
 pub use lag::{LagController, LagStats};
@@ -40,6 +42,9 @@ pub use replayer::{ReplayError, Replayer, Step};
 
 /// The TCP port `ft listen` takes initial copies and logs on.
 pub const DEFAULT_PORT: u16 = 7003;
+
+/// The TCP port `ft witness` answers on.
+pub const WITNESS_PORT: u16 = 7004;
 
 /// The log format's version, the first field of every frame.
 pub const VERSION: u16 = 1;

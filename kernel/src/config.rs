@@ -16,6 +16,10 @@
 //! net.gw   = 10.0.0.254     default gateway (optional; same subnet)
 //! net.key  = 00112233...    channel key, 32 to 128 hex digits
 //! net.max_pending = 4       unauthenticated connections a listener keeps (1-64)
+//! ft.heartbeat_ms = 100     FT heartbeat interval (10-10000)
+//! ft.timeout_ms = 1000      a twin silent this long is dead (2-100 heartbeats)
+//! ft.check_s = 5            FT divergence check interval (1-3600 s)
+//! ft.witness = 10.0.0.9     FT arbiter for `ft enable` (an address, or `none`)
 //! ```
 //!
 //! Lines end in LF or CRLF and are numbered from 1. Keys are case-sensitive.
@@ -31,7 +35,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use log::LevelFilter;
 use netstack::codec::Key;
-use netstack::stack::{IpConfig, parse_ip_config};
+use netstack::stack::{IpConfig, Ipv4Address, parse_ip_config};
 
 /// Longest hostname accepted (bytes; the allowed characters are ASCII).
 pub const MAX_HOSTNAME_LEN: usize = 32;
@@ -47,6 +51,36 @@ const MAX_PENDING_EXPECTED: &str = "a whole number from 1 to 64";
 /// Largest `net.max_pending`.
 pub const MAX_PENDING_LIMIT: usize = 64;
 
+/// Fault tolerance's settings (`ft.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FtConfig {
+    /// Interval of the heartbeats each twin sends the other.
+    pub heartbeat_ms: u32,
+    /// A twin that sent nothing this long is declared dead.
+    pub timeout_ms: u32,
+    /// Interval of the divergence checks.
+    pub check_s: u32,
+    /// The witness `ft enable` uses when none is given: `Some(None)` is
+    /// `none` (no arbiter), `None` not configured.
+    pub witness: Option<Option<Ipv4Address>>,
+}
+
+impl Default for FtConfig {
+    fn default() -> Self {
+        FtConfig {
+            heartbeat_ms: 100,
+            timeout_ms: 1000,
+            check_s: 5,
+            witness: None,
+        }
+    }
+}
+
+const HEARTBEAT_EXPECTED: &str = "a whole number of milliseconds from 10 to 10000";
+const TIMEOUT_EXPECTED: &str = "a whole number of milliseconds from 20 to 600000";
+const CHECK_EXPECTED: &str = "a whole number of seconds from 1 to 3600";
+const WITNESS_EXPECTED: &str = "an IPv4 address or 'none'";
+
 /// The settings the kernel takes from the boot configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -60,6 +94,8 @@ pub struct Config {
     pub net_key: Option<Key>,
     /// Unauthenticated connections each listener keeps at once.
     pub net_max_pending: usize,
+    /// Fault tolerance.
+    pub ft: FtConfig,
 }
 
 impl Default for Config {
@@ -70,6 +106,7 @@ impl Default for Config {
             net_ip: None,
             net_key: None,
             net_max_pending: netstack::channel::DEFAULT_MAX_PENDING,
+            ft: FtConfig::default(),
         }
     }
 }
@@ -103,6 +140,10 @@ pub fn parse(text: &[u8]) -> (Config, Vec<Diagnostic>) {
     let mut gw_line: Option<usize> = None;
     let mut key_line: Option<usize> = None;
     let mut max_pending_line: Option<usize> = None;
+    let mut heartbeat_line: Option<usize> = None;
+    let mut timeout_line: Option<usize> = None;
+    let mut check_line: Option<usize> = None;
+    let mut witness_line: Option<usize> = None;
     // net.ip and net.gw are checked together once the whole file is read.
     let mut ip_text: Option<(usize, String)> = None;
     let mut gw_text: Option<(usize, String)> = None;
@@ -144,6 +185,10 @@ pub fn parse(text: &[u8]) -> (Config, Vec<Diagnostic>) {
             "net.gw" => &mut gw_line,
             "net.key" => &mut key_line,
             "net.max_pending" => &mut max_pending_line,
+            "ft.heartbeat_ms" => &mut heartbeat_line,
+            "ft.timeout_ms" => &mut timeout_line,
+            "ft.check_s" => &mut check_line,
+            "ft.witness" => &mut witness_line,
             _ => {
                 diag(format!("unknown key '{}' (ignored)", quote(key)));
                 continue;
@@ -176,6 +221,47 @@ pub fn parse(text: &[u8]) -> (Config, Vec<Diagnostic>) {
                     config.net_max_pending = default;
                 }
             },
+            "ft.heartbeat_ms" | "ft.timeout_ms" | "ft.check_s" => {
+                let d = FtConfig::default();
+                let (slot, range, default, expected) = match key {
+                    "ft.heartbeat_ms" => (
+                        &mut config.ft.heartbeat_ms,
+                        10..=10_000,
+                        d.heartbeat_ms,
+                        HEARTBEAT_EXPECTED,
+                    ),
+                    "ft.timeout_ms" => (
+                        &mut config.ft.timeout_ms,
+                        20..=600_000,
+                        d.timeout_ms,
+                        TIMEOUT_EXPECTED,
+                    ),
+                    _ => (&mut config.ft.check_s, 1..=3600, d.check_s, CHECK_EXPECTED),
+                };
+                match value.parse::<u32>() {
+                    Ok(n) if range.contains(&n) => *slot = n,
+                    _ => {
+                        diag(bad_value(value, key, expected, &format!("{default}")));
+                        *slot = default;
+                    }
+                }
+            }
+            "ft.witness" => {
+                if value.eq_ignore_ascii_case("none") {
+                    config.ft.witness = Some(None);
+                } else {
+                    match netstack::stack::parse_ipv4(value) {
+                        Ok(ip) => config.ft.witness = Some(Some(ip)),
+                        Err(_) => {
+                            diag(format!(
+                                "bad value '{}' for 'ft.witness' (expected {WITNESS_EXPECTED}); no witness set",
+                                quote(value)
+                            ));
+                            config.ft.witness = None;
+                        }
+                    }
+                }
+            }
             "net.ip" => ip_text = Some((line, String::from(value))),
             "net.gw" => gw_text = Some((line, String::from(value))),
             "net.key" => match Key::from_hex(value) {
@@ -230,6 +316,20 @@ pub fn parse(text: &[u8]) -> (Config, Vec<Diagnostic>) {
             message: String::from("'net.gw' without 'net.ip' (ignored)"),
         }),
         (None, None) => {}
+    }
+    // A timeout shorter than two heartbeats declares a live twin dead
+    // whenever one heartbeat is late.
+    let ft = &mut config.ft;
+    if ft.timeout_ms < 2 * ft.heartbeat_ms {
+        let fixed = (2 * ft.heartbeat_ms).max(FtConfig::default().timeout_ms);
+        diags.push(Diagnostic {
+            line: timeout_line.or(heartbeat_line).unwrap_or(1),
+            message: format!(
+                "'ft.timeout_ms' ({}) must be at least twice 'ft.heartbeat_ms' ({}); using {fixed}",
+                ft.timeout_ms, ft.heartbeat_ms
+            ),
+        });
+        ft.timeout_ms = fixed;
     }
     diags.sort_by_key(|d| d.line);
     (config, diags)
@@ -630,6 +730,56 @@ mod tests {
                 d[0]
             );
         }
+    }
+
+    #[test]
+    fn ft_settings() {
+        let d = FtConfig::default();
+        assert_eq!(
+            (d.heartbeat_ms, d.timeout_ms, d.check_s, d.witness),
+            (100, 1000, 5, None)
+        );
+        let (c, diags) = parse(
+            b"ft.heartbeat_ms = 50\nft.timeout_ms = 400\nft.check_s = 2\nft.witness = 10.0.0.9\n",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(c.ft.heartbeat_ms, 50);
+        assert_eq!(c.ft.timeout_ms, 400);
+        assert_eq!(c.ft.check_s, 2);
+        assert_eq!(c.ft.witness.unwrap().unwrap().to_string(), "10.0.0.9");
+        assert_eq!(parse(b"ft.witness = None\n").0.ft.witness, Some(None));
+        for (text, want) in [
+            (
+                "ft.heartbeat_ms = 5",
+                "for 'ft.heartbeat_ms' (expected a whole number of milliseconds from 10 to 10000); using default '100'",
+            ),
+            (
+                "ft.timeout_ms = fast",
+                "for 'ft.timeout_ms' (expected a whole number of milliseconds from 20 to 600000); using default '1000'",
+            ),
+            (
+                "ft.check_s = 0",
+                "for 'ft.check_s' (expected a whole number of seconds from 1 to 3600); using default '5'",
+            ),
+            (
+                "ft.witness = 10.0.0",
+                "for 'ft.witness' (expected an IPv4 address or 'none'); no witness set",
+            ),
+        ] {
+            let (c, diags) = parse(text.as_bytes());
+            assert_eq!(diags.len(), 1, "{text}: {diags:?}");
+            assert!(diags[0].message.contains(want), "{text}: {}", diags[0]);
+            assert_eq!(
+                (c.ft.heartbeat_ms, c.ft.timeout_ms, c.ft.check_s),
+                (100, 1000, 5)
+            );
+        }
+        let (c, diags) = parse(b"ft.heartbeat_ms = 800\nft.timeout_ms = 1000\n");
+        assert_eq!(c.ft.timeout_ms, 1600);
+        assert_eq!(
+            diags[0].to_string(),
+            "config: line 2: 'ft.timeout_ms' (1000) must be at least twice 'ft.heartbeat_ms' (800); using 1600"
+        );
     }
 
     #[test]
