@@ -130,9 +130,11 @@ pub enum Record {
         /// The digest.
         digest: u64,
     },
-    /// The primary released guest output up to log position `seq`.
+    /// The primary has released `seq` items of guest output since
+    /// protection began (a secondary that goes live re-emits only the
+    /// items after them).
     Released {
-        /// Records the secondary had acknowledged.
+        /// Output items released so far.
         seq: u64,
     },
 }

@@ -157,6 +157,7 @@ pub fn kmain(boot_info: u64) -> ! {
     );
 
     crate::arch::entropy::init();
+    crate::ft::configure(config.ft);
 
     let pci = match crate::drivers::pci::port::PortConfigSpace::take() {
         Some(mut cs) => {

@@ -12,13 +12,11 @@ use core::fmt;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{icmp, tcp};
 use smoltcp::time::Instant;
-use smoltcp::wire::{
-    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr,
-};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpCidr};
 
 use crate::nic::{Nic, NicDevice};
 
-pub use smoltcp::wire::{IpEndpoint, Ipv4Address};
+pub use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
 
 /// TCP buffer size per direction and connection. Large enough for a
 /// window that keeps an emulated link busy; small enough for a 4 MiB heap

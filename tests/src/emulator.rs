@@ -234,6 +234,10 @@ impl Spec {
                     }
                     n
                 }
+                NetBackend::Dgram { port } => format!(
+                    "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={port},remote.type=inet,remote.host=127.0.0.1,remote.port={}",
+                    port + 1
+                ),
                 NetBackend::Stream { server, port } => format!(
                     "stream,id=n0,server={},addr.type=inet,addr.host=127.0.0.1,addr.port={port}",
                     if *server { "on" } else { "off" }
@@ -344,6 +348,12 @@ pub enum NetBackend {
         /// Listen (`server=on`) or connect (`server=off`).
         server: bool,
         /// TCP port on 127.0.0.1.
+        port: u16,
+    },
+    /// QEMU: a station on a `bxhub` (`-netdev dgram`): receives raw frames
+    /// on UDP `port` and sends them to `port + 1`, as Bochs does.
+    Dgram {
+        /// The station's UDP port.
         port: u16,
     },
     /// Bochs: a port of a `bxhub` (`ethmod=socket, ethdev=<port>`): Bochs

@@ -168,6 +168,22 @@ impl Builder {
         self
     }
 
+    /// Plug the e1000 into the third port of a Bochs link's hub (see
+    /// [`Link::bochs_with_peer`]) as a host of its own, QEMU or Bochs (a
+    /// QEMU host on a Bochs network: TESTBED.md), with MAC `mac`.
+    pub fn hub_station(mut self, link: &Link, mac: &str) -> Self {
+        let port = link
+            .peer_port()
+            .expect("hub_station needs a link with a third port (Link::bochs_with_peer)");
+        self.spec.nic = true;
+        self.spec.mac = Some(mac.to_string());
+        self.spec.net = match self.spec.emulator {
+            Emulator::Bochs => crate::emulator::NetBackend::BochsHub { port },
+            _ => crate::emulator::NetBackend::Dgram { port },
+        };
+        self
+    }
+
     /// QEMU only: forward a free TCP port of 127.0.0.1, picked at the start,
     /// to `guest_port` of the guest on the user-mode network (the guest is
     /// 10.0.2.15/24, the host 10.0.2.2). [`Machine::forwarded_port`] tells

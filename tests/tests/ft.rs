@@ -100,7 +100,7 @@ fn checks(a: &mut Machine, vm: &str) -> (u64, u64) {
 }
 
 fn protect(a: &mut Machine, vm: &str) {
-    a.send_line(&format!("ft enable {vm} 10.0.0.2"));
+    a.send_line(&format!("ft enable {vm} 10.0.0.2 witness=none"));
     let done = a.expect_line(
         &format!(
             r"(ft: {vm}: protected by 10\.0\.0\.2: lockstep \(initial copy (\d+) ms, pause (\d+) ms\)|error: ft: .*)"

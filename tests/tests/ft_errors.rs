@@ -144,7 +144,7 @@ fn bochs_ft_enable_errors_leave_the_guest_running() {
     t.next(&mut b);
     refused(
         &mut b,
-        "ft enable t 10.0.0.1",
+        "ft enable t 10.0.0.1 witness=none",
         r"^error: ft: t: no channel key: set one with net key <hex> first; t keeps running unprotected$",
         &t,
     );
@@ -157,14 +157,14 @@ fn bochs_ft_enable_errors_leave_the_guest_running() {
     d.next(&mut a);
     refused(
         &mut a,
-        "ft enable nosuch 10.0.0.2",
+        "ft enable nosuch 10.0.0.2 witness=none",
         r"^error: ft: nosuch: no VM named 'nosuch'",
         &d,
     );
     // The twin is up, but nothing listens on its port 7003.
     refused(
         &mut a,
-        "ft enable d 10.0.0.2",
+        "ft enable d 10.0.0.2 witness=none",
         r"^error: ft: d: .*connection refused.*; d keeps running unprotected$",
         &d,
     );
@@ -182,7 +182,7 @@ fn bochs_ft_enable_errors_leave_the_guest_running() {
         .num(1);
     refused(
         &mut a,
-        "ft enable d 10.0.0.2",
+        "ft enable d 10.0.0.2 witness=none",
         r"^error: ft: d: .*authentication failed.*; d keeps running unprotected$",
         &d,
     );
@@ -208,7 +208,7 @@ fn bochs_ft_enable_errors_leave_the_guest_running() {
     big.next(&mut a);
     let line = refused(
         &mut a,
-        "ft enable big 10.0.0.2",
+        "ft enable big 10.0.0.2 witness=none",
         &format!(
             r"^error: ft: big: .*not enough memory: the guest needs {need} MiB, \d+ MiB free; big keeps running unprotected$"
         ),
@@ -233,7 +233,7 @@ fn bochs_ft_enable_errors_leave_the_guest_running() {
     sky.next(&mut a);
     refused(
         &mut a,
-        "ft enable sky 10.0.0.2",
+        "ft enable sky 10.0.0.2 witness=none",
         r"^error: ft: sky: .*CPU profile skylake-server: this host lacks .*\bavx2\b.*\bavx512f\b.*; sky keeps running unprotected$",
         &sky,
     );
@@ -686,7 +686,7 @@ fn bochs_ft_fake_secondary_with_bad_frames_leaves_the_primary_unprotected() {
     for (what, bad, why) in cases {
         let t0 = Instant::now();
         let before = d.next(&mut a);
-        a.send_line("ft enable d 10.0.0.9");
+        a.send_line("ft enable d 10.0.0.9 witness=none");
         let seen = fake_secondary(&mut peer, &mut listener, &mut a, &*bad);
         let n = seen.records;
         let why = why
@@ -786,7 +786,7 @@ fn qemu_ft_listener_survives_garbage_and_wrong_keys() {
         .start();
     m.boot_to_prompt();
     // No key: nothing to protect with, nothing to listen with.
-    let out = m.cmd("ft enable x 10.0.2.2");
+    let out = m.cmd("ft enable x 10.0.2.2 witness=none");
     m.check(out.starts_with("error: ft: x: no channel key"), || {
         out.clone()
     });

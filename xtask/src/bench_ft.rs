@@ -169,7 +169,7 @@ fn one(a: &mut Machine, b: &mut Machine, g: &Guest, window: Duration) -> Result<
         .map_err(err)?;
         a.command(&format!("vm start {}", g.vm), Duration::from_secs(60));
     }
-    a.send_line(&format!("ft enable {} 10.0.0.2", g.vm));
+    a.send_line(&format!("ft enable {} 10.0.0.2 witness=none", g.vm));
     let done = a
         .try_expect(
             &format!(

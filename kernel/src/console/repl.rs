@@ -257,9 +257,16 @@ fn ft_command(cmd: crate::console::shell::FtCommand) {
         F::Help => print_family_help("ft"),
         F::Listen(on) => crate::ft::listen(on),
         F::Status(vm) => crate::ft::status(vm.as_deref()),
-        F::Enable { vm, target, port } => crate::ft::enable(&vm, target, port),
+        F::Enable {
+            vm,
+            target,
+            port,
+            witness,
+        } => crate::ft::enable(&vm, target, port, witness),
         F::Disable(vm) => crate::ft::disable(&vm),
         F::Watch { vm, on } => crate::ft::watch(&vm, on),
+        F::Witness(on) => crate::ft::witness(on),
+        F::Flip { vm, gpa } => crate::ft::flip(&vm, gpa),
     }
 }
 

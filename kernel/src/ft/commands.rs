@@ -3,12 +3,12 @@
 
 use netstack::stack::Ipv4Address;
 
-use crate::migration::{MigrationService, Outbound, Outgoing};
+use crate::migration::MigrationService;
 use crate::net::{interrupted, with_net};
 use crate::println;
 
+use super::FT_PORT;
 use super::service::{Copy, ft};
-use super::{COPY_PAUSE_MS, FT_PORT};
 
 /// `ft listen` / `ft listen stop`.
 pub fn listen(on: bool) {
@@ -43,44 +43,45 @@ pub fn listen(on: bool) {
     })
 }
 
-/// `ft enable <vm> <ip>[:port]`: the initial copy, then the lockstep.
-/// Waits until the guest is protected or the copy failed (Ctrl-C
-/// cancels it); the guest keeps running throughout.
-pub fn enable(vm: &str, target: Ipv4Address, port: u16) {
+/// `ft enable <vm> <ip>[:port] [witness=<ip>|none]`: a generation at the
+/// witness, the initial copy, then the lockstep. Waits until the guest is
+/// protected or the copy failed (Ctrl-C cancels it); the guest keeps
+/// running throughout.
+pub fn enable(vm: &str, target: Ipv4Address, port: u16, witness: Option<Option<Ipv4Address>>) {
+    let Some(witness) = witness.or(super::settings().witness) else {
+        return println!(
+            "error: ft: {vm}: name a witness (witness=<ip>, or witness=none to run without one; ft.witness in hv.cfg); {vm} keeps running unprotected"
+        );
+    };
     with_net(|net| {
-        let key = match net.channel_key() {
-            Ok(k) => k,
-            Err(e) => return println!("error: ft: {vm}: {e}; {vm} keeps running unprotected"),
-        };
-        if let Err(e) = net.stack.route_check(target) {
+        if let Err(e) = net.channel_key() {
             return println!("error: ft: {vm}: {e}; {vm} keeps running unprotected");
         }
-        if crate::vmm::ft_protected(vm) || ft(net).copies.iter().any(|c| c.out.vm() == vm) {
+        for ip in core::iter::once(target).chain(witness) {
+            if let Err(e) = net.stack.route_check(ip) {
+                return println!("error: ft: {vm}: {ip}: {e}; {vm} keeps running unprotected");
+            }
+        }
+        if crate::vmm::ft_protected(vm) || ft(net).copies.iter().any(|c| c.vm == vm) {
             return println!("error: ft: {vm} is already protected (ft status {vm})");
         }
-        let nonce = crate::arch::entropy::bytes32();
-        let o = Outgoing {
-            vm,
-            target,
-            port,
-            downtime_ms: COPY_PAUSE_MS,
-            bandwidth_mib: None,
-            keep_running: true,
-        };
-        let out = match Outbound::start(&mut net.stack, &key, nonce, &o) {
-            Ok(out) => out,
-            Err(e) => return println!("error: ft: {vm}: {e}"),
-        };
-        ft(net).copies.push(Copy { out, peer: target });
+        if witness.is_none() {
+            println!(
+                "ft: {vm}: warning: no witness: should the twins lose each other (a network partition), both may run {vm}"
+            );
+        }
+        ft(net)
+            .copies
+            .push(Copy::new(vm, target, port, witness, false));
         let mut cancelled = false;
         loop {
             net.wait_turn();
             let s = ft(net);
-            let Some(c) = s.copies.iter_mut().find(|c| c.out.vm() == vm) else {
+            let Some(c) = s.copies.iter_mut().find(|c| c.vm == vm) else {
                 break;
             };
             if !cancelled && interrupted() {
-                c.out.cancel("by the operator (Ctrl-C)");
+                c.cancel("by the operator (Ctrl-C)");
                 cancelled = true;
             }
         }
@@ -92,8 +93,8 @@ pub fn enable(vm: &str, target: Ipv4Address, port: u16) {
 pub fn disable(vm: &str) {
     with_net(|net| {
         let s = ft(net);
-        if let Some(c) = s.copies.iter_mut().find(|c| c.out.vm() == vm) {
-            c.out.cancel("by the operator (ft disable)");
+        if let Some(c) = s.copies.iter_mut().find(|c| c.vm == vm) {
+            c.cancel("by the operator (ft disable)");
             return println!("ft: {vm}: cancelling the initial copy");
         }
         let Some(i) = s.links.iter().position(|l| l.vm == vm && !l.is_closed()) else {
@@ -103,6 +104,63 @@ pub fn disable(vm: &str) {
         link.disable(&mut net.stack);
         ft(net).links.push(link);
     })
+}
+
+/// `ft witness` / `ft witness stop`.
+pub fn witness(on: bool) {
+    with_net(|net| {
+        if !on {
+            match ft(net).witness.take() {
+                Some(w) => {
+                    w.close(&mut net.stack);
+                    println!("ft: witness stopped (its table is kept for this run)");
+                }
+                None => println!("error: ft: not a witness"),
+            }
+            return;
+        }
+        if let Err(e) = net.can_listen() {
+            return println!("error: ft: {e}");
+        }
+        if ft(net).witness.is_some() {
+            println!("ft: witness on port {}", ft_lockstep::WITNESS_PORT);
+            return witness_table();
+        }
+        let max_pending = net.max_pending();
+        match super::witness::Server::new(&mut net.stack, max_pending) {
+            Ok(w) => {
+                ft(net).witness = Some(w);
+                println!("ft: witness on port {}", ft_lockstep::WITNESS_PORT);
+                witness_table();
+            }
+            Err(e) => println!("error: ft: {e}"),
+        }
+    })
+}
+
+fn witness_table() {
+    for (vm, e) in super::witness::entries() {
+        match e.holder {
+            Some((ip, role)) => println!(
+                "  {vm}: generation {}, held by {} ({})",
+                e.generation,
+                Ipv4Address::from(ip),
+                role.name()
+            ),
+            None => println!("  {vm}: generation {}, not claimed", e.generation),
+        }
+    }
+}
+
+/// `ft flip <vm> <gpa>`: diagnostic; the next state check must find it.
+pub fn flip(vm: &str, gpa: u64) {
+    match crate::vmm::ft_flip(vm, gpa) {
+        Ok(old) => println!(
+            "ft: {vm}: flipped the byte at {gpa:#x} on the secondary ({old:#04x} -> {:#04x}); the next state check will find it",
+            !old
+        ),
+        Err(e) => println!("error: ft: {e}"),
+    }
 }
 
 /// `ft status [vm]`.
@@ -115,15 +173,35 @@ pub fn status(only: Option<&str>) {
                 None => println!("ft: not listening (ft listen)"),
             }
         }
-        for c in s
-            .copies
-            .iter()
-            .filter(|c| only.is_none_or(|v| v == c.out.vm()))
-        {
-            println!("{}: {}", c.out.vm(), c.out.status());
+        if s.witness.is_some() && only.is_none() {
+            println!("ft: witness on port {}", ft_lockstep::WITNESS_PORT);
+        }
+        for c in s.copies.iter().filter(|c| only.is_none_or(|v| v == c.vm)) {
+            println!("{}: {}", c.vm, c.status());
         }
         let all = crate::vmm::ft_status(only);
-        if all.is_empty() && s.copies.is_empty() {
+        let now = crate::arch::time::now_us();
+        let history: alloc::vec::Vec<alloc::string::String> = s
+            .history
+            .iter()
+            .filter(|(vm, _)| only.is_none_or(|v| v == vm.as_str()))
+            .flat_map(|(vm, h)| {
+                let mut lines = alloc::vec![alloc::format!(
+                    "{vm}: history: protected {} times, {} failovers, {} divergences, {} re-syncs, unprotected {} ms in all{}",
+                    h.protections,
+                    h.failovers,
+                    h.divergences,
+                    h.resyncs,
+                    h.unprotected_total(now) / 1000,
+                    if h.unprotected_since.is_some() { " (unprotected now)" } else { "" }
+                )];
+                lines.extend(h.events.iter().map(|(t, e)| {
+                    alloc::format!("  at {}.{:03} s: {e}", t / 1_000_000, t / 1000 % 1000)
+                }));
+                lines
+            })
+            .collect();
+        if all.is_empty() && s.copies.is_empty() && history.is_empty() {
             match only {
                 Some(vm) => println!("ft: {vm} is not protected"),
                 None => println!("ft: no protected guests"),
@@ -133,6 +211,9 @@ pub fn status(only: Option<&str>) {
             for line in st.lines {
                 println!("{line}");
             }
+        }
+        for line in history {
+            println!("{line}");
         }
     })
 }

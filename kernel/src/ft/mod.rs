@@ -12,17 +12,46 @@
 //!    |--- End{reason} <-------------------------------------------->| either side: protection ends
 //! ```
 //!
+//! Both twins send a `Heartbeat` every `ft.heartbeat_ms` whatever else
+//! flows; a twin that sent nothing for `ft.timeout_ms` is dead. Then the
+//! arbiter (the witness named at `ft enable`, [`arbiter`]) decides who
+//! runs the guest: the secondary drains the log it holds and goes live if
+//! it wins; the primary runs on unprotected if it wins, stops its copy if
+//! it loses, and holds its guest paused while the witness cannot be
+//! reached. A divergence found by a state check discards the secondary and
+//! the primary re-creates it with a new initial copy.
+//!
 //! The VM side (what is recorded, replayed, held) is `crate::vmm`'s
 //! lockstep; the log's format and the engines are the `ft_lockstep`
-//! crate. A bad frame, a lying acknowledgement or a lost link ends
-//! protection: the primary keeps running unprotected and says so, the
-//! secondary discards its copy.
+//! crate. A bad frame or a lying acknowledgement ends protection: the
+//! primary keeps running unprotected and says so, the secondary discards
+//! its copy.
 
+mod arbiter;
 mod commands;
 mod service;
+mod witness;
 
-pub use commands::{disable, enable, listen, status, watch};
+pub use commands::{disable, enable, flip, listen, status, watch, witness};
 pub use service::FtService;
+
+use crate::config::FtConfig;
+
+static SETTINGS: spin::Mutex<Option<FtConfig>> = spin::Mutex::new(None);
+
+/// Takes `ft.*` from the boot configuration.
+pub fn configure(c: FtConfig) {
+    *SETTINGS.lock() = Some(c);
+}
+
+/// The `ft.*` settings (the defaults until [`configure`]).
+pub(crate) fn settings() -> FtConfig {
+    SETTINGS.lock().unwrap_or_default()
+}
+
+/// The End reason a secondary gives when a state check or the replay
+/// found a divergence: the primary then re-creates it.
+pub(crate) const DIVERGED: &str = "diverged: ";
 
 /// The port `ft listen` takes initial copies and logs on.
 pub const FT_PORT: u16 = ft_lockstep::DEFAULT_PORT;
@@ -38,9 +67,12 @@ pub const END_GRACE_US: u64 = 5_000_000;
 /// an empty log frame (primary) or a repeated acknowledgement (secondary).
 pub const KEEPALIVE_US: u64 = 1_000_000;
 
-/// A twin silent this long is given up on (part 1: protection ends; the
-/// failover of part 2 replaces this with heartbeats and a witness).
-pub const SILENCE_US: u64 = 10_000_000;
+/// How often an arbiter that could not be reached is asked again.
+pub const ARBITER_RETRY_US: u64 = 500_000;
+
+/// How long one request to the witness may take (connect, handshake,
+/// answer) before it counts as unreachable.
+pub const WITNESS_TIMEOUT_US: u64 = 1_000_000;
 
 /// How long a link that ended may take to hand its last frames (the End
 /// after what the channel already sealed) to the twin before it is

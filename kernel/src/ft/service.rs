@@ -1,25 +1,151 @@
 //! The FT service on the host network: `ft listen`, the initial copies
 //! under way, and one link per protected guest (primary or secondary).
 
-use alloc::collections::VecDeque;
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use ft_lockstep::witness::{Role, WitnessFrame};
 use ft_lockstep::{Ack, Frame};
 use netstack::channel::{Channel, SendError};
 use netstack::codec::Key;
 use netstack::stack::{Ipv4Address, Stack};
 
 use crate::events::emit as async_line;
-use crate::migration::{MigrationService, Outbound};
+use crate::migration::{MigrationService, Outbound, Outgoing};
 use crate::net::{Service, Turn};
 
-use super::{ACK_EVERY_US, END_GRACE_US, KEEPALIVE_US, SILENCE_US};
+use super::arbiter::{self, Arbiter, Call, Claim};
+use super::{ACK_EVERY_US, COPY_PAUSE_MS, DIVERGED, END_GRACE_US, KEEPALIVE_US};
 
-/// An initial copy under way (the guest keeps running here).
+/// Who arbitrates a protection: the witness (None: `witness=none`) and
+/// the generation it granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ArbiterInfo {
+    pub(super) witness: Option<Ipv4Address>,
+    pub(super) generation: u64,
+}
+
+/// Where a protection's start is. Few exist at once (one per `ft
+/// enable` under way), so both stay inline.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Stage {
+    /// Asking the witness for a generation.
+    Begin(Option<Call>),
+    /// The initial copy (the guest keeps running here).
+    Copying(Outbound),
+}
+
+/// A protection being set up: `ft enable`, or a re-sync after a
+/// divergence.
 pub(super) struct Copy {
-    pub(super) out: Outbound,
+    pub(super) vm: String,
     pub(super) peer: Ipv4Address,
+    pub(super) port: u16,
+    pub(super) witness: Option<Ipv4Address>,
+    generation: u64,
+    pub(super) stage: Stage,
+    /// Re-creating a secondary that diverged.
+    resync: bool,
+    /// When it began (for the re-protection time).
+    started_us: u64,
+    cancelled: Option<String>,
+}
+
+impl Copy {
+    pub(super) fn new(
+        vm: &str,
+        peer: Ipv4Address,
+        port: u16,
+        witness: Option<Ipv4Address>,
+        resync: bool,
+    ) -> Copy {
+        Copy {
+            vm: String::from(vm),
+            peer,
+            port,
+            witness,
+            generation: 0,
+            stage: Stage::Begin(None),
+            resync,
+            started_us: crate::arch::time::now_us(),
+            cancelled: None,
+        }
+    }
+
+    /// Ends it (the guest runs on unprotected).
+    pub(super) fn cancel(&mut self, why: &str) {
+        match &mut self.stage {
+            Stage::Copying(out) => out.cancel(why),
+            Stage::Begin(_) => self.cancelled = Some(String::from(why)),
+        }
+    }
+
+    /// One line for `ft status`.
+    pub(super) fn status(&self) -> String {
+        match &self.stage {
+            Stage::Begin(_) => alloc::format!(
+                "asking witness {} for a generation",
+                self.witness
+                    .map_or_else(String::new, |w| alloc::format!("{w}"))
+            ),
+            Stage::Copying(out) => out.status(),
+        }
+    }
+}
+
+/// What happened to a protected guest on this host over the run.
+#[derive(Debug, Default)]
+pub(super) struct History {
+    pub(super) protections: u32,
+    pub(super) failovers: u32,
+    pub(super) divergences: u32,
+    pub(super) resyncs: u32,
+    /// Since when it has run unprotected (after having been protected).
+    pub(super) unprotected_since: Option<u64>,
+    pub(super) unprotected_us: u64,
+    /// The last few events, with their time.
+    pub(super) events: VecDeque<(u64, String)>,
+}
+
+impl History {
+    fn event(&mut self, now: u64, what: String) {
+        if self.events.len() == 6 {
+            self.events.pop_front();
+        }
+        self.events.push_back((now, what));
+    }
+
+    fn protected(&mut self, now: u64) {
+        self.protections += 1;
+        if let Some(t) = self.unprotected_since.take() {
+            self.unprotected_us += now.saturating_sub(t);
+        }
+    }
+
+    fn unprotected(&mut self, now: u64) {
+        self.unprotected_since.get_or_insert(now);
+    }
+
+    /// Time unprotected so far (after a first protection).
+    pub(super) fn unprotected_total(&self, now: u64) -> u64 {
+        self.unprotected_us + self.unprotected_since.map_or(0, |t| now.saturating_sub(t))
+    }
+}
+
+/// A twin declared lost: the arbiter is being asked.
+struct Lost {
+    why: String,
+    /// When the twin was last heard from.
+    heard_us: u64,
+    detected_us: u64,
+    claim: Box<dyn Arbiter>,
+    won: bool,
+    /// Unreachable said (and, on a primary, the guest paused).
+    held: bool,
+    /// Secondary: records consumed when the primary was declared lost.
+    consumed_at: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +175,31 @@ pub(super) struct Link {
     /// When the twin was last heard from, and when we last sent.
     heard_us: u64,
     sent_us: u64,
+    /// Heartbeats: ours sent, and the twin's last one.
+    hb_seq: u64,
+    hb_sent_us: u64,
+    hb_heard: u64,
+    /// Who arbitrates (the secondary learns it from the first frame).
+    pub(super) arbiter: Option<ArbiterInfo>,
+    /// The twin was declared lost.
+    lost: Option<Lost>,
+    /// Primary: where the secondary listens (for a re-sync).
+    pub(super) port: u16,
+    /// Protection over, and how: for the service's bookkeeping.
+    outcome: Option<Outcome>,
+}
+
+/// How a link ended, for the history and a re-sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The secondary went live here.
+    WentLive,
+    /// The primary runs on alone.
+    Unprotected,
+    /// The secondary diverged: re-create it.
+    Diverged,
+    /// This copy stopped or was discarded.
+    Gone,
 }
 
 impl Link {
@@ -66,23 +217,60 @@ impl Link {
             release_at: u64::MAX,
             heard_us: crate::arch::time::now_us(),
             sent_us: 0,
+            hb_seq: 0,
+            hb_sent_us: 0,
+            hb_heard: 0,
+            arbiter: None,
+            lost: None,
+            port: super::FT_PORT,
+            outcome: None,
         }
     }
 
-    /// Whether the twin has been silent too long (a dead host, a cut
-    /// link): protection cannot go on. Part of every turn; the twin sends
-    /// at least every [`KEEPALIVE_US`].
+    /// The twin's name for the operator ("primary 10.0.0.1").
+    fn twin(&self) -> String {
+        match self.side {
+            Side::Primary => alloc::format!("secondary {}", self.peer),
+            Side::Secondary => alloc::format!("primary {}", self.peer),
+        }
+    }
+
+    /// Whether the twin has been silent for `ft.timeout_ms` (a dead host,
+    /// a cut link). The twin sends a heartbeat every `ft.heartbeat_ms`.
     fn silent(&self, now: u64) -> Option<String> {
-        (now.saturating_sub(self.heard_us) >= SILENCE_US).then(|| {
+        let timeout_us = u64::from(super::settings().timeout_ms) * 1000;
+        (now.saturating_sub(self.heard_us) >= timeout_us).then(|| {
             alloc::format!(
-                "the {} sent nothing for {} s",
-                match self.side {
-                    Side::Primary => "secondary",
-                    Side::Secondary => "primary",
-                },
-                SILENCE_US / 1_000_000
+                "no heartbeat for {} ms",
+                now.saturating_sub(self.heard_us) / 1000
             )
         })
+    }
+
+    /// Sends a heartbeat when one is due, whatever else flows.
+    fn heartbeat(&mut self, now: u64) {
+        let every_us = u64::from(super::settings().heartbeat_ms) * 1000;
+        if now.saturating_sub(self.hb_sent_us) >= every_us {
+            self.hb_seq += 1;
+            self.hb_sent_us = now;
+            let seq = self.hb_seq;
+            self.send(&Frame::Heartbeat { seq });
+        }
+    }
+
+    /// A heartbeat from the twin: numbers only go up (the channel already
+    /// refuses replayed bytes; this catches a twin that repeats itself).
+    fn heard_heartbeat(&mut self, seq: u64) {
+        if seq <= self.hb_heard {
+            log::warn!(
+                "ft: {}: heartbeat {seq} from the {} repeats {} (ignored)",
+                self.vm,
+                self.twin(),
+                self.hb_heard
+            );
+        } else {
+            self.hb_heard = seq;
+        }
     }
 
     fn send(&mut self, f: &Frame) {
@@ -122,42 +310,71 @@ impl Link {
                 reason: String::from(tell),
             });
         }
-        crate::vmm::ft_end(&self.vm);
+        if self.outcome.is_none() {
+            crate::vmm::ft_end(&self.vm);
+            self.outcome = Some(match self.side {
+                Side::Primary => Outcome::Unprotected,
+                Side::Secondary => Outcome::Gone,
+            });
+        }
         async_line(format_args!("{report}"));
         self.chan.close(stack);
         self.release_at = crate::arch::time::now_us() + super::CLOSE_GRACE_US;
     }
 
     /// The primary's turn: acknowledgements in, log out.
-    fn primary_turn(&mut self, stack: &mut Stack, now: u64) {
-        while let Some((ty, p)) = self.chan.recv(stack) {
+    fn primary_turn(&mut self, t: &mut arbiter::Turn<'_>) {
+        if self.lost.is_some() {
+            return self.primary_failover(t);
+        }
+        let now = t.now;
+        while let Some((ty, p)) = self.chan.recv(t.stack) {
             self.heard_us = now;
             let why = match ft_lockstep::decode(ty, &p) {
                 Ok(Frame::Ack(a)) => match crate::vmm::ft_on_ack(&self.vm, a) {
                     Ok(()) => continue,
                     Err(e) => alloc::format!("the secondary sent a {e}"),
                 },
+                Ok(Frame::Heartbeat { seq }) => {
+                    self.heard_heartbeat(seq);
+                    continue;
+                }
+                Ok(Frame::End { reason }) if reason.starts_with(DIVERGED) => {
+                    // The secondary discarded its copy: nobody else can
+                    // run the guest, no arbiter needed.
+                    let why = alloc::format!("the secondary {}", crate::text::peer(&reason));
+                    let vm = self.vm.clone();
+                    let report = alloc::format!(
+                        "ft: {vm}: divergence: {why}; re-creating the secondary on {}",
+                        self.peer
+                    );
+                    self.end(t.stack, &why, &report);
+                    self.outcome = Some(Outcome::Diverged);
+                    return;
+                }
                 Ok(Frame::End { reason }) => {
                     alloc::format!(
                         "the secondary ended protection: {}",
                         crate::text::peer(&reason)
                     )
                 }
-                Ok(Frame::Log { .. }) => String::from("the secondary sent a log frame"),
+                Ok(Frame::Log { .. } | Frame::Arbiter { .. }) => {
+                    String::from("the secondary sent a primary's frame")
+                }
                 Err(e) => alloc::format!("bad frame from the secondary: {e}"),
             };
-            return self.unprotect(stack, &why);
+            return self.lose(t, why);
         }
         if self.chan.is_closed() {
             let why = self
                 .chan
                 .close_reason()
-                .map(|r| alloc::format!("link to {} lost: {r}", self.peer))
-                .unwrap_or_else(|| alloc::format!("link to {} lost", self.peer));
-            return self.unprotect(stack, &why);
+                .map(|r| alloc::format!("link lost: {r}"))
+                .unwrap_or_else(|| String::from("link lost"));
+            return self.lose(t, why);
         }
         if let Some(why) = self.silent(now) {
-            return self.unprotect(stack, &why);
+            return self.lose(t, why);
         }
         let poll = crate::vmm::ft_poll(&self.vm);
         if let Some(why) = &poll.ended {
@@ -165,10 +382,11 @@ impl Link {
             if poll.drained || now >= at {
                 let why = alloc::format!("{why} on the primary");
                 let report = alloc::format!("ft: {}: protection ended: {why}", self.vm);
-                return self.end(stack, &why, &report);
+                return self.end(t.stack, &why, &report);
             }
         }
         self.flush();
+        self.heartbeat(now);
         if !self.backlog.is_empty() || !self.chan.is_open() {
             return;
         }
@@ -179,7 +397,8 @@ impl Link {
             .min(256 * 1024);
         match crate::vmm::ft_frames(&self.vm, room) {
             Ok(frames) if frames.is_empty() && now.saturating_sub(self.sent_us) >= KEEPALIVE_US => {
-                // Nothing logged: an empty frame says we are alive.
+                // Nothing logged: an empty frame keeps the log's position
+                // fresh on the secondary.
                 let first = crate::vmm::ft_sent(&self.vm);
                 self.send(&Frame::Log {
                     first,
@@ -195,8 +414,111 @@ impl Link {
             }
             Err(e) => {
                 let why = alloc::format!("{e}");
-                self.unprotect(stack, &why)
+                self.unprotect(t.stack, &why)
             }
+        }
+    }
+
+    /// The twin is lost (dead, cut off, or lying): the arbiter decides
+    /// whether this copy runs the guest. Nothing more goes to the twin or
+    /// is taken from it.
+    fn lose(&mut self, t: &mut arbiter::Turn<'_>, why: String) {
+        let Some(info) = self.arbiter else {
+            // A secondary that never learnt its arbiter cannot go live.
+            let why = alloc::format!("{} lost before naming an arbiter: {why}", self.twin());
+            return self.discard(t.stack, &why);
+        };
+        let role = match self.side {
+            Side::Primary => Role::Primary,
+            Side::Secondary => Role::Secondary,
+        };
+        if self.chan.is_open() {
+            // A twin still listening learns it is given up on.
+            self.backlog.clear();
+            self.send(&Frame::End {
+                reason: alloc::format!("{why} (on the {})", role.name()),
+            });
+        }
+        let claim = arbiter::arbiter(info.witness, &self.vm, info.generation, role);
+        let consumed_at = crate::vmm::ft_poll(&self.vm).ack.map_or(0, |a| a.replayed);
+        if info.witness.is_some() || self.side == Side::Secondary {
+            async_line(format_args!(
+                "ft: {}: {} lost ({why}){}; asking {}",
+                self.vm,
+                self.twin(),
+                if self.side == Side::Secondary {
+                    ": draining the log"
+                } else {
+                    ""
+                },
+                claim.describe()
+            ));
+        }
+        self.lost = Some(Lost {
+            why,
+            heard_us: self.heard_us,
+            detected_us: t.now,
+            claim,
+            won: false,
+            held: false,
+            consumed_at,
+        });
+    }
+
+    /// The primary lost its secondary: run on alone if the arbiter agrees,
+    /// stop if the secondary has the guest, hold it paused while the
+    /// arbiter cannot be reached.
+    fn primary_failover(&mut self, t: &mut arbiter::Turn<'_>) {
+        let Some(lost) = self.lost.as_mut() else {
+            return;
+        };
+        let vm = self.vm.clone();
+        let twin = match self.side {
+            Side::Primary => alloc::format!("secondary {}", self.peer),
+            Side::Secondary => alloc::format!("primary {}", self.peer),
+        };
+        match lost.claim.claim(t) {
+            Claim::Pending => {}
+            Claim::Won => {
+                if lost.held {
+                    crate::vmm::ft_pause(&vm, false);
+                }
+                let why = alloc::format!("{twin} lost: {}", lost.why);
+                let by = lost.claim.describe();
+                let report =
+                    alloc::format!("ft: {vm}: unprotected: {why}; {vm} keeps running ({by})");
+                self.finish_lost(t.stack);
+                self.end(t.stack, &why, &report);
+            }
+            Claim::Lost(w) => {
+                crate::vmm::ft_stop(&vm);
+                let report = alloc::format!(
+                    "ft: {vm}: stopped here: {twin} lost ({}) and {w}: {vm} runs there now",
+                    lost.why
+                );
+                self.outcome = Some(Outcome::Gone);
+                self.finish_lost(t.stack);
+                self.end(t.stack, "the secondary runs the guest", &report);
+            }
+            Claim::Unreachable(w) => {
+                if !lost.held {
+                    lost.held = true;
+                    crate::vmm::ft_pause(&vm, true);
+                    async_line(format_args!(
+                        "ft: {vm}: paused: {twin} lost ({}) and {} unreachable ({w}); {vm} stays paused rather than risk two copies, asking again every {} ms",
+                        lost.why,
+                        lost.claim.describe(),
+                        super::ARBITER_RETRY_US / 1000
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The arbiter answered: its sockets go.
+    fn finish_lost(&mut self, stack: &mut Stack) {
+        if let Some(l) = self.lost.take() {
+            l.claim.release(stack);
         }
     }
 
@@ -207,9 +529,13 @@ impl Link {
     }
 
     /// The secondary's turn: log in, acknowledgements out.
-    fn secondary_turn(&mut self, stack: &mut Stack, now: u64) {
+    fn secondary_turn(&mut self, t: &mut arbiter::Turn<'_>) {
+        if self.lost.is_some() {
+            return self.secondary_failover(t);
+        }
+        let now = t.now;
         let mut got_log = false;
-        while let Some((ty, p)) = self.chan.recv(stack) {
+        while let Some((ty, p)) = self.chan.recv(t.stack) {
             self.heard_us = now;
             let why = match ft_lockstep::decode(ty, &p) {
                 Ok(Frame::Log { first, records }) => {
@@ -222,6 +548,21 @@ impl Link {
                         Err(e) => alloc::format!("bad log from the primary: {e}"),
                     }
                 }
+                Ok(Frame::Heartbeat { seq }) => {
+                    self.heard_heartbeat(seq);
+                    continue;
+                }
+                Ok(Frame::Arbiter {
+                    witness,
+                    generation,
+                }) if self.arbiter.is_none() => {
+                    self.arbiter = Some(ArbiterInfo {
+                        witness: witness.map(Ipv4Address::from),
+                        generation,
+                    });
+                    continue;
+                }
+                Ok(Frame::Arbiter { .. }) => String::from("the primary named a second arbiter"),
                 Ok(Frame::End { reason }) => {
                     alloc::format!(
                         "the primary ended protection: {}",
@@ -231,23 +572,23 @@ impl Link {
                 Ok(Frame::Ack(_)) => String::from("the primary sent an acknowledgement"),
                 Err(e) => alloc::format!("bad frame from the primary: {e}"),
             };
-            return self.discard(stack, &why);
+            return self.discard(t.stack, &why);
         }
         if self.chan.is_closed() {
             let why = self
                 .chan
                 .close_reason()
-                .map(|r| alloc::format!("link to the primary lost: {r}"))
-                .unwrap_or_else(|| String::from("link to the primary lost"));
-            return self.discard(stack, &why);
+                .map(|r| alloc::format!("link lost: {r}"))
+                .unwrap_or_else(|| String::from("link lost"));
+            return self.lose(t, why);
         }
         if let Some(why) = self.silent(now) {
-            return self.discard(stack, &why);
+            return self.lose(t, why);
         }
         let poll = crate::vmm::ft_poll(&self.vm);
         if let Some(why) = poll.diverged {
-            let why = alloc::format!("diverged: {why}");
-            return self.discard(stack, &why);
+            let why = alloc::format!("{DIVERGED}{why}");
+            return self.discard(t.stack, &why);
         }
         if let Some(ack) = poll.ack
             && !got_log
@@ -257,7 +598,80 @@ impl Link {
         {
             self.ack(ack, now);
         }
+        self.heartbeat(now);
         self.flush();
+    }
+
+    /// The primary is lost: drain the log already received, and go live
+    /// once the arbiter says this copy runs the guest.
+    fn secondary_failover(&mut self, t: &mut arbiter::Turn<'_>) {
+        let vm = self.vm.clone();
+        if let Some(why) = crate::vmm::ft_poll(&vm).diverged {
+            let why = alloc::format!("{DIVERGED}{why} (while draining the log)");
+            self.finish_lost(t.stack);
+            return self.discard(t.stack, &why);
+        }
+        let twin = alloc::format!("primary {}", self.peer);
+        let Some(lost) = self.lost.as_mut() else {
+            return;
+        };
+        if !lost.won {
+            match lost.claim.claim(t) {
+                Claim::Pending => {}
+                Claim::Won => lost.won = true,
+                Claim::Lost(w) => {
+                    let why = alloc::format!("{twin} lost ({}) and {w}", lost.why);
+                    self.finish_lost(t.stack);
+                    return self.discard(t.stack, &why);
+                }
+                Claim::Unreachable(w) => {
+                    if !lost.held {
+                        lost.held = true;
+                        async_line(format_args!(
+                            "ft: {vm}: not going live: {twin} lost ({}) and {} unreachable ({w}); asking again every {} ms",
+                            lost.why,
+                            lost.claim.describe(),
+                            super::ARBITER_RETRY_US / 1000
+                        ));
+                    }
+                }
+            }
+        }
+        let Some(lost) = self.lost.as_ref() else {
+            return;
+        };
+        if !lost.won || crate::vmm::ft_drained(&vm) != Some(true) {
+            return;
+        }
+        let (heard, detected, consumed_at) = (lost.heard_us, lost.detected_us, lost.consumed_at);
+        let who = self.twin();
+        let by = lost.claim.describe();
+        match crate::vmm::ft_go_live(&vm) {
+            Ok(g) => {
+                let now = crate::arch::time::now_us();
+                async_line(format_args!(
+                    "ft: {vm}: live here ({who} lost, {} records drained, {} ms)",
+                    g.consumed.saturating_sub(consumed_at),
+                    now.saturating_sub(heard) / 1000
+                ));
+                log::info!(
+                    "ft: {vm}: failover: detected {} ms after the last frame, drained and decided in {} ms ({by}), {} lines re-emitted",
+                    detected.saturating_sub(heard) / 1000,
+                    now.saturating_sub(detected) / 1000,
+                    g.reemitted
+                );
+                self.outcome = Some(Outcome::WentLive);
+                self.finish_lost(t.stack);
+                self.closed = true;
+                self.chan.close(t.stack);
+                self.release_at = now + super::CLOSE_GRACE_US;
+            }
+            Err(e) => {
+                let why = alloc::format!("could not go live: {e}");
+                self.finish_lost(t.stack);
+                self.discard(t.stack, &why);
+            }
+        }
     }
 
     fn ack(&mut self, ack: Ack, now: u64) {
@@ -279,6 +693,12 @@ impl Link {
     /// `ft disable` on this host.
     pub(super) fn disable(&mut self, stack: &mut Stack) {
         let vm = self.vm.clone();
+        if let Some(l) = self.lost.as_ref()
+            && l.held
+        {
+            crate::vmm::ft_pause(&vm, false);
+        }
+        self.finish_lost(stack);
         match self.side {
             Side::Primary => self.end(
                 stack,
@@ -299,53 +719,153 @@ impl Link {
 pub struct FtService {
     /// `ft listen`.
     pub(super) listener: Option<MigrationService>,
+    /// `ft witness`.
+    pub(super) witness: Option<super::witness::Server>,
     pub(super) copies: Vec<Copy>,
     pub(super) links: Vec<Link>,
+    /// Per guest, what fault tolerance did to it on this host.
+    pub(super) history: BTreeMap<String, History>,
 }
 
 impl FtService {
-    fn copies_turn(&mut self, stack: &mut Stack, now: u64) {
+    fn copies_turn(&mut self, t: &mut arbiter::Turn<'_>) {
         let mut i = 0;
         while i < self.copies.len() {
-            let finished = self.copies[i].out.step(stack, now);
-            if self.copies[i].out.outcome() == Some(true) {
-                let c = self.copies.swap_remove(i);
-                self.protect(c, stack);
-                continue;
+            match self.copy_step(i, t) {
+                Some(true) => {
+                    let c = self.copies.swap_remove(i);
+                    self.protect(c, t.stack);
+                }
+                Some(false) => {
+                    let c = self.copies.swap_remove(i);
+                    if let Stage::Copying(out) = c.stage {
+                        out.release(t.stack);
+                    }
+                }
+                None => i += 1,
             }
-            if finished {
-                let c = self.copies.swap_remove(i);
-                c.out.release(stack);
-                continue;
-            }
-            i += 1;
         }
+    }
+
+    /// One step of copy `i`: Some(true) once committed, Some(false) once
+    /// it failed (reported), None while under way.
+    fn copy_step(&mut self, i: usize, t: &mut arbiter::Turn<'_>) -> Option<bool> {
+        let c = &mut self.copies[i];
+        let vm = c.vm.clone();
+        if let Stage::Begin(call) = &mut c.stage {
+            if let Some(why) = c.cancelled.take() {
+                if let Some(call) = call.take() {
+                    call.release(t.stack);
+                }
+                async_line(format_args!(
+                    "error: ft: {vm}: cancelled {why}; {vm} keeps running unprotected"
+                ));
+                return Some(false);
+            }
+            let Some(witness) = c.witness else {
+                c.stage = Stage::Copying(start_copy(c, t).ok()?);
+                return None;
+            };
+            if call.is_none() {
+                match Call::start(t, witness, &WitnessFrame::Begin { vm: vm.clone() }) {
+                    Ok(k) => *call = Some(k),
+                    Err(e) => {
+                        async_line(format_args!(
+                            "error: ft: {vm}: witness {witness} unreachable: {e}; {vm} keeps running unprotected"
+                        ));
+                        return Some(false);
+                    }
+                }
+            }
+            let answer = call.as_mut()?.poll(t)?;
+            if let Some(k) = call.take() {
+                k.release(t.stack);
+            }
+            match answer {
+                Ok(WitnessFrame::Begun { vm: v, generation }) if v == vm && generation > 0 => {
+                    c.generation = generation;
+                }
+                Ok(WitnessFrame::Begun { generation: 0, .. }) => {
+                    async_line(format_args!(
+                        "error: ft: {vm}: witness {witness} refused: it keeps too many guests; {vm} keeps running unprotected"
+                    ));
+                    return Some(false);
+                }
+                Ok(_) => {
+                    async_line(format_args!(
+                        "error: ft: {vm}: witness {witness} gave a wrong answer; {vm} keeps running unprotected"
+                    ));
+                    return Some(false);
+                }
+                Err(e) => {
+                    async_line(format_args!(
+                        "error: ft: {vm}: witness {witness} unreachable: {e}; {vm} keeps running unprotected"
+                    ));
+                    return Some(false);
+                }
+            }
+            match start_copy(c, t) {
+                Ok(out) => c.stage = Stage::Copying(out),
+                Err(()) => return Some(false),
+            }
+            return None;
+        }
+        let Stage::Copying(out) = &mut c.stage else {
+            return None;
+        };
+        let finished = out.step(t.stack, t.now);
+        if out.outcome() == Some(true) {
+            return Some(true);
+        }
+        finished.then_some(false)
     }
 
     /// The initial copy committed: the lockstep begins.
     fn protect(&mut self, c: Copy, stack: &mut Stack) {
-        let vm = String::from(c.out.vm());
-        let (total, pause) = c
-            .out
+        let Stage::Copying(out) = c.stage else {
+            return;
+        };
+        let vm = c.vm.clone();
+        let (total, pause) = out
             .summary()
             .map_or((0, 0), |s| (s.total_us / 1000, s.downtime_us / 1000));
-        let mut chan = c.out.into_channel();
-        match crate::vmm::ft_start_primary(
-            &vm,
-            &alloc::format!("{}", c.peer),
-            crate::vmm::CHECK_EVERY_US,
-        ) {
+        let mut chan = out.into_channel();
+        let check_us = u64::from(super::settings().check_s) * 1_000_000;
+        match crate::vmm::ft_start_primary(&vm, &alloc::format!("{}", c.peer), check_us) {
             Ok(()) => {
+                let now = crate::arch::time::now_us();
+                let h = self.history.entry(vm.clone()).or_default();
+                h.protected(now);
+                if c.resync {
+                    h.resyncs += 1;
+                    h.event(
+                        now,
+                        alloc::format!(
+                            "re-synced to {} in {} ms",
+                            c.peer,
+                            now.saturating_sub(c.started_us) / 1000
+                        ),
+                    );
+                } else {
+                    h.event(now, alloc::format!("protected by {}", c.peer));
+                }
                 async_line(format_args!(
-                    "ft: {vm}: protected by {}: lockstep (initial copy {total} ms, pause {pause} ms)",
-                    c.peer
+                    "ft: {vm}: protected by {}: lockstep (initial copy {total} ms, pause {pause} ms{})",
+                    c.peer,
+                    if c.resync { ", re-sync" } else { "" }
                 ));
-                self.links.push(Link::new(
-                    vm,
-                    Side::Primary,
-                    alloc::format!("{}", c.peer),
-                    chan,
-                ));
+                let info = ArbiterInfo {
+                    witness: c.witness,
+                    generation: c.generation,
+                };
+                let mut link = Link::new(vm, Side::Primary, alloc::format!("{}", c.peer), chan);
+                link.arbiter = Some(info);
+                link.port = c.port;
+                link.send(&Frame::Arbiter {
+                    witness: info.witness.map(|w| w.octets()),
+                    generation: info.generation,
+                });
+                self.links.push(link);
             }
             Err(e) => {
                 crate::vmm::migration_end(&vm, false);
@@ -364,6 +884,69 @@ impl FtService {
             }
         }
     }
+
+    /// A link ended: the history, and a re-sync after a divergence.
+    fn ended(
+        &mut self,
+        vm: &str,
+        side: Side,
+        outcome: Outcome,
+        peer: &str,
+        port: u16,
+        info: Option<ArbiterInfo>,
+    ) {
+        let now = crate::arch::time::now_us();
+        let h = self.history.entry(String::from(vm)).or_default();
+        match (side, outcome) {
+            (Side::Secondary, Outcome::WentLive) => {
+                h.failovers += 1;
+                h.unprotected(now);
+                h.event(now, alloc::format!("went live here (primary {peer} lost)"));
+            }
+            (Side::Primary, Outcome::Unprotected) => {
+                h.unprotected(now);
+                h.event(now, alloc::format!("unprotected (secondary {peer})"));
+            }
+            (Side::Primary, Outcome::Diverged) => {
+                h.divergences += 1;
+                h.unprotected(now);
+                h.event(now, alloc::format!("divergence on {peer}"));
+                if let Ok(addr) = netstack::stack::parse_ipv4(peer) {
+                    let witness = info.and_then(|i| i.witness);
+                    self.copies.push(Copy::new(vm, addr, port, witness, true));
+                }
+            }
+            (Side::Primary, Outcome::Gone) => {
+                h.event(
+                    now,
+                    alloc::format!("stopped here (the secondary {peer} runs it)"),
+                );
+            }
+            (Side::Secondary, _) | (Side::Primary, Outcome::WentLive) => {}
+        }
+    }
+}
+
+/// Starts the initial copy of `c` (reported on failure).
+fn start_copy(c: &Copy, t: &mut arbiter::Turn<'_>) -> Result<Outbound, ()> {
+    let vm = c.vm.as_str();
+    let Some(key) = t.key else {
+        async_line(format_args!(
+            "error: ft: {vm}: no channel key set; {vm} keeps running unprotected"
+        ));
+        return Err(());
+    };
+    let o = Outgoing {
+        vm,
+        target: c.peer,
+        port: c.port,
+        downtime_ms: COPY_PAUSE_MS,
+        bandwidth_mib: None,
+        keep_running: true,
+    };
+    Outbound::start(t.stack, key, (t.nonce)(), &o).map_err(|e| {
+        async_line(format_args!("error: ft: {vm}: {e}"));
+    })
 }
 
 impl Service for FtService {
@@ -385,34 +968,51 @@ impl Service for FtService {
                 self.links.push(Link::new(vm, Side::Secondary, peer, chan));
             }
         }
-        self.copies_turn(stack, now);
+        if let (Some(key), Some(w)) = (key, self.witness.as_mut()) {
+            w.poll(stack, key, nonce, now);
+        }
+        let mut t = arbiter::Turn {
+            stack,
+            key,
+            nonce,
+            now,
+        };
+        self.copies_turn(&mut t);
         for link in &mut self.links {
-            link.chan.poll(stack, now);
+            link.chan.poll(t.stack, now);
             if link.closed {
                 continue;
             }
             match link.side {
-                Side::Primary => link.primary_turn(stack, now),
-                Side::Secondary => link.secondary_turn(stack, now),
+                Side::Primary => link.primary_turn(&mut t),
+                Side::Secondary => link.secondary_turn(&mut t),
             }
         }
         // Closed links go once their last frames (End) have left.
         let mut i = 0;
+        let mut ended = Vec::new();
         while i < self.links.len() {
-            let l = &self.links[i];
+            let l = &mut self.links[i];
+            if let (true, Some(o)) = (l.closed, l.outcome.take()) {
+                ended.push((l.vm.clone(), l.side, o, l.peer.clone(), l.port, l.arbiter));
+            }
             if l.closed && (l.chan.is_closed() || now >= l.release_at) {
                 let l = self.links.swap_remove(i);
-                l.chan.release(stack);
+                l.chan.release(t.stack);
             } else {
                 i += 1;
             }
         }
+        for (vm, side, o, peer, port, info) in ended {
+            self.ended(&vm, side, o, &peer, port, info);
+        }
         let busy = !self.copies.is_empty()
             || !self.links.is_empty()
-            || self.listener.as_ref().is_some_and(|l| l.busy());
+            || self.listener.as_ref().is_some_and(|l| l.busy())
+            || self.witness.as_ref().is_some_and(|w| w.busy());
         Turn {
             busy,
-            queued: busy || self.listener.is_some(),
+            queued: busy || self.listener.is_some() || self.witness.is_some(),
         }
     }
 }

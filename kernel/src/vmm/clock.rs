@@ -51,6 +51,15 @@ impl GuestClock {
         };
     }
 
+    /// Makes the guest's TSC read at least `floor` at `now` (a replayed
+    /// guest going live on a host whose clock is behind what it was fed),
+    /// keeping the timer as it is.
+    pub fn not_before(&mut self, now: u64, floor: u64) {
+        if self.tsc(now) < floor {
+            self.offset = floor.wrapping_sub(now);
+        }
+    }
+
     /// The guest's TSC at host time `now`.
     pub fn tsc(&self, now: u64) -> u64 {
         now.wrapping_add(self.offset)
@@ -111,6 +120,16 @@ impl GuestClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_behind_is_moved_forward_never_back() {
+        let mut c = GuestClock::starting_at(100, 1000);
+        c.not_before(200, 500);
+        assert_eq!(c.tsc(200), 1100, "already past the floor: unchanged");
+        c.not_before(200, 5000);
+        assert_eq!(c.tsc(200), 5000);
+        assert_eq!(c.tsc(300), 5100);
+    }
 
     #[test]
     fn tsc_is_host_plus_offset_and_wraps() {

@@ -41,6 +41,14 @@ pub enum VmError {
     /// Migrating, protecting or stopping a protected primary.
     #[error("VM '{0}' is protected by fault tolerance: 'ft disable {0}' first")]
     Protected(String),
+    /// A guest address outside the VM's RAM.
+    #[error("{gpa:#x} is outside the RAM of VM '{vm}'")]
+    OutOfRange {
+        /// The VM.
+        vm: String,
+        /// The address.
+        gpa: u64,
+    },
     /// A second migration of one VM.
     #[error("VM '{0}' is already being migrated")]
     AlreadyMigrating(String),

@@ -39,10 +39,6 @@ use ft_lockstep::{
 
 use super::prelude::*;
 
-/// The state checks' default interval (a digest of vCPU, devices and RAM
-/// on both sides at the same exit).
-pub const CHECK_EVERY_US: u64 = 5_000_000;
-
 /// Guest output under the output rule.
 #[derive(Debug, Clone)]
 pub(super) enum Output {
@@ -117,7 +113,18 @@ pub(super) struct Secondary {
     pub(super) watch: bool,
     pub(super) breakpoints: u64,
     pub(super) events: u64,
+    /// Replayed output the primary may not have released yet: (item
+    /// number since protection began, item). Printed if this copy goes
+    /// live; dropped as `Released` records arrive.
+    held: VecDeque<(u64, Output)>,
+    /// The last TSC value the replay fed the guest (a copy that goes live
+    /// never lets its TSC go back).
+    last_tsc: u64,
 }
+
+/// Replayed output items a secondary keeps at most (the primary's
+/// `Released` records normally keep it to a few).
+const HELD_MAX: usize = 4096;
 
 /// Lines `ft status` keeps of a secondary's replayed output.
 const RECENT_LINES: usize = 4;
@@ -230,6 +237,9 @@ pub(super) fn input(vm: &mut Vm, input: Input, live: [u64; 2]) -> [u64; 2] {
         }
         Role::Secondary(s) => match s.rep.input(input) {
             Ok(v) => {
+                if matches!(input, Input::Rdtsc | Input::Rdtscp) {
+                    s.last_tsc = v[0];
+                }
                 let compare = matches!(input, Input::Pio { .. } | Input::Mmio { .. });
                 if compare && v != live && s.diverged.is_none() {
                     s.diverged = Some(format!(
@@ -261,13 +271,20 @@ pub(super) fn output(vm: &mut Vm, out: Output) -> Option<Output> {
             None
         }
         Role::Secondary(s) => {
-            let text = match out {
+            let text = match &out {
                 Output::Line(l) => format!("[{name}] {l}"),
                 Output::Exited(code) => format!("vm {name}: exited with code {code}"),
             };
             s.lines += 1;
             if s.watch {
                 async_line(format_args!("ft: replayed {text}"));
+            }
+            let released = s.rep.released();
+            while s.held.front().is_some_and(|(n, _)| *n <= released) || s.held.len() >= HELD_MAX {
+                s.held.pop_front();
+            }
+            if s.lines > released {
+                s.held.push_back((s.lines, out));
             }
             if s.recent.len() == RECENT_LINES {
                 s.recent.pop_front();
@@ -839,6 +856,8 @@ pub fn ft_start_secondary(
                 watch: false,
                 breakpoints: 0,
                 events: 0,
+                held: VecDeque::new(),
+                last_tsc: 0,
             })),
             peer,
         );
@@ -913,9 +932,9 @@ pub fn ft_on_ack(name: &str, ack: Ack) -> Result<(), String> {
     p.peer_ack = ack;
     let released = p.gate.release(ack.received, now);
     if !released.is_empty() {
-        // How far the world has seen the guest's output: a secondary that
-        // goes live (part 2) re-emits only what comes after.
-        let seq = p.gate.last_released_pos();
+        // How much of the guest's output the world has seen: a secondary
+        // that goes live re-emits only what comes after.
+        let seq = p.gate.released();
         p.rec.record(Record::Released { seq }, now);
     }
     drop(m);
@@ -1154,4 +1173,136 @@ pub fn ft_lag(name: &str) -> Option<(LagStats, LagStats)> {
         Some(Role::Primary(p)) => Some((p.lag.stats(), p.gate.latency())),
         _ => None,
     }
+}
+
+// ---------------------------------------------------------------------------
+// Failover (called from the FT service).
+
+/// Whether a secondary replayed everything it received: the log holds
+/// nothing more it could act on (the log drain after the primary's death
+/// is over). `None` if `name` is not a secondary.
+pub fn ft_drained(name: &str) -> Option<bool> {
+    let m = MANAGER.lock();
+    match m
+        .vms
+        .iter()
+        .find(|v| v.name == name)
+        .and_then(|v| v.ft.as_ref())
+        .map(|f| &f.role)
+    {
+        Some(Role::Secondary(s)) => Some(!s.rep.can_progress() || s.diverged.is_some()),
+        _ => None,
+    }
+}
+
+/// What a secondary that went live did.
+pub struct GoLive {
+    /// Log records its replay had consumed in all.
+    pub consumed: u64,
+    /// Output items re-emitted (those the primary may not have released).
+    pub reemitted: usize,
+}
+
+/// The primary is gone and the arbiter chose this copy: the guest leaves
+/// replay and runs live from exactly where the log ended. Its own clock
+/// takes over (the TSC never goes back), its debug registers are its own
+/// again, and the output the primary may not have released is printed.
+pub fn ft_go_live(name: &str) -> Result<GoLive, VmError> {
+    let mut out = Vec::new();
+    let mut consumed = 0;
+    with_vm(name, |_, vm| {
+        if !matches!(
+            vm.ft.as_ref().map(|f| &f.role),
+            Some(Role::Secondary(s)) if s.diverged.is_none()
+        ) {
+            return Err(no_ft(name));
+        }
+        let Some(ft) = vm.ft.take() else {
+            return Err(no_ft(name));
+        };
+        let Role::Secondary(s) = ft.role else {
+            return Err(no_ft(name));
+        };
+        vm.ctx.dr_virtual = false;
+        vmwrite(Field::GUEST_DR7, ft.dr7);
+        vmwrite(Field::EXCEPTION_BITMAP, 0);
+        vm.clock.exiting = ft.rdtsc_option;
+        let now = crate::arch::rdtsc();
+        vm.clock.not_before(now, s.last_tsc.wrapping_add(1));
+        vmwrite(Field::TSC_OFFSET, vm.clock.offset());
+        consumed = s.rep.consumed();
+        let released = s.rep.released();
+        out.extend(
+            s.held
+                .into_iter()
+                .filter(|(n, _)| *n > released)
+                .map(|(_, o)| o),
+        );
+        Ok(())
+    })?;
+    let reemitted = out.len();
+    for o in out {
+        print_output(name, o);
+    }
+    Ok(GoLive {
+        consumed,
+        reemitted,
+    })
+}
+
+/// The arbiter gave the guest to the secondary: this primary's copy stops
+/// at once and its held output (which the world never saw) is dropped.
+pub fn ft_stop(name: &str) {
+    let r = with_vm(name, |_, vm| {
+        if let Some(ft) = vm.ft.take() {
+            vm.ctx.dr_virtual = false;
+            vmwrite(Field::GUEST_DR7, ft.dr7);
+            vm.clock.exiting = ft.rdtsc_option;
+        }
+        vm.paused = false;
+        if matches!(vm.state, State::Running | State::Halted) {
+            vm.state = State::Stopped { code: None };
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        log::warn!("ft: stopping {name}: {e}");
+    }
+}
+
+/// Holds (or lets go) a primary's guest while the arbiter cannot be
+/// reached: it must not run on alone.
+pub fn ft_pause(name: &str, paused: bool) {
+    let mut m = MANAGER.lock();
+    if let Some(vm) = m.vms.iter_mut().find(|v| v.name == name) {
+        vm.paused = paused;
+    }
+}
+
+/// Diagnostic (`ft flip`): flips the bits of one guest byte on a
+/// secondary, so the next state check finds a divergence.
+pub fn ft_flip(name: &str, gpa: u64) -> Result<u8, VmError> {
+    let mut m = MANAGER.lock();
+    let i = find(&mut m, name)?;
+    let vm = &mut m.vms[i];
+    if !replaying(vm) {
+        return Err(VmError::NotSecondary(name.into()));
+    }
+    let chunk = usize::try_from(gpa / MIB2)
+        .ok()
+        .and_then(|k| vm.chunks.get(k).copied())
+        .ok_or_else(|| VmError::OutOfRange {
+            vm: name.into(),
+            gpa,
+        })?;
+    let p = (chunk + gpa % MIB2) as usize as *mut u8;
+    // SAFETY: `chunk` is 2 MiB of this VM's RAM, identity-mapped, and
+    // `gpa % MIB2` is inside it; the guest does not run while the manager
+    // is locked.
+    let old = unsafe {
+        let old = p.read_volatile();
+        p.write_volatile(!old);
+        old
+    };
+    Ok(old)
 }

@@ -81,8 +81,9 @@ mod prelude {
 pub use dirty::dirty;
 #[cfg(target_os = "none")]
 pub use lockstep::{
-    CHECK_EVERY_US, FtPoll, FtStatus, ft_end, ft_frames, ft_lag, ft_on_ack, ft_poll, ft_protected,
-    ft_push, ft_sent, ft_start_primary, ft_start_secondary, ft_status, ft_watch,
+    FtPoll, FtStatus, GoLive, ft_drained, ft_end, ft_flip, ft_frames, ft_go_live, ft_lag,
+    ft_on_ack, ft_pause, ft_poll, ft_protected, ft_push, ft_sent, ft_start_primary,
+    ft_start_secondary, ft_status, ft_stop, ft_watch,
 };
 #[cfg(target_os = "none")]
 pub use run::run_slice;

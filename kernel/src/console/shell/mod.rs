@@ -250,8 +250,12 @@ pub const MIGRATE_USAGE: &[(&str, &str)] = &[
 /// The `ft` sub-commands: (usage, description).
 pub const FT_USAGE: &[(&str, &str)] = &[
     (
-        "ft enable <vm> <ip>[:port]",
+        "ft enable <vm> <ip>[:port] [witness=<ip>|none]",
         "protect a running guest: its twin replays it there",
+    ),
+    (
+        "  witness=<ip>|none",
+        "who decides if the twins lose each other (ft.witness)",
     ),
     (
         "ft disable <vm>",
@@ -269,6 +273,14 @@ pub const FT_USAGE: &[(&str, &str)] = &[
         "ft watch <vm> on|off",
         "secondary: show the guest lines it replays",
     ),
+    (
+        "ft witness [stop]",
+        "arbitrate for twins (port 7004); no VMX needed",
+    ),
+    (
+        "ft flip <vm> <gpa>",
+        "diagnostic: flip a guest byte on the secondary",
+    ),
 ];
 
 /// The port `ft listen` takes connections on.
@@ -284,28 +296,67 @@ pub enum FtCommand {
         vm: String,
         target: netstack::stack::Ipv4Address,
         port: u16,
+        /// `witness=`: `Some(None)` is `none`; `None` not given (hv.cfg's
+        /// `ft.witness` then).
+        witness: Option<Option<netstack::stack::Ipv4Address>>,
     },
     Disable(String),
     Watch {
         vm: String,
         on: bool,
     },
+    Witness(bool),
+    Flip {
+        vm: String,
+        gpa: u64,
+    },
 }
 
 fn parse_ft(args: &[&str]) -> Result<FtCommand, String> {
-    let usage = "usage: ft enable <vm> <ip>[:port] | ft disable <vm> | ft listen [stop] | ft status [<vm>] | ft watch <vm> on|off";
+    let usage = "usage: ft enable <vm> <ip>[:port] [witness=<ip>|none] | ft disable <vm> | ft listen [stop] | ft status [<vm>] | ft watch <vm> on|off | ft witness [stop] | ft flip <vm> <gpa>";
+    let enable_usage = "usage: ft enable <vm> <ip>[:port] [witness=<ip>|none]";
     match args {
         ["help"] => Ok(FtCommand::Help),
         [] | ["status"] => Ok(FtCommand::Status(None)),
         ["status", vm] => Ok(FtCommand::Status(Some(check_vm_name(vm)?))),
         ["listen"] => Ok(FtCommand::Listen(true)),
         ["listen", "stop"] => Ok(FtCommand::Listen(false)),
-        ["enable", vm, peer] => {
+        ["enable", vm, peer, rest @ ..] if rest.len() <= 1 => {
             let vm = check_vm_name(vm)?;
             let (target, port) = parse_peer(peer, FT_PORT)?;
-            Ok(FtCommand::Enable { vm, target, port })
+            let witness = match rest {
+                [] => None,
+                [w] => match w.strip_prefix("witness=") {
+                    Some("none") => Some(None),
+                    Some(ip) => Some(Some(
+                        netstack::stack::parse_ipv4(ip)
+                            .map_err(|e| format!("bad witness address: {e}"))?,
+                    )),
+                    None => return Err(String::from(enable_usage)),
+                },
+                _ => return Err(String::from(enable_usage)),
+            };
+            Ok(FtCommand::Enable {
+                vm,
+                target,
+                port,
+                witness,
+            })
         }
-        ["enable", ..] => Err(String::from("usage: ft enable <vm> <ip>[:port]")),
+        ["enable", ..] => Err(String::from(enable_usage)),
+        ["witness"] => Ok(FtCommand::Witness(true)),
+        ["witness", "stop"] => Ok(FtCommand::Witness(false)),
+        ["witness", ..] => Err(String::from("usage: ft witness [stop]")),
+        ["flip", vm, gpa] => {
+            let vm = check_vm_name(vm)?;
+            let digits = gpa.strip_prefix("0x").unwrap_or(gpa);
+            let gpa = u64::from_str_radix(digits, 16)
+                .map_err(|_| String::from("usage: ft flip <vm> <gpa> (a hex guest address)"))?;
+            Ok(FtCommand::Flip { vm, gpa })
+        }
+        ["flip", ..] => Err(String::from(
+            "usage: ft flip <vm> <gpa> (a hex guest address)",
+        )),
         ["disable", vm] => Ok(FtCommand::Disable(check_vm_name(vm)?)),
         ["disable", ..] => Err(String::from("usage: ft disable <vm>")),
         ["watch", vm, on @ ("on" | "off")] => Ok(FtCommand::Watch {

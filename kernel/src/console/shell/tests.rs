@@ -224,6 +224,33 @@ fn ft_commands() {
             vm: "d".into(),
             target: parse_ipv4("10.0.0.2").unwrap(),
             port: FT_PORT,
+            witness: None,
+        }))
+    );
+    assert!(matches!(
+        parse("ft enable d 10.0.0.2 witness=10.0.0.9"),
+        Ok(Command::Ft(FtCommand::Enable { witness: Some(Some(w)), .. })) if w == parse_ipv4("10.0.0.9").unwrap()
+    ));
+    assert!(matches!(
+        parse("ft enable d 10.0.0.2 witness=none"),
+        Ok(Command::Ft(FtCommand::Enable {
+            witness: Some(None),
+            ..
+        }))
+    ));
+    assert_eq!(
+        parse("ft witness"),
+        Ok(Command::Ft(FtCommand::Witness(true)))
+    );
+    assert_eq!(
+        parse("ft witness stop"),
+        Ok(Command::Ft(FtCommand::Witness(false)))
+    );
+    assert_eq!(
+        parse("ft flip d 0x200000"),
+        Ok(Command::Ft(FtCommand::Flip {
+            vm: "d".into(),
+            gpa: 0x20_0000
         }))
     );
     assert!(matches!(
@@ -242,13 +269,30 @@ fn ft_commands() {
         }))
     );
     for (line, err) in [
-        ("ft enable d", "usage: ft enable <vm> <ip>[:port]"),
+        (
+            "ft enable d",
+            "usage: ft enable <vm> <ip>[:port] [witness=<ip>|none]",
+        ),
+        (
+            "ft enable d 10.0.0.2 witnes=none",
+            "usage: ft enable <vm> <ip>[:port] [witness=<ip>|none]",
+        ),
+        ("ft witness now", "usage: ft witness [stop]"),
+        (
+            "ft flip d zz",
+            "usage: ft flip <vm> <gpa> (a hex guest address)",
+        ),
         ("ft disable", "usage: ft disable <vm>"),
         ("ft watch d maybe", "usage: ft watch <vm> on|off"),
     ] {
         assert_eq!(parse(line), Err(String::from(err)), "{line}");
     }
     assert!(parse("ft enable d 10.0.0").is_err());
+    assert!(
+        parse("ft enable d 10.0.0.2 witness=10.0")
+            .unwrap_err()
+            .starts_with("bad witness address")
+    );
     assert!(parse("ft enable d 10.0.0.2:0").is_err());
     assert!(
         parse("ft frobnicate")
