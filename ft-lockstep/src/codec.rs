@@ -124,7 +124,7 @@ pub enum CodecError {
     #[error("unknown record tag {0}")]
     BadTag(u8),
     /// An unknown input, landmark or event kind, or a non-zero unused field.
-    #[error("bad {what} {value} in a log record")]
+    #[error("bad {what} {value}")]
     BadField {
         /// Which field.
         what: &'static str,

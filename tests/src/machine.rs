@@ -171,10 +171,17 @@ impl Builder {
     /// Plug the e1000 into the third port of a Bochs link's hub (see
     /// [`Link::bochs_with_peer`]) as a host of its own, QEMU or Bochs (a
     /// QEMU host on a Bochs network: TESTBED.md), with MAC `mac`.
-    pub fn hub_station(mut self, link: &Link, mac: &str) -> Self {
+    pub fn hub_station(self, link: &Link, mac: &str) -> Self {
         let port = link
             .peer_port()
             .expect("hub_station needs a link with a third port (Link::bochs_with_peer)");
+        self.hub_port(port, mac)
+    }
+
+    /// Plug the e1000 into hub port `port` of a Bochs link (`B + 2k` for
+    /// port k: [`Link::port`]) as a host of its own, QEMU or Bochs: for a
+    /// host booted in place of one that died on that port.
+    pub fn hub_port(mut self, port: u16, mac: &str) -> Self {
         self.spec.nic = true;
         self.spec.mac = Some(mac.to_string());
         self.spec.net = match self.spec.emulator {

@@ -17,12 +17,19 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::linked_bochs;
+use common::{KEY, linked_bochs};
 use hv_tests::{Link, Machine, secs};
 
+/// A twin whose failure detector waits 20 s: the output-rule check below
+/// stops the secondary's emulator for 3.5 s, which the default 1 s timeout
+/// would (rightly) treat as a dead host (`ft_failover.rs` tests that).
 fn host(link: &Link, name: &str, ip: &str) -> Machine {
     linked_bochs(link, name, ip, |b| {
-        b.bochs_model("corei7_skylake_x").memory_mib(256)
+        b.bochs_model("corei7_skylake_x")
+            .memory_mib(256)
+            .config(&format!(
+                "hostname = {name}\nnet.ip = {ip}\nnet.key = {KEY}\nft.timeout_ms = 20000\n"
+            ))
     })
 }
 

@@ -29,15 +29,23 @@ pub struct Trio {
 }
 
 pub fn trio() -> Trio {
+    trio_with("")
+}
+
+/// [`trio`], the twins' hv.cfg with `extra` lines.
+pub fn trio_with(extra: &str) -> Trio {
     let link = Link::bochs_with_peer();
-    let a = bochs_on(&link, "prim", "10.0.0.1/24", Some(KEY))
-        .bochs_model("corei7_skylake_x")
-        .memory_mib(256)
-        .start();
-    let b = bochs_on(&link, "twin", "10.0.0.2/24", Some(KEY))
-        .bochs_model("corei7_skylake_x")
-        .memory_mib(256)
-        .start();
+    let twin = |name: &str, ip: &str| {
+        bochs_on(&link, name, ip, Some(KEY))
+            .config(&format!(
+                "hostname = {name}\nnet.ip = {ip}\nnet.key = {KEY}\n{extra}"
+            ))
+            .bochs_model("corei7_skylake_x")
+            .memory_mib(256)
+            .start()
+    };
+    let a = twin("prim", "10.0.0.1/24");
+    let b = twin("twin", "10.0.0.2/24");
     let w = Machine::qemu()
         .hostname("wit")
         .config(&format!(
@@ -196,19 +204,302 @@ pub fn kill_primary_and_check(t: &mut Trio, after: Duration) -> Failover {
     f
 }
 
+/// `values` sorted: "min / p50 / p90 / max".
+fn spread(mut values: Vec<u64>) -> String {
+    values.sort_unstable();
+    if values.is_empty() {
+        return String::from("-");
+    }
+    let at = |q: usize| values[(values.len() - 1) * q / 100];
+    format!("{} / {} / {} / {}", at(0), at(50), at(90), at(100))
+}
+
+/// The primary killed at random points. `HV_FT_RUNS` runs (default 3:
+/// what `cargo xtask test` runs; `cargo xtask campaign ft --runs N` sets
+/// more), each on three fresh hosts; every run is checked, the summary
+/// printed, and the test fails if any run did.
 #[test]
 fn bochs_ft_failover_primary_killed_at_random_points() {
+    let runs: usize = std::env::var("HV_FT_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let mut rng = Rng::new();
-    let mut all = Vec::new();
-    for run in 1..=3 {
-        println!("run {run}/3");
-        let mut t = trio();
-        protect_dirty(&mut t);
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for run in 1..=runs {
         let after = rng.ms(1_000, 12_000);
-        all.push(kill_primary_and_check(&mut t, after));
-        let _ = &t.link;
+        println!(
+            "run {run}/{runs}: kill after {} ms of protection",
+            after.as_millis()
+        );
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut t = trio();
+            protect_dirty(&mut t);
+            kill_primary_and_check(&mut t, after)
+        }));
+        match r {
+            Ok(f) => ok.push(f),
+            Err(e) => {
+                let why = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                println!("run {run}: FAILED: {}", why.lines().next().unwrap_or(""));
+                failed.push((run, why));
+            }
+        }
     }
-    let mut ms: Vec<u64> = all.iter().map(|f| f.first_line_ms).collect();
-    ms.sort_unstable();
-    println!("failover (kill to first guest line on the secondary), ms: {ms:?}");
+    println!("ft campaign: {runs} runs, {} failed", failed.len());
+    println!(
+        "  failover, kill to first guest line on the secondary (ms, min / p50 / p90 / max): {}",
+        spread(ok.iter().map(|f| f.first_line_ms).collect())
+    );
+    println!(
+        "  kill to `live here` (ms): {}",
+        spread(ok.iter().map(|f| f.live_ms).collect())
+    );
+    println!(
+        "  the secondary's own figure, last frame to live (ms): {}",
+        spread(ok.iter().map(|f| f.reported_ms).collect())
+    );
+    println!(
+        "  records drained: {}; counts repeated: {}",
+        spread(ok.iter().map(|f| f.drained).collect()),
+        spread(ok.iter().map(|f| f.repeated).collect())
+    );
+    if let Some((run, why)) = failed.first() {
+        panic!("{} of {runs} runs failed; run {run}: {why}", failed.len());
+    }
+}
+
+/// Whether `m` runs `vm` (`vm list` shows it running or halted).
+fn runs(m: &mut Machine, vm: &str) -> bool {
+    let out = m.cmd("vm list");
+    out.lines().any(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        w.len() >= 2 && w[0] == vm && (w[1] == "running" || w[1] == "halted")
+    })
+}
+
+/// The twins cut apart (`net filter drop` on the primary), both still
+/// reaching the witness: exactly one of them runs the guest afterwards.
+#[test]
+fn bochs_ft_partition_runs_the_guest_once() {
+    let mut t = trio();
+    protect_dirty(&mut t);
+    t.a.expect_line(r"\[d\] dirty: count \d+ .*", secs(60));
+    let out = t.a.cmd("net filter drop 10.0.0.2");
+    t.a.check(
+        out.contains("net: filter: dropping frames to and from 10.0.0.2"),
+        || out.clone(),
+    );
+    let ra =
+        t.a.expect_line(r"ft: d: (unprotected: .*|stopped here: .*)", secs(60));
+    let rb = t.b.expect_line(
+        r"ft: d: (live here .*|secondary copy discarded: .*)",
+        secs(60),
+    );
+    let a_runs = ra.text.contains("keeps running");
+    let b_runs = rb.text.contains("live here");
+    println!("primary: {}\nsecondary: {}", ra.text.trim(), rb.text.trim());
+    t.a.check(a_runs != b_runs, || {
+        format!(
+            "after the partition the primary says {:?} and the secondary {:?}: {} copies run",
+            ra.text.trim(),
+            rb.text.trim(),
+            usize::from(a_runs) + usize::from(b_runs)
+        )
+    });
+    t.w.expect_line(r"ft: witness: d: generation \d+: .* claims: won", secs(30));
+    let (winner, loser) = if a_runs {
+        (&mut t.a, &mut t.b)
+    } else {
+        (&mut t.b, &mut t.a)
+    };
+    let before = winner.output().len();
+    winner.expect_line(r"\[d\] dirty: count \d+ .*", secs(60));
+    winner.expect_line(r"\[d\] dirty: count \d+ .*", secs(60));
+    let (w_runs, l_runs) = (runs(winner, "d"), runs(loser, "d"));
+    winner.check(w_runs, || "the winner does not run d".into());
+    loser.check(!l_runs, || "the loser still runs d".into());
+    let since = counts_since(winner, "d", before);
+    println!("the winner's counter goes on: {since:?}");
+}
+
+/// The witness gone and the twins cut apart: neither goes live; the
+/// primary holds the guest paused and says why.
+#[test]
+fn bochs_ft_witness_unreachable_nobody_goes_live() {
+    let mut t = trio();
+    protect_dirty(&mut t);
+    t.w.kill();
+    t.a.cmd("net filter drop 10.0.0.2");
+    let pa = t.a.expect_line(
+        r"ft: d: paused: secondary 10\.0\.0\.2 lost \(.*\) and witness 10\.0\.0\.3 unreachable \(.*\); d stays paused rather than risk two copies.*",
+        secs(60),
+    );
+    let pb = t.b.expect_line(
+        r"ft: d: not going live: primary 10\.0\.0\.1 lost \(.*\) and witness 10\.0\.0\.3 unreachable \(.*\).*",
+        secs(60),
+    );
+    println!("{}\n{}", pa.text.trim(), pb.text.trim());
+    // For a while, nothing runs: no count on either side, nobody live.
+    let (fa, fb) = (t.a.output().len(), t.b.output().len());
+    std::thread::sleep(Duration::from_secs(8));
+    for (m, from) in [(&t.a, fa), (&t.b, fb)] {
+        let c = counts_since(m, "d", from);
+        m.check(c.is_empty(), || format!("the guest ran on: {c:?}"));
+        m.check(!m.output()[from..].contains("live here"), || {
+            "a twin went live without the witness".into()
+        });
+    }
+    let st = t.a.cmd("vm stats d");
+    t.a.check(st.contains(", paused"), || {
+        format!("vm stats d on the primary: {st}")
+    });
+}
+
+/// A byte flipped on the secondary: the next state check (every 2 s here)
+/// finds it, the secondary is discarded and re-created from the primary,
+/// and the guest's counter on the primary never stops.
+#[test]
+fn bochs_ft_divergence_recreates_the_secondary() {
+    let mut t = trio_with("ft.check_s = 2\n");
+    protect_dirty(&mut t);
+    t.a.expect_line(r"\[d\] dirty: count \d+ .*", secs(60));
+    let a_from = t.a.output().len();
+    let out = t.b.cmd("ft flip d 0x300000");
+    t.b.check(out.contains("ft: d: flipped the byte at 0x300000"), || {
+        out.clone()
+    });
+    let flipped = Instant::now();
+    let gone =
+        t.b.expect_line(r"ft: d: secondary copy discarded: diverged: .*", secs(60));
+    let found_s = flipped.elapsed().as_secs_f64();
+    let div = t.a.expect_line(
+        r"ft: d: divergence: the secondary diverged: .*; re-creating the secondary on 10\.0\.0\.2",
+        secs(60),
+    );
+    let again = t.a.expect_line(
+        r"ft: d: protected by 10\.0\.0\.2: lockstep \(initial copy (\d+) ms, pause (\d+) ms, re-sync\)",
+        secs(300),
+    );
+    t.b.expect_line(r"ft: d: secondary of [\d.:]+: replaying", secs(60));
+    println!(
+        "{}\n{}\n{}\nfound {found_s:.1} s after the flip",
+        gone.text.trim(),
+        div.text.trim(),
+        again.text.trim()
+    );
+    // Found within one check interval (2 s of guest time; the wall clock
+    // of two emulators on a shared machine runs slower).
+    t.a.check(found_s < 30.0, || {
+        format!("the divergence was found after {found_s:.1} s")
+    });
+    t.a.expect_line(r"\[d\] dirty: count \d+ .*", secs(60));
+    let c = counts_since(&t.a, "d", a_from);
+    for w in c.windows(2) {
+        t.a.check(w[1] == w[0] + 1, || {
+            format!("the primary's counter skipped: {c:?}")
+        });
+    }
+    let st = t.a.cmd("ft status d");
+    t.a.check(st.contains("1 divergences, 1 re-syncs"), || {
+        format!("ft status d: {st}")
+    });
+}
+
+/// The secondary's host dies: the primary runs on unprotected and says so;
+/// a freshly booted host (on the dead one's hub port) protects it again,
+/// and a second failover, the primary killed this time, then works.
+#[test]
+fn bochs_ft_secondary_killed_then_reprotected_then_failover() {
+    let mut t = trio();
+    protect_dirty(&mut t);
+    t.a.expect_line(r"\[d\] dirty: count \d+ .*", secs(60));
+    t.b.kill();
+    let killed = Instant::now();
+    let u = t.a.expect_line(
+        r"ft: d: unprotected: secondary 10\.0\.0\.2 lost: .*; d keeps running \(witness 10\.0\.0\.3\)",
+        secs(60),
+    );
+    println!(
+        "{} ({} ms after the kill)",
+        u.text.trim(),
+        killed.elapsed().as_millis()
+    );
+    t.w.expect_line(
+        r"ft: witness: d: generation \d+: 10\.0\.0\.1 \(primary\) claims: won",
+        secs(30),
+    );
+    // The guest goes on, its output no longer held.
+    let from = t.a.output().len();
+    t.a.expect_line(r"\[d\] dirty: count \d+ .*", secs(60));
+    t.a.expect_line(r"\[d\] dirty: count \d+ .*", secs(60));
+    let c = counts_since(&t.a, "d", from);
+    println!("unprotected, the counter goes on: {c:?}");
+
+    // A new host where the dead one was.
+    let port = t.link.port() + 2;
+    let mut c = Machine::bochs()
+        .hostname("new")
+        .config(&format!(
+            "hostname = new\nnet.ip = 10.0.0.4/24\nnet.key = {KEY}\n"
+        ))
+        .bochs_model("corei7_skylake_x")
+        .memory_mib(256)
+        .hub_port(port, "b0:c4:20:00:00:04")
+        .start();
+    c.boot_to_prompt();
+    c.send_line("ft listen");
+    c.expect_line(r"ft: listening on port 7003 .*", secs(30));
+    let started = Instant::now();
+    t.a.send_line("ft enable d 10.0.0.4 witness=10.0.0.3");
+    let done = t.a.expect_line(
+        r"(ft: d: protected by 10\.0\.0\.4: lockstep .*|error: ft: .*)",
+        secs(300),
+    );
+    t.a.check(done.text.contains("protected by"), || done.text.clone());
+    println!(
+        "re-protected in {} ms: {}",
+        started.elapsed().as_millis(),
+        done.text.trim()
+    );
+    c.expect_line(r"ft: d: secondary of [\d.:]+: replaying", secs(60));
+    let st = t.a.cmd("ft status d");
+    t.a.check(st.contains("d: history: protected 2 times"), || {
+        format!("ft status d: {st}")
+    });
+
+    // The second failover: the primary dies, the new host goes live.
+    let mut t2 = Trio {
+        link: t.link.clone(),
+        a: t.a,
+        b: c,
+        w: t.w,
+    };
+    let b_from = t2.b.output().len();
+    std::thread::sleep(Duration::from_secs(3));
+    let seen = counts_since(&t2.a, "d", 0);
+    t2.a.kill();
+    let a_last = *seen.last().unwrap_or(&0);
+    let live = t2.b.expect_line(
+        r"ft: d: live here \(primary 10\.0\.0\.1 lost, \d+ records drained, \d+ ms\)",
+        secs(60),
+    );
+    println!("{}", live.text.trim());
+    t2.b.expect_line(&format!(r"\[d\] dirty: count {} .*", a_last + 2), secs(60));
+    let mine = counts_since(&t2.b, "d", b_from);
+    t2.b.check(mine.first().is_some_and(|&f| f <= a_last + 1), || {
+        format!("the primary printed up to {a_last}; the new host went on with {mine:?}")
+    });
+    t2.b.send_line("vm checksum d");
+    let sum = t2.b.expect_line(
+        r"\[d\] dirty: checksum ([0-9a-f]+) expected ([0-9a-f]+) (\w+) after (\d+) writes",
+        secs(60),
+    );
+    t2.b.check(sum.get(3) == Some("ok"), || sum.text.clone());
+    drop(t.b);
 }

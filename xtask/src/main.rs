@@ -55,7 +55,10 @@ commands:
   bench migrate-qemu [--mem MIB] [--rate N] [--bandwidth MIBPS] [--downtime MS] [--warmup S] [--image PATH]
                          QEMU's own live migration of the dirty guest between two QEMUs (TCG)
   bench ft [--quick] [--only d1,d2,x,t] fault tolerance between two Bochs hosts (dirty at two rates, exitbench,
-                         ticks): throughput protected/unprotected, log rate, lag, output latency
+                         ticks): throughput protected/unprotected, log rate, lag, output latency; failover,
+                         divergence check and re-protection figures
+  campaign ft [--runs N] kill the primary of a protected guest at N random points (default 20, three
+                         fresh hosts each) and summarise: failures, failover time distribution
 ";
 
 /// An error message for the user; `main` prints it as `error: <msg>`.
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         "run" => run::main(rest),
         "test" => test(rest),
         "bench" => bench::main(rest),
+        "campaign" => campaign(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
@@ -295,6 +299,41 @@ fn kernel_leaves_vector_registers_alone() -> Result {
         hits.len(),
         hits.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
     ))
+}
+
+/// `campaign ft [--runs N]`: the random-kill failover test, N runs.
+fn campaign(rest: &[String]) -> Result {
+    let runs = match rest {
+        [what] if what == "ft" => 20,
+        [what, flag, n] if what == "ft" && flag == "--runs" => {
+            n.parse::<u32>().ok().filter(|&n| n >= 1).ok_or_else(|| {
+                format!("campaign: --runs wants a whole number of at least 1, got '{n}'")
+            })?
+        }
+        _ => {
+            return Err(format!(
+                "usage: cargo xtask campaign ft [--runs N]\n{USAGE}"
+            ));
+        }
+    };
+    setup::setup()?;
+    make_image()?;
+    let img = hv_tests::host::default_image_path();
+    let mut c = cargo();
+    c.args([
+        "test",
+        "-p",
+        "hv-tests",
+        "--test",
+        "ft_failover",
+        "bochs_ft_failover_primary_killed_at_random_points",
+        "--",
+        "--exact",
+        "--nocapture",
+    ])
+    .env("HV_IMAGE", &img)
+    .env("HV_FT_RUNS", runs.to_string());
+    run_cmd(c)
 }
 
 fn test(rest: &[String]) -> Result {

@@ -187,13 +187,13 @@ pub fn status(only: Option<&str>) {
             .filter(|(vm, _)| only.is_none_or(|v| v == vm.as_str()))
             .flat_map(|(vm, h)| {
                 let mut lines = alloc::vec![alloc::format!(
-                    "{vm}: history: protected {} times, {} failovers, {} divergences, {} re-syncs, unprotected {} ms in all{}",
+                    "{vm}: history: protected {} times, {} failovers, {} divergences, {} re-syncs, {} ms without a twin{}",
                     h.protections,
                     h.failovers,
                     h.divergences,
                     h.resyncs,
                     h.unprotected_total(now) / 1000,
-                    if h.unprotected_since.is_some() { " (unprotected now)" } else { "" }
+                    if h.unprotected_since.is_some() { " (none now)" } else { "" }
                 )];
                 lines.extend(h.events.iter().map(|(t, e)| {
                     alloc::format!("  at {}.{:03} s: {e}", t / 1_000_000, t / 1000 % 1000)

@@ -91,6 +91,11 @@ pub(super) struct Primary {
     next_check_us: u64,
     pub(super) check_every_us: u64,
     pub(super) checks: u64,
+    /// What the checks cost here: time digesting (all, longest) and bytes
+    /// digested by the last one.
+    check_us: u64,
+    check_max_us: u64,
+    check_bytes: u64,
     /// The secondary's last acknowledgement.
     pub(super) peer_ack: Ack,
     /// Slices skipped to let the secondary catch up.
@@ -206,12 +211,18 @@ pub(super) fn after_exit(vm: &mut Vm) {
     }
     p.next_check_us = now + p.check_every_us;
     let exits = ft.exits;
+    let t0 = crate::arch::time::now_us();
     let digest = state_digest(vm);
+    let took = crate::arch::time::now_us().saturating_sub(t0);
+    let bytes = vm.chunks.len() as u64 * MIB2;
     if let Some(ft) = vm.ft.as_mut()
         && let Role::Primary(p) = &mut ft.role
     {
         p.rec.record(Record::Check { exits, digest }, now);
         p.checks += 1;
+        p.check_us += took;
+        p.check_max_us = p.check_max_us.max(took);
+        p.check_bytes = bytes;
     }
 }
 
@@ -818,6 +829,9 @@ pub fn ft_start_primary(name: &str, peer: &str, check_every_us: u64) -> Result<(
                 next_check_us: now + check_every_us,
                 check_every_us,
                 checks: 0,
+                check_us: 0,
+                check_max_us: 0,
+                check_bytes: 0,
                 peer_ack: Ack {
                     received: 0,
                     replayed: 0,
@@ -1128,6 +1142,13 @@ pub fn ft_status(only: Option<&str>) -> Vec<FtStatus> {
                     p.peer_ack.exits,
                     p.checks,
                     p.peer_ack.checks_ok
+                ));
+                lines.push(format!(
+                    "  checks every {} s: {} KiB of RAM and the vCPU and device state each, {} us on average, {} us at most",
+                    p.check_every_us / 1_000_000,
+                    p.check_bytes / 1024,
+                    p.check_us / p.checks.max(1),
+                    p.check_max_us
                 ));
             }
             Role::Secondary(s) => {
