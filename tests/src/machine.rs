@@ -595,6 +595,26 @@ impl Machine {
         Ok(command_output(cmd, &f.before))
     }
 
+    /// Sends `cmd` and returns its output, found after the prompt line that
+    /// echoes it: unlike [`Machine::cmd`] it cannot take a prompt the
+    /// console reprinted after an asynchronous line (a guest's output, an
+    /// FT event) for the end of this command.
+    #[track_caller]
+    pub fn cmd_echoed(&mut self, cmd: &str) -> String {
+        let t = self.command_timeout();
+        self.send_line(cmd);
+        // The prompt before the echo may have been consumed already (by
+        // the boot, or a previous command).
+        let echo = format!(
+            r"(?m)(?:^|{}> ){}[ \t]*\r?\n",
+            regex::escape(&self.hostname),
+            regex::escape(cmd)
+        );
+        or_panic(self.expect_after(&echo, t, &format!("sent `{cmd}`, then ")));
+        let f = self.expect_prompt(t);
+        command_output("", &f.before)
+    }
+
     /// [`Machine::try_command`], panicking on failure.
     #[track_caller]
     pub fn command(&mut self, cmd: &str, timeout: Duration) -> String {

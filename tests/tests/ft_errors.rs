@@ -512,7 +512,15 @@ fn fake_secondary(
     let mut committed = false;
     let mut records = 0u64;
     let mut log_since: Option<Instant> = None;
+    // Heartbeats, as a live secondary sends them (the primary gives up on
+    // a secondary silent for its 1 s timeout).
+    let mut heartbeat = (0u64, Instant::now());
     loop {
+        if committed && heartbeat.1.elapsed() >= Duration::from_millis(100) {
+            heartbeat = (heartbeat.0 + 1, Instant::now());
+            let (ty, p) = ft_lockstep::encode(&Frame::Heartbeat { seq: heartbeat.0 });
+            chan.send(ty, &p).unwrap();
+        }
         turn(peer, &mut chan);
         while let Some((ty, p)) = chan.recv(peer.stack()) {
             if committed {
@@ -521,6 +529,7 @@ fn fake_secondary(
                         records += r.len() as u64;
                         log_since.get_or_insert_with(Instant::now);
                     }
+                    Ok(Frame::Heartbeat { .. } | Frame::Arbiter { .. }) => {}
                     other => give_up(a, &format!("the primary sent {other:?}")),
                 }
                 continue;
@@ -639,6 +648,18 @@ fn bochs_ft_fake_secondary_with_bad_frames_leaves_the_primary_unprotected() {
     // a regex, `{n}` standing for the records received).
     let cases: Vec<(&str, BadFrames, &str)> = vec![
         (
+            // Refused and logged, nothing else: protection ends only for
+            // the acknowledgement after it.
+            "a heartbeat repeated, then an acknowledgement of too much",
+            Box::new(|_| {
+                vec![
+                    ft_lockstep::encode(&Frame::Heartbeat { seq: 1 }),
+                    (FRAME_ACK, ack(1 << 40, 0)),
+                ]
+            }),
+            r"^the secondary sent a bad acknowledgement: acknowledgement of 1099511627776 records when (\d+) were sent$",
+        ),
+        (
             "a corrupted acknowledgement",
             Box::new(|_| vec![(FRAME_ACK, vec![0xff; 34])]),
             r"^bad frame from the secondary: .*version 65535",
@@ -683,6 +704,10 @@ fn bochs_ft_fake_secondary_with_bad_frames_leaves_the_primary_unprotected() {
             r"^the secondary ended protection: [^\x1b]*gone$",
         ),
     ];
+    let repeated = Regex::new(
+        r"WARN +ft: d: heartbeat 1 from the secondary 10\.0\.0\.9 repeats \d+ \(ignored\)",
+    )
+    .unwrap();
     for (what, bad, why) in cases {
         let t0 = Instant::now();
         let before = d.next(&mut a);
@@ -716,6 +741,11 @@ fn bochs_ft_fake_secondary_with_bad_frames_leaves_the_primary_unprotected() {
             )
         });
         a.expect_prompt(a.command_timeout());
+        if what.starts_with("a heartbeat repeated") {
+            a.check(repeated.is_match(&a.output()), || {
+                "the repeated heartbeat was not logged".into()
+            });
+        }
         d.goes_on(&mut a, before, what);
         a.send_line("ft status");
         a.expect_line(r"ft: no protected guests", secs(30));

@@ -255,6 +255,7 @@ fn one(a: &mut Machine, b: &mut Machine, g: &Guest, window: Duration) -> Result<
 
 pub fn main(args: &[String]) -> Result {
     let mut quick = false;
+    let mut kills = 5usize;
     let mut only: Option<Vec<String>> = None;
     let mut rest = args.iter();
     while let Some(a) = rest.next() {
@@ -263,25 +264,45 @@ pub fn main(args: &[String]) -> Result {
             "--only" => {
                 let list = rest
                     .next()
-                    .ok_or("bench ft: --only takes a list of VM names (d1,d2,x,t)")?;
+                    .ok_or("bench ft: --only takes a list of parts (d1,d2,x,t,fo)")?;
                 only = Some(list.split(',').map(String::from).collect());
+            }
+            "--kills" => {
+                kills = rest
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n >= 1)
+                    .ok_or("bench ft: --kills takes a whole number of at least 1")?;
             }
             other => {
                 return Err(format!(
-                    "bench ft: unexpected argument '{other}' (expected --quick, --only d1,d2,x,t)"
+                    "bench ft: unexpected argument '{other}' (expected --quick, --only d1,d2,x,t,fo, --kills N)"
                 ));
             }
         }
     }
     setup::setup()?;
     make_image()?;
+    let failover = only.as_ref().is_none_or(|l| l.iter().any(|v| v == "fo"));
+    let lockstep = only.as_ref().is_none_or(|l| l.iter().any(|v| v != "fo"));
+    if lockstep {
+        lockstep_figures(quick, only.as_deref())?;
+    }
+    if failover {
+        crate::bench_ft_failover::main(if quick { 2 } else { kills })?;
+    }
+    Ok(())
+}
+
+/// The lockstep part: throughput, log, lag and output latency per guest.
+fn lockstep_figures(quick: bool, only: Option<&[String]>) -> Result {
     let window = Duration::from_secs(if quick { 15 } else { 30 });
     let link = Link::bochs();
     let mut a = linked_host("ft", &link, "prim", "10.0.0.1/24", 256)?;
     let mut b = linked_host("ft", &link, "twin", "10.0.0.2/24", 256)?;
     b.command("ft listen", Duration::from_secs(60));
     let mut rows = Vec::new();
-    let chosen = |g: &&Guest| match &only {
+    let chosen = |g: &&Guest| match only {
         Some(list) => list.iter().any(|v| v == g.vm),
         None => !quick || g.vm != "d2",
     };

@@ -24,6 +24,7 @@
 
 mod bench;
 mod bench_ft;
+mod bench_ft_failover;
 mod bench_migrate;
 mod bench_migrate_qemu;
 mod bench_net;
@@ -54,9 +55,10 @@ commands:
                          3 dirty rates) beside QEMU's own live migration of it at the same bandwidth
   bench migrate-qemu [--mem MIB] [--rate N] [--bandwidth MIBPS] [--downtime MS] [--warmup S] [--image PATH]
                          QEMU's own live migration of the dirty guest between two QEMUs (TCG)
-  bench ft [--quick] [--only d1,d2,x,t] fault tolerance between two Bochs hosts (dirty at two rates, exitbench,
-                         ticks): throughput protected/unprotected, log rate, lag, output latency; failover,
-                         divergence check and re-protection figures
+  bench ft [--quick] [--only d1,d2,x,t,fo] [--kills N] fault tolerance between two Bochs hosts (dirty at two
+                         rates, exitbench, ticks): throughput protected/unprotected, log rate, lag, output
+                         latency; fo: N kills of the primary (default 5) with a witness: failover time,
+                         detection, drain, records drained; a state check's cost; re-sync time
   campaign ft [--runs N] kill the primary of a protected guest at N random points (default 20, three
                          fresh hosts each) and summarise: failures, failover time distribution
 ";

@@ -187,6 +187,8 @@ pub(super) struct Link {
     pub(super) port: u16,
     /// Protection over, and how: for the service's bookkeeping.
     outcome: Option<Outcome>,
+    /// The End frame went to the twin already.
+    told_end: bool,
 }
 
 /// How a link ended, for the history and a re-sync.
@@ -224,6 +226,7 @@ impl Link {
             lost: None,
             port: super::FT_PORT,
             outcome: None,
+            told_end: false,
         }
     }
 
@@ -302,7 +305,7 @@ impl Link {
             return;
         }
         self.closed = true;
-        if self.chan.is_open() {
+        if self.chan.is_open() && !self.told_end {
             // Log the twin will not replay need not go; the End must, and
             // whole, before the close.
             self.backlog.clear();
@@ -369,11 +372,12 @@ impl Link {
             let why = self
                 .chan
                 .close_reason()
-                .map(|r| alloc::format!("link lost: {r}"))
-                .unwrap_or_else(|| String::from("link lost"));
+                .map(|r| alloc::format!("{} lost: link closed: {r}", self.twin()))
+                .unwrap_or_else(|| alloc::format!("{} lost: link closed", self.twin()));
             return self.lose(t, why);
         }
         if let Some(why) = self.silent(now) {
+            let why = alloc::format!("{} lost: {why}", self.twin());
             return self.lose(t, why);
         }
         let poll = crate::vmm::ft_poll(&self.vm);
@@ -425,7 +429,7 @@ impl Link {
     fn lose(&mut self, t: &mut arbiter::Turn<'_>, why: String) {
         let Some(info) = self.arbiter else {
             // A secondary that never learnt its arbiter cannot go live.
-            let why = alloc::format!("{} lost before naming an arbiter: {why}", self.twin());
+            let why = alloc::format!("{why} before it named an arbiter");
             return self.discard(t.stack, &why);
         };
         let role = match self.side {
@@ -436,16 +440,16 @@ impl Link {
             // A twin still listening learns it is given up on.
             self.backlog.clear();
             self.send(&Frame::End {
-                reason: alloc::format!("{why} (on the {})", role.name()),
+                reason: why.clone(),
             });
+            self.told_end = true;
         }
         let claim = arbiter::arbiter(info.witness, &self.vm, info.generation, role);
         let consumed_at = crate::vmm::ft_poll(&self.vm).ack.map_or(0, |a| a.replayed);
         if info.witness.is_some() || self.side == Side::Secondary {
             async_line(format_args!(
-                "ft: {}: {} lost ({why}){}; asking {}",
+                "ft: {}: {why}{}; asking {}",
                 self.vm,
-                self.twin(),
                 if self.side == Side::Secondary {
                     ": draining the log"
                 } else {
@@ -473,27 +477,21 @@ impl Link {
             return;
         };
         let vm = self.vm.clone();
-        let twin = match self.side {
-            Side::Primary => alloc::format!("secondary {}", self.peer),
-            Side::Secondary => alloc::format!("primary {}", self.peer),
-        };
         match lost.claim.claim(t) {
             Claim::Pending => {}
             Claim::Won => {
                 if lost.held {
                     crate::vmm::ft_pause(&vm, false);
                 }
-                let why = alloc::format!("{twin} lost: {}", lost.why);
-                let by = lost.claim.describe();
-                let report =
-                    alloc::format!("ft: {vm}: unprotected: {why}; {vm} keeps running ({by})");
+                let why = lost.why.clone();
+                let report = alloc::format!("ft: {vm}: unprotected: {why}; {vm} keeps running");
                 self.finish_lost(t.stack);
                 self.end(t.stack, &why, &report);
             }
             Claim::Lost(w) => {
                 crate::vmm::ft_stop(&vm);
                 let report = alloc::format!(
-                    "ft: {vm}: stopped here: {twin} lost ({}) and {w}: {vm} runs there now",
+                    "ft: {vm}: stopped here: {}, and {w}: {vm} runs there now",
                     lost.why
                 );
                 self.outcome = Some(Outcome::Gone);
@@ -505,7 +503,7 @@ impl Link {
                     lost.held = true;
                     crate::vmm::ft_pause(&vm, true);
                     async_line(format_args!(
-                        "ft: {vm}: paused: {twin} lost ({}) and {} unreachable ({w}); {vm} stays paused rather than risk two copies, asking again every {} ms",
+                        "ft: {vm}: paused: {}, and {} unreachable ({w}); {vm} stays paused rather than risk two copies, asking again every {} ms",
                         lost.why,
                         lost.claim.describe(),
                         super::ARBITER_RETRY_US / 1000
@@ -578,11 +576,12 @@ impl Link {
             let why = self
                 .chan
                 .close_reason()
-                .map(|r| alloc::format!("link lost: {r}"))
-                .unwrap_or_else(|| String::from("link lost"));
+                .map(|r| alloc::format!("{} lost: link closed: {r}", self.twin()))
+                .unwrap_or_else(|| alloc::format!("{} lost: link closed", self.twin()));
             return self.lose(t, why);
         }
         if let Some(why) = self.silent(now) {
+            let why = alloc::format!("{} lost: {why}", self.twin());
             return self.lose(t, why);
         }
         let poll = crate::vmm::ft_poll(&self.vm);
@@ -611,7 +610,6 @@ impl Link {
             self.finish_lost(t.stack);
             return self.discard(t.stack, &why);
         }
-        let twin = alloc::format!("primary {}", self.peer);
         let Some(lost) = self.lost.as_mut() else {
             return;
         };
@@ -620,7 +618,7 @@ impl Link {
                 Claim::Pending => {}
                 Claim::Won => lost.won = true,
                 Claim::Lost(w) => {
-                    let why = alloc::format!("{twin} lost ({}) and {w}", lost.why);
+                    let why = alloc::format!("{}, and {w}", lost.why);
                     self.finish_lost(t.stack);
                     return self.discard(t.stack, &why);
                 }
@@ -628,7 +626,7 @@ impl Link {
                     if !lost.held {
                         lost.held = true;
                         async_line(format_args!(
-                            "ft: {vm}: not going live: {twin} lost ({}) and {} unreachable ({w}); asking again every {} ms",
+                            "ft: {vm}: not going live: {}, and {} unreachable ({w}); asking again every {} ms",
                             lost.why,
                             lost.claim.describe(),
                             super::ARBITER_RETRY_US / 1000
