@@ -6,5 +6,6 @@ extern crate alloc;
 pub mod bench;
 pub mod channel;
 pub mod codec;
+pub mod filter;
 pub mod nic;
 pub mod stack;

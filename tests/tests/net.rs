@@ -91,6 +91,41 @@ fn two_hosts(link: &Link, builder: fn() -> hv_tests::Builder, mib: u64) {
     ping(&mut a, "10.0.0.2", 3);
     ping(&mut b, "10.0.0.1", 2);
 
+    // The host firewall: frames to and from the peer are dropped, both
+    // ways, until cleared; typos are refused.
+    let out = a.cmd("net filter drop 10.0.0.2");
+    a.check(
+        out == "net: filter: dropping frames to and from 10.0.0.2",
+        || out.clone(),
+    );
+    for (m, peer) in [(&mut a, "10.0.0.2"), (&mut b, "10.0.0.1")] {
+        let f = run(
+            m,
+            &format!("net ping {peer} 2"),
+            r"net ping: (\d+) sent, (\d+) received.*",
+            secs(60),
+        );
+        m.check(f.num(2) == 0, || {
+            format!("ping through the filter: {}", f.text)
+        });
+    }
+    let out = a.cmd("net filter");
+    let n = common::caps(
+        &a,
+        &out,
+        r"net: filter: drop 10\.0\.0\.2 \((\d+) frames in, (\d+) out dropped\)",
+    );
+    a.check(n[1] != "0" && n[2] != "0", || format!("net filter: {out}"));
+    for bad in ["net filter drop 999.1.1.1", "net filter bogus"] {
+        let out = a.cmd(bad);
+        a.check(out.starts_with("error: "), || format!("{bad}: {out}"));
+    }
+    let out = a.cmd("net filter clear");
+    a.check(out == "net: filter: cleared (1 addresses)", || out.clone());
+    let out = a.cmd("net filter");
+    a.check(out == "net: filter: none", || out.clone());
+    ping(&mut a, "10.0.0.2", 1);
+
     run(
         &mut b,
         "net sink",

@@ -248,6 +248,9 @@ fn net_command(cmd: crate::console::shell::NetCommand) {
         N::Key(k) => crate::net::set_key(k),
         N::Bench { target, port, mib } => crate::net::bench(target, port, mib),
         N::Sink(on) => crate::net::sink(on),
+        N::FilterShow => crate::net::filter_show(),
+        N::FilterDrop(ip) => crate::net::filter_drop(ip),
+        N::FilterClear => crate::net::filter_clear(),
     }
 }
 

@@ -17,6 +17,7 @@ use core::fmt::Write;
 
 use netstack::bench::{BenchSender, BenchStatus, Sink, SinkEvent};
 use netstack::codec::Key;
+use netstack::filter::{Filter, Filtered};
 use netstack::nic::Nic;
 use netstack::stack::{IpConfig, Ipv4Address, Ping, PingEvent, Stack};
 use spin::Mutex;
@@ -131,12 +132,19 @@ pub struct Net {
     pci: String,
     /// Unauthenticated connections each listener keeps (`net.max_pending`).
     max_pending: usize,
+    /// `net filter`: addresses whose frames are dropped.
+    filter: Filter,
+}
+
+/// One poll of `stack` on `nic`, every frame through `filter`.
+fn poll_stack(stack: &mut Stack, nic: &mut HostNic, filter: &mut Filter, now: u64) -> bool {
+    stack.poll(&mut Filtered { nic, filter }, now)
 }
 
 impl Net {
     fn poll(&mut self) -> u64 {
         let now = crate::arch::time::now_us();
-        self.stack.poll(&mut self.nic, now);
+        poll_stack(&mut self.stack, &mut self.nic, &mut self.filter, now);
         now
     }
 
@@ -254,6 +262,7 @@ fn bring_up(pci: &[Function], cs: &mut dyn ConfigSpace) -> Result<Net, NetError>
         sink: None,
         services: Vec::new(),
         max_pending: netstack::channel::DEFAULT_MAX_PENDING,
+        filter: Filter::default(),
         pci: alloc::format!("{}", f.addr),
     })
 }
@@ -293,7 +302,7 @@ impl Net {
             busy |= turn.busy;
             if turn.queued {
                 // Send what the service queued without waiting for the next turn.
-                self.stack.poll(&mut self.nic, now);
+                poll_stack(&mut self.stack, &mut self.nic, &mut self.filter, now);
             }
         }
         let Some(key) = self.key.as_ref() else {
@@ -306,7 +315,7 @@ impl Net {
                 report_sink(e);
             }
             // Send what the sink queued without waiting for the next turn.
-            self.stack.poll(&mut self.nic, now);
+            poll_stack(&mut self.stack, &mut self.nic, &mut self.filter, now);
         }
         (now, busy)
     }
@@ -581,5 +590,42 @@ pub fn bench(target: Ipv4Address, port: u16, mib: u64) {
             }
             Err(why) => println!("error: net bench: {why}"),
         }
+    })
+}
+
+/// `net filter`: what is dropped.
+pub fn filter_show() {
+    with_net(|net| {
+        let f = &net.filter;
+        if f.addresses().is_empty() {
+            return println!("net: filter: none");
+        }
+        let list: Vec<String> = f
+            .addresses()
+            .iter()
+            .map(|a| alloc::format!("{a}"))
+            .collect();
+        println!(
+            "net: filter: drop {} ({} frames in, {} out dropped)",
+            list.join(", "),
+            f.rx_dropped,
+            f.tx_dropped
+        );
+    })
+}
+
+/// `net filter drop <ip>`: no frame to or from `ip` from now on.
+pub fn filter_drop(ip: Ipv4Address) {
+    with_net(|net| match net.filter.drop_ip(ip) {
+        Ok(()) => println!("net: filter: dropping frames to and from {ip}"),
+        Err(e) => println!("error: net: filter: {e}"),
+    })
+}
+
+/// `net filter clear`.
+pub fn filter_clear() {
+    with_net(|net| {
+        let n = net.filter.clear();
+        println!("net: filter: cleared ({n} addresses)");
     })
 }

@@ -189,6 +189,10 @@ pub const NET_USAGE: &[(&str, &str)] = &[
         "send MiB (default 16) to a sink",
     ),
     ("net sink [stop]", "accept bench transfers on port 7001"),
+    (
+        "net filter [drop <a.b.c.d> | clear]",
+        "drop frames to and from an address",
+    ),
 ];
 
 /// Default and largest `net bench` size (MiB).
@@ -212,6 +216,9 @@ pub enum NetCommand {
         mib: u64,
     },
     Sink(bool),
+    FilterShow,
+    FilterDrop(netstack::stack::Ipv4Address),
+    FilterClear,
 }
 
 /// The `migrate` sub-commands: (usage, description).
@@ -633,6 +640,12 @@ fn parse_net(args: &[&str]) -> Result<NetCommand, String> {
             [] => Ok(NetCommand::Sink(true)),
             ["stop"] => Ok(NetCommand::Sink(false)),
             _ => Err(String::from("usage: net sink [stop]")),
+        },
+        Some("filter") => match &args[1..] {
+            [] => Ok(NetCommand::FilterShow),
+            ["drop", ip] => parse_ip(ip).map(NetCommand::FilterDrop),
+            ["clear"] => Ok(NetCommand::FilterClear),
+            _ => Err(String::from("usage: net filter [drop <a.b.c.d> | clear]")),
         },
         Some(other) => Err(format!(
             "unknown net command '{}' (try net help)",

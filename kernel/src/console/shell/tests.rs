@@ -169,6 +169,32 @@ fn net_commands() {
         parse("net sink stop"),
         Ok(Command::Net(NetCommand::Sink(false)))
     );
+    assert_eq!(
+        parse("net filter"),
+        Ok(Command::Net(NetCommand::FilterShow))
+    );
+    assert_eq!(
+        parse("net filter drop 10.0.0.2"),
+        Ok(Command::Net(NetCommand::FilterDrop(
+            netstack::stack::parse_ipv4("10.0.0.2").unwrap()
+        )))
+    );
+    assert_eq!(
+        parse("net filter clear"),
+        Ok(Command::Net(NetCommand::FilterClear))
+    );
+    for bad in [
+        "net filter drop",
+        "net filter drop 1.2.3",
+        "net filter bogus",
+        "net filter clear now",
+    ] {
+        assert!(parse(bad).is_err(), "{bad}");
+    }
+    assert_eq!(
+        parse("net filter bogus"),
+        Err(String::from("usage: net filter [drop <a.b.c.d> | clear]"))
+    );
     for (line, err) in [
         ("net set", "usage: net set ip=<a.b.c.d/len> [gw=<a.b.c.d>]"),
         (
