@@ -71,8 +71,10 @@ pub const KEEPALIVE_US: u64 = 1_000_000;
 pub const ARBITER_RETRY_US: u64 = 500_000;
 
 /// How long one request to the witness may take (connect, handshake,
-/// answer) before it counts as unreachable.
-pub const WITNESS_TIMEOUT_US: u64 = 1_000_000;
+/// answer) before it counts as unreachable. More than a second: smoltcp
+/// sends one ARP request a second for all addresses, so a witness not yet
+/// resolved may wait that long before the first SYN leaves.
+pub const WITNESS_TIMEOUT_US: u64 = 2_500_000;
 
 /// How long a link that ended may take to hand its last frames (the End
 /// after what the channel already sealed) to the twin before it is
