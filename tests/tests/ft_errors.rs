@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -785,23 +785,6 @@ fn hello_and_empty_log() -> (RawFrame, RawFrame) {
     (hello, log)
 }
 
-/// Reads from `s` until the host ends the connection (EOF or reset);
-/// fails if it is still open after 30 s.
-fn expect_closed(m: &Machine, what: &str, s: &mut TcpStream) {
-    s.set_read_timeout(Some(secs(30))).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
-                return;
-            }
-            Err(e) => m.fail(&format!("{what}: the connection was not closed: {e}")),
-        }
-    }
-}
-
 /// A host with no key refuses `ft enable` and `ft listen`; with a key it
 /// listens, and every connection that brings garbage, the wrong key, FT
 /// frames before any copy or a Hello it cannot take is dropped with a
@@ -864,7 +847,7 @@ fn qemu_ft_listener_survives_garbage_and_wrong_keys() {
         "garbage before the handshake",
         r"(?i)not a channel peer|magic",
     );
-    expect_closed(&m, "garbage before the handshake", &mut s);
+    common::expect_closed(&m, "garbage before the handshake", &mut s);
     alive(&mut m);
     // The wrong key.
     let mut s = TcpStream::connect(("127.0.0.1", fwd)).unwrap();
@@ -938,7 +921,7 @@ fn qemu_ft_listener_survives_garbage_and_wrong_keys() {
                 secs(30),
             );
         }
-        expect_closed(&m, what, &mut p.stream);
+        common::expect_closed(&m, what, &mut p.stream);
         alive(&mut m);
     }
 

@@ -510,4 +510,3 @@ fn bochs_ft_secondary_killed_then_reprotected_then_failover() {
     t2.b.check(sum.get(3) == Some("ok"), || sum.text.clone());
     drop(t.b);
 }
-

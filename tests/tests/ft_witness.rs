@@ -14,7 +14,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 
 use common::KEY;
@@ -50,21 +50,6 @@ fn claim(m: &Machine, port: u16, key: &Key, generation: u64, role: Role) -> Verd
             verdict,
         } if vm == "g" && g == generation => verdict,
         other => m.fail(&format!("a claim was answered with {other:?}")),
-    }
-}
-
-fn expect_closed(m: &Machine, what: &str, s: &mut TcpStream) {
-    s.set_read_timeout(Some(secs(30))).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
-                return;
-            }
-            Err(e) => m.fail(&format!("{what}: the connection was not closed: {e}")),
-        }
     }
 }
 
@@ -140,7 +125,7 @@ fn qemu_ft_witness_decides_once_survives_restart_and_bad_input() {
     };
     let mut s = TcpStream::connect(("127.0.0.1", fwd)).unwrap();
     s.write_all(b"garbage garbage garbage\r\n").unwrap();
-    expect_closed(&m, "garbage before the handshake", &mut s);
+    common::expect_closed(&m, "garbage before the handshake", &mut s);
     alive(&mut m);
     let mut s = TcpStream::connect(("127.0.0.1", fwd)).unwrap();
     s.set_read_timeout(Some(secs(30))).unwrap();
@@ -209,7 +194,7 @@ fn qemu_ft_witness_decides_once_survives_restart_and_bad_input() {
             || format!("{what}: expected /{why}/, got {}", line.text),
         );
         println!("{what}: {}", line.text.trim());
-        expect_closed(&m, what, &mut p.stream);
+        common::expect_closed(&m, what, &mut p.stream);
         alive(&mut m);
     }
     // Nothing changed: the holder is the same, and no escape reached the

@@ -17,7 +17,7 @@ mod common;
 
 use common::{dirty_count, start_dirty};
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -592,22 +592,6 @@ fn connect(port: u16) -> TcpStream {
     s
 }
 
-/// Reads until the hypervisor ends the connection (EOF or reset); fails if
-/// it is still open after 30 s.
-fn expect_closed(m: &Machine, what: &str, s: &mut TcpStream) {
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
-                return;
-            }
-            Err(e) => m.fail(&format!("{what}: the connection was not closed: {e}")),
-        }
-    }
-}
-
 /// An authenticated channel that sends one frame `(ty, payload)`; the
 /// hypervisor must drop it with a reason matching `why`. Returns the
 /// frames it sent back before closing.
@@ -670,7 +654,7 @@ fn qemu_malformed_migration_frames_close_only_that_connection() {
         local,
         r"(?i)not a channel peer|handshake|magic",
     );
-    expect_closed(&m, "garbage before the handshake", &mut s);
+    common::expect_closed(&m, "garbage before the handshake", &mut s);
 
     // (b) The key, then malformed migration frames.
     let (hello_ty, full) = encode(&hello("t", 16 << 20));

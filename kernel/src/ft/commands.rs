@@ -193,7 +193,7 @@ pub fn status(only: Option<&str>) {
                     h.divergences,
                     h.resyncs,
                     h.unprotected_total(now) / 1000,
-                    if h.unprotected_since.is_some() { " (none now)" } else { "" }
+                    if h.unprotected_since.is_some() { " (without one now)" } else { "" }
                 )];
                 lines.extend(h.events.iter().map(|(t, e)| {
                     alloc::format!("  at {}.{:03} s: {e}", t / 1_000_000, t / 1000 % 1000)
@@ -201,7 +201,7 @@ pub fn status(only: Option<&str>) {
                 lines
             })
             .collect();
-        if all.is_empty() && s.copies.is_empty() && history.is_empty() {
+        if all.is_empty() && s.copies.is_empty() {
             match only {
                 Some(vm) => println!("ft: {vm} is not protected"),
                 None => println!("ft: no protected guests"),

@@ -361,9 +361,8 @@ impl Link {
                         crate::text::peer(&reason)
                     )
                 }
-                Ok(Frame::Log { .. } | Frame::Arbiter { .. }) => {
-                    String::from("the secondary sent a primary's frame")
-                }
+                Ok(Frame::Log { .. }) => String::from("the secondary sent a log frame"),
+                Ok(Frame::Arbiter { .. }) => String::from("the secondary sent an arbiter frame"),
                 Err(e) => alloc::format!("bad frame from the secondary: {e}"),
             };
             return self.lose(t, why);
@@ -761,8 +760,13 @@ impl FtService {
                 return Some(false);
             }
             let Some(witness) = c.witness else {
-                c.stage = Stage::Copying(start_copy(c, t).ok()?);
-                return None;
+                return match start_copy(c, t) {
+                    Ok(out) => {
+                        c.stage = Stage::Copying(out);
+                        None
+                    }
+                    Err(()) => Some(false),
+                };
             };
             if call.is_none() {
                 match Call::start(t, witness, &WitnessFrame::Begin { vm: vm.clone() }) {

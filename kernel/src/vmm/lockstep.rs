@@ -911,17 +911,20 @@ pub fn ft_frames(name: &str, max_bytes: usize) -> Result<Vec<(u8, Vec<u8>)>, VmE
     Ok(out)
 }
 
-/// Records of a primary's log handed out so far (where an empty
-/// keep-alive frame starts).
-pub fn ft_sent(name: &str) -> u64 {
-    let m = MANAGER.lock();
-    match m
-        .vms
+/// The lockstep role of VM `name`, if it is protected.
+fn role_of<'m>(m: &'m Manager, name: &str) -> Option<&'m Role> {
+    m.vms
         .iter()
         .find(|v| v.name == name)
         .and_then(|v| v.ft.as_ref())
         .map(|f| &f.role)
-    {
+}
+
+/// Records of a primary's log handed out so far (where an empty
+/// keep-alive frame starts).
+pub fn ft_sent(name: &str) -> u64 {
+    let m = MANAGER.lock();
+    match role_of(&m, name) {
         Some(Role::Primary(p)) => p.rec.sent(),
         _ => 0,
     }
@@ -1204,13 +1207,7 @@ pub fn ft_lag(name: &str) -> Option<(LagStats, LagStats)> {
 /// is over). `None` if `name` is not a secondary.
 pub fn ft_drained(name: &str) -> Option<bool> {
     let m = MANAGER.lock();
-    match m
-        .vms
-        .iter()
-        .find(|v| v.name == name)
-        .and_then(|v| v.ft.as_ref())
-        .map(|f| &f.role)
-    {
+    match role_of(&m, name) {
         Some(Role::Secondary(s)) => Some(!s.rep.can_progress() || s.diverged.is_some()),
         _ => None,
     }

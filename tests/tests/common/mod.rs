@@ -275,3 +275,21 @@ pub fn linked_bochs(
     m.boot_to_prompt();
     m
 }
+
+/// Reads from `s` until the host ends the connection (EOF or reset);
+/// fails if it is still open after 30 s.
+pub fn expect_closed(m: &Machine, what: &str, s: &mut std::net::TcpStream) {
+    use std::io::{ErrorKind, Read};
+    s.set_read_timeout(Some(secs(30))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+                return;
+            }
+            Err(e) => m.fail(&format!("{what}: the connection was not closed: {e}")),
+        }
+    }
+}
