@@ -5,8 +5,10 @@
 //! to a secondary in frames ([`codec`]) that replays it with no input of
 //! its own ([`replayer`]). Output leaves the primary only once the
 //! secondary holds the log up to it ([`gate`]); a secondary that falls
-//! behind slows the primary ([`lag`]). The kernel feeds these engines from
-//! its exit handlers and its network turns.
+//! behind slows the primary ([`lag`]). Each twin sends heartbeats and
+//! declares the other lost after a silence ([`detector`]); who then runs
+//! the guest is decided by a witness's test-and-set ([`witness`]). The
+//! kernel feeds these engines from its exit handlers and its network turns.
 //!
 //! ```text
 //!  primary                                        secondary
@@ -15,7 +17,10 @@
 //!    |                                             | Replayer::next / input at each exit
 //!    |<-- Ack{received, replayed, exits, checks} --| at once, and as the replay moves
 //!  Recorder::on_ack, OutputGate::release(received)
+//!    |<-- Heartbeat{seq} ------------------------->| both ways, every interval
 //!    |--- End{reason} <-------------------------->| either side: protection ends
+//!  silence past the timeout: Claim{vm, generation} at the witness; the
+//!  first claimant runs the guest (the secondary after draining its log)
 //! ```
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
@@ -23,6 +28,7 @@
 extern crate alloc;
 
 pub mod codec;
+pub mod detector;
 pub mod gate;
 pub mod lag;
 pub mod record;
@@ -34,6 +40,7 @@ pub use codec::{
     Ack, CodecError, FRAME_ACK, FRAME_ARBITER, FRAME_END, FRAME_HEARTBEAT, FRAME_LOG, Frame,
     decode, encode, record_len,
 };
+pub use detector::Detector;
 pub use gate::OutputGate;
 pub use lag::{LagController, LagStats};
 pub use record::{Event, Input, Landmark, Record};

@@ -9,6 +9,7 @@
 //!    |--- Log{first, records} (every turn) ------------------------>| replays, never ahead
 //!    |<-- Ack{received, replayed, exits, checks_ok} ----------------| at once, and as it replays
 //!  releases output up to `received`                                 |
+//!    |<-- Heartbeat{seq}, both ways, every ft.heartbeat_ms ---------->|
 //!    |--- End{reason} <-------------------------------------------->| either side: protection ends
 //! ```
 //!

@@ -7,7 +7,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use ft_lockstep::witness::{Role, WitnessFrame};
-use ft_lockstep::{Ack, Frame};
+use ft_lockstep::{Ack, Detector, Frame};
 use netstack::channel::{Channel, SendError};
 use netstack::codec::Key;
 use netstack::stack::{Ipv4Address, Stack};
@@ -144,7 +144,8 @@ struct Lost {
     won: bool,
     /// Unreachable said (and, on a primary, the guest paused).
     held: bool,
-    /// Secondary: records consumed when the primary was declared lost.
+    /// Secondary: records its replay had consumed when the primary was
+    /// last heard from (what it drains is everything after).
     consumed_at: u64,
 }
 
@@ -172,13 +173,12 @@ pub(super) struct Link {
     /// left or at `release_at`.
     closed: bool,
     release_at: u64,
-    /// When the twin was last heard from, and when we last sent.
-    heard_us: u64,
+    /// When we last sent (a log frame or an acknowledgement).
     sent_us: u64,
-    /// Heartbeats: ours sent, and the twin's last one.
-    hb_seq: u64,
-    hb_sent_us: u64,
-    hb_heard: u64,
+    /// Heartbeats out, silence in.
+    detector: Detector,
+    /// Secondary: records replayed when the primary was last heard from.
+    replayed_at_heard: u64,
     /// Who arbitrates (the secondary learns it from the first frame).
     pub(super) arbiter: Option<ArbiterInfo>,
     /// The twin was declared lost.
@@ -217,11 +217,16 @@ impl Link {
             ending_at: None,
             closed: false,
             release_at: u64::MAX,
-            heard_us: crate::arch::time::now_us(),
             sent_us: 0,
-            hb_seq: 0,
-            hb_sent_us: 0,
-            hb_heard: 0,
+            detector: {
+                let c = super::settings();
+                Detector::new(
+                    u64::from(c.heartbeat_ms) * 1000,
+                    u64::from(c.timeout_ms) * 1000,
+                    crate::arch::time::now_us(),
+                )
+            },
+            replayed_at_heard: 0,
             arbiter: None,
             lost: None,
             port: super::FT_PORT,
@@ -241,22 +246,14 @@ impl Link {
     /// Whether the twin has been silent for `ft.timeout_ms` (a dead host,
     /// a cut link). The twin sends a heartbeat every `ft.heartbeat_ms`.
     fn silent(&self, now: u64) -> Option<String> {
-        let timeout_us = u64::from(super::settings().timeout_ms) * 1000;
-        (now.saturating_sub(self.heard_us) >= timeout_us).then(|| {
-            alloc::format!(
-                "no heartbeat for {} ms",
-                now.saturating_sub(self.heard_us) / 1000
-            )
-        })
+        self.detector
+            .lost(now)
+            .map(|quiet| alloc::format!("no heartbeat for {} ms", quiet / 1000))
     }
 
     /// Sends a heartbeat when one is due, whatever else flows.
     fn heartbeat(&mut self, now: u64) {
-        let every_us = u64::from(super::settings().heartbeat_ms) * 1000;
-        if now.saturating_sub(self.hb_sent_us) >= every_us {
-            self.hb_seq += 1;
-            self.hb_sent_us = now;
-            let seq = self.hb_seq;
+        if let Some(seq) = self.detector.due(now) {
             self.send(&Frame::Heartbeat { seq });
         }
     }
@@ -264,15 +261,14 @@ impl Link {
     /// A heartbeat from the twin: numbers only go up (the channel already
     /// refuses replayed bytes; this catches a twin that repeats itself).
     fn heard_heartbeat(&mut self, seq: u64) {
-        if seq <= self.hb_heard {
+        if let Err(e) = self.detector.heartbeat(seq) {
             log::warn!(
-                "ft: {}: heartbeat {seq} from the {} repeats {} (ignored)",
+                "ft: {}: heartbeat {} from the {} repeats {} (ignored)",
                 self.vm,
+                e.seq,
                 self.twin(),
-                self.hb_heard
+                e.last
             );
-        } else {
-            self.hb_heard = seq;
         }
     }
 
@@ -332,7 +328,7 @@ impl Link {
         }
         let now = t.now;
         while let Some((ty, p)) = self.chan.recv(t.stack) {
-            self.heard_us = now;
+            self.detector.heard(now);
             let why = match ft_lockstep::decode(ty, &p) {
                 Ok(Frame::Ack(a)) => match crate::vmm::ft_on_ack(&self.vm, a) {
                     Ok(()) => continue,
@@ -444,7 +440,7 @@ impl Link {
             self.told_end = true;
         }
         let claim = arbiter::arbiter(info.witness, &self.vm, info.generation, role);
-        let consumed_at = crate::vmm::ft_poll(&self.vm).ack.map_or(0, |a| a.replayed);
+        let consumed_at = self.replayed_at_heard;
         if info.witness.is_some() || self.side == Side::Secondary {
             async_line(format_args!(
                 "ft: {}: {why}{}; asking {}",
@@ -459,7 +455,7 @@ impl Link {
         }
         self.lost = Some(Lost {
             why,
-            heard_us: self.heard_us,
+            heard_us: self.detector.heard_us(),
             detected_us: t.now,
             claim,
             won: false,
@@ -533,7 +529,7 @@ impl Link {
         let now = t.now;
         let mut got_log = false;
         while let Some((ty, p)) = self.chan.recv(t.stack) {
-            self.heard_us = now;
+            self.detector.heard(now);
             let why = match ft_lockstep::decode(ty, &p) {
                 Ok(Frame::Log { first, records }) => {
                     match crate::vmm::ft_push(&self.vm, first, records) {
@@ -587,6 +583,11 @@ impl Link {
         if let Some(why) = poll.diverged {
             let why = alloc::format!("{DIVERGED}{why}");
             return self.discard(t.stack, &why);
+        }
+        if self.detector.heard_us() == now
+            && let Some(a) = poll.ack
+        {
+            self.replayed_at_heard = a.replayed;
         }
         if let Some(ack) = poll.ack
             && !got_log
