@@ -650,10 +650,11 @@ fn bochs_ft_fake_secondary_with_bad_frames_leaves_the_primary_unprotected() {
         (
             // Refused and logged, nothing else: protection ends only for
             // the acknowledgement after it.
-            "a heartbeat repeated, then an acknowledgement of too much",
+            "a heartbeat repeated, a garbage heartbeat, then an acknowledgement of too much",
             Box::new(|_| {
                 vec![
                     ft_lockstep::encode(&Frame::Heartbeat { seq: 1 }),
+                    (ft_lockstep::FRAME_HEARTBEAT, vec![0xee; 5]),
                     (FRAME_ACK, ack(1 << 40, 0)),
                 ]
             }),
@@ -745,6 +746,11 @@ fn bochs_ft_fake_secondary_with_bad_frames_leaves_the_primary_unprotected() {
             a.check(repeated.is_match(&a.output()), || {
                 "the repeated heartbeat was not logged".into()
             });
+            a.check(
+                a.output()
+                    .contains("ft: d: bad heartbeat from the secondary 10.0.0.9: "),
+                || "the garbage heartbeat was not logged".into(),
+            );
         }
         d.goes_on(&mut a, before, what);
         a.send_line("ft status");

@@ -258,6 +258,14 @@ impl Link {
         }
     }
 
+    fn bad_heartbeat(&self, e: &ft_lockstep::CodecError) {
+        log::warn!(
+            "ft: {}: bad heartbeat from the {}: {e} (ignored)",
+            self.vm,
+            self.twin()
+        );
+    }
+
     /// A heartbeat from the twin: numbers only go up (the channel already
     /// refuses replayed bytes; this catches a twin that repeats itself).
     fn heard_heartbeat(&mut self, seq: u64) {
@@ -359,6 +367,13 @@ impl Link {
                 }
                 Ok(Frame::Log { .. }) => String::from("the secondary sent a log frame"),
                 Ok(Frame::Arbiter { .. }) => String::from("the secondary sent an arbiter frame"),
+                Err(e) if ty == ft_lockstep::FRAME_HEARTBEAT => {
+                    // A heartbeat carries nothing to act on: a bad one is
+                    // logged and dropped (its arrival still shows the
+                    // twin alive: the channel authenticated it).
+                    self.bad_heartbeat(&e);
+                    continue;
+                }
                 Err(e) => alloc::format!("bad frame from the secondary: {e}"),
             };
             return self.lose(t, why);
@@ -563,6 +578,13 @@ impl Link {
                     )
                 }
                 Ok(Frame::Ack(_)) => String::from("the primary sent an acknowledgement"),
+                Err(e) if ty == ft_lockstep::FRAME_HEARTBEAT => {
+                    // A heartbeat carries nothing to act on: a bad one is
+                    // logged and dropped (its arrival still shows the
+                    // twin alive: the channel authenticated it).
+                    self.bad_heartbeat(&e);
+                    continue;
+                }
                 Err(e) => alloc::format!("bad frame from the primary: {e}"),
             };
             return self.discard(t.stack, &why);
