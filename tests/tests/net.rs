@@ -304,7 +304,7 @@ fn qemu_net_commands_explain_what_is_missing() {
         || format!("net bench to nobody:\n{out}"),
     );
     let help = m.cmd("net help");
-    m.check(help.lines().count() == 6, || help.clone());
+    m.check(help.lines().count() == 7, || help.clone());
 }
 
 #[test]
