@@ -30,8 +30,9 @@ pub enum FilterError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     list: Vec<Ipv4Address>,
-    /// Frames dropped coming in and going out.
+    /// Frames dropped coming in.
     pub rx_dropped: u64,
+    /// Frames dropped going out.
     pub tx_dropped: u64,
 }
 
@@ -87,7 +88,9 @@ pub fn blocked(frame: &[u8], list: &[Ipv4Address]) -> bool {
 
 /// A [`Nic`] whose frames pass `filter` first.
 pub struct Filtered<'a, N: Nic + ?Sized> {
+    /// The NIC the frames really go through.
     pub nic: &'a mut N,
+    /// What is dropped, and the counts.
     pub filter: &'a mut Filter,
 }
 
