@@ -808,6 +808,16 @@ fn protect(vm: &mut Vm, role: Role, peer: &str) {
     vm.ft = Some(Box::new(Lockstep::new(role, peer, rdtsc, dr7)));
 }
 
+/// Undoes [`protect`] on `vm` (the lockstep already taken out of it):
+/// its own DR7 and debug registers, no #DB interception, its own RDTSC
+/// option.
+fn unprotect(vm: &mut Vm, ft: &Lockstep) {
+    vm.ctx.dr_virtual = false;
+    vmwrite(Field::GUEST_DR7, ft.dr7);
+    vmwrite(Field::EXCEPTION_BITMAP, 0);
+    vm.clock.exiting = ft.rdtsc_option;
+}
+
 /// Begins protection on the primary after the initial copy committed:
 /// dirty tracking off, recording on, the guest resumes from exactly the
 /// state the secondary received.
@@ -1034,10 +1044,7 @@ pub fn ft_end(name: &str) {
         let Some(ft) = vm.ft.take() else {
             return Ok(());
         };
-        vm.ctx.dr_virtual = false;
-        vmwrite(Field::GUEST_DR7, ft.dr7);
-        vmwrite(Field::EXCEPTION_BITMAP, 0);
-        vm.clock.exiting = ft.rdtsc_option;
+        unprotect(vm, &ft);
         match ft.role {
             Role::Primary(mut p) => {
                 released = p.gate.release_all(now);
@@ -1238,13 +1245,10 @@ pub fn ft_go_live(name: &str) -> Result<GoLive, VmError> {
         let Some(ft) = vm.ft.take() else {
             return Err(no_ft(name));
         };
+        unprotect(vm, &ft);
         let Role::Secondary(s) = ft.role else {
             return Err(no_ft(name));
         };
-        vm.ctx.dr_virtual = false;
-        vmwrite(Field::GUEST_DR7, ft.dr7);
-        vmwrite(Field::EXCEPTION_BITMAP, 0);
-        vm.clock.exiting = ft.rdtsc_option;
         let now = crate::arch::rdtsc();
         vm.clock.not_before(now, s.last_tsc.wrapping_add(1));
         vmwrite(Field::TSC_OFFSET, vm.clock.offset());
@@ -1273,9 +1277,7 @@ pub fn ft_go_live(name: &str) -> Result<GoLive, VmError> {
 pub fn ft_stop(name: &str) {
     let r = with_vm(name, |_, vm| {
         if let Some(ft) = vm.ft.take() {
-            vm.ctx.dr_virtual = false;
-            vmwrite(Field::GUEST_DR7, ft.dr7);
-            vm.clock.exiting = ft.rdtsc_option;
+            unprotect(vm, &ft);
         }
         vm.paused = false;
         if matches!(vm.state, State::Running | State::Halted) {
