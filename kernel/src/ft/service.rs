@@ -183,8 +183,9 @@ pub(super) struct Link {
     pub(super) arbiter: Option<ArbiterInfo>,
     /// The twin was declared lost.
     lost: Option<Lost>,
-    /// Primary: where the secondary listens (for a re-sync).
-    pub(super) port: u16,
+    /// Primary: where the secondary listens (address and port), for a
+    /// re-sync.
+    resync_to: Option<(Ipv4Address, u16)>,
     /// Protection over, and how: for the service's bookkeeping.
     outcome: Option<Outcome>,
     /// The End frame went to the twin already.
@@ -229,7 +230,7 @@ impl Link {
             replayed_at_heard: 0,
             arbiter: None,
             lost: None,
-            port: super::FT_PORT,
+            resync_to: None,
             outcome: None,
             told_end: false,
         }
@@ -243,12 +244,20 @@ impl Link {
         }
     }
 
-    /// Whether the twin has been silent for `ft.timeout_ms` (a dead host,
-    /// a cut link). The twin sends a heartbeat every `ft.heartbeat_ms`.
-    fn silent(&self, now: u64) -> Option<String> {
+    /// Why the twin counts as lost now, if it does: its link closed, or it
+    /// was silent for `ft.timeout_ms` (a dead host, a cut link; it sends a
+    /// heartbeat every `ft.heartbeat_ms`).
+    fn gone(&self, now: u64) -> Option<String> {
+        let twin = self.twin();
+        if self.chan.is_closed() {
+            return Some(match self.chan.close_reason() {
+                Some(r) => alloc::format!("{twin} lost: link closed: {r}"),
+                None => alloc::format!("{twin} lost: link closed"),
+            });
+        }
         self.detector
             .lost(now)
-            .map(|quiet| alloc::format!("no heartbeat for {} ms", quiet / 1000))
+            .map(|quiet| alloc::format!("{twin} lost: no heartbeat for {} ms", quiet / 1000))
     }
 
     /// Sends a heartbeat when one is due, whatever else flows.
@@ -258,26 +267,36 @@ impl Link {
         }
     }
 
-    fn bad_heartbeat(&self, e: &ft_lockstep::CodecError) {
-        log::warn!(
-            "ft: {}: bad heartbeat from the {}: {e} (ignored)",
-            self.vm,
-            self.twin()
-        );
-    }
-
-    /// A heartbeat from the twin: numbers only go up (the channel already
-    /// refuses replayed bytes; this catches a twin that repeats itself).
-    fn heard_heartbeat(&mut self, seq: u64) {
-        if let Err(e) = self.detector.heartbeat(seq) {
-            log::warn!(
-                "ft: {}: heartbeat {} from the {} repeats {} (ignored)",
-                self.vm,
-                e.seq,
-                self.twin(),
-                e.last
-            );
-        }
+    /// A frame from the twin, decoded; every frame shows the twin alive.
+    /// Heartbeats are the detector's: a repeated one (the channel already
+    /// refuses replayed bytes; this catches a twin that repeats itself) or
+    /// a malformed one carries nothing to act on, so it is logged and
+    /// dropped here (`None`).
+    fn receive(
+        &mut self,
+        ty: u8,
+        payload: &[u8],
+        now: u64,
+    ) -> Option<Result<Frame, ft_lockstep::CodecError>> {
+        self.detector.heard(now);
+        let frame = ft_lockstep::decode(ty, payload);
+        let problem = match &frame {
+            Ok(Frame::Heartbeat { seq }) => match self.detector.heartbeat(*seq) {
+                Ok(()) => return Some(frame),
+                Err(e) => alloc::format!(
+                    "heartbeat {} from the {} repeats {}",
+                    e.seq,
+                    self.twin(),
+                    e.last
+                ),
+            },
+            Err(e) if ty == ft_lockstep::FRAME_HEARTBEAT => {
+                alloc::format!("bad heartbeat from the {}: {e}", self.twin())
+            }
+            _ => return Some(frame),
+        };
+        log::warn!("ft: {}: {problem} (ignored)", self.vm);
+        None
     }
 
     fn send(&mut self, f: &Frame) {
@@ -336,16 +355,14 @@ impl Link {
         }
         let now = t.now;
         while let Some((ty, p)) = self.chan.recv(t.stack) {
-            self.detector.heard(now);
-            let why = match ft_lockstep::decode(ty, &p) {
+            let Some(frame) = self.receive(ty, &p, now) else {
+                continue;
+            };
+            let why = match frame {
                 Ok(Frame::Ack(a)) => match crate::vmm::ft_on_ack(&self.vm, a) {
                     Ok(()) => continue,
                     Err(e) => alloc::format!("the secondary sent a {e}"),
                 },
-                Ok(Frame::Heartbeat { seq }) => {
-                    self.heard_heartbeat(seq);
-                    continue;
-                }
                 Ok(Frame::End { reason }) if reason.starts_with(DIVERGED) => {
                     // The secondary discarded its copy: nobody else can
                     // run the guest, no arbiter needed.
@@ -367,27 +384,12 @@ impl Link {
                 }
                 Ok(Frame::Log { .. }) => String::from("the secondary sent a log frame"),
                 Ok(Frame::Arbiter { .. }) => String::from("the secondary sent an arbiter frame"),
-                Err(e) if ty == ft_lockstep::FRAME_HEARTBEAT => {
-                    // A heartbeat carries nothing to act on: a bad one is
-                    // logged and dropped (its arrival still shows the
-                    // twin alive: the channel authenticated it).
-                    self.bad_heartbeat(&e);
-                    continue;
-                }
+                Ok(Frame::Heartbeat { .. }) => continue,
                 Err(e) => alloc::format!("bad frame from the secondary: {e}"),
             };
             return self.lose(t, why);
         }
-        if self.chan.is_closed() {
-            let why = self
-                .chan
-                .close_reason()
-                .map(|r| alloc::format!("{} lost: link closed: {r}", self.twin()))
-                .unwrap_or_else(|| alloc::format!("{} lost: link closed", self.twin()));
-            return self.lose(t, why);
-        }
-        if let Some(why) = self.silent(now) {
-            let why = alloc::format!("{} lost: {why}", self.twin());
+        if let Some(why) = self.gone(now) {
             return self.lose(t, why);
         }
         let poll = crate::vmm::ft_poll(&self.vm);
@@ -544,8 +546,10 @@ impl Link {
         let now = t.now;
         let mut got_log = false;
         while let Some((ty, p)) = self.chan.recv(t.stack) {
-            self.detector.heard(now);
-            let why = match ft_lockstep::decode(ty, &p) {
+            let Some(frame) = self.receive(ty, &p, now) else {
+                continue;
+            };
+            let why = match frame {
                 Ok(Frame::Log { first, records }) => {
                     match crate::vmm::ft_push(&self.vm, first, records) {
                         Ok(ack) => {
@@ -556,10 +560,7 @@ impl Link {
                         Err(e) => alloc::format!("bad log from the primary: {e}"),
                     }
                 }
-                Ok(Frame::Heartbeat { seq }) => {
-                    self.heard_heartbeat(seq);
-                    continue;
-                }
+                Ok(Frame::Heartbeat { .. }) => continue,
                 Ok(Frame::Arbiter {
                     witness,
                     generation,
@@ -578,27 +579,11 @@ impl Link {
                     )
                 }
                 Ok(Frame::Ack(_)) => String::from("the primary sent an acknowledgement"),
-                Err(e) if ty == ft_lockstep::FRAME_HEARTBEAT => {
-                    // A heartbeat carries nothing to act on: a bad one is
-                    // logged and dropped (its arrival still shows the
-                    // twin alive: the channel authenticated it).
-                    self.bad_heartbeat(&e);
-                    continue;
-                }
                 Err(e) => alloc::format!("bad frame from the primary: {e}"),
             };
             return self.discard(t.stack, &why);
         }
-        if self.chan.is_closed() {
-            let why = self
-                .chan
-                .close_reason()
-                .map(|r| alloc::format!("{} lost: link closed: {r}", self.twin()))
-                .unwrap_or_else(|| alloc::format!("{} lost: link closed", self.twin()));
-            return self.lose(t, why);
-        }
-        if let Some(why) = self.silent(now) {
-            let why = alloc::format!("{} lost: {why}", self.twin());
+        if let Some(why) = self.gone(now) {
             return self.lose(t, why);
         }
         let poll = crate::vmm::ft_poll(&self.vm);
@@ -782,58 +767,43 @@ impl FtService {
                 ));
                 return Some(false);
             }
-            let Some(witness) = c.witness else {
-                return match start_copy(c, t) {
-                    Ok(out) => {
-                        c.stage = Stage::Copying(out);
-                        None
-                    }
-                    Err(()) => Some(false),
+            if let Some(witness) = c.witness {
+                // Every way the witness can fail ends the start the same way.
+                let refused = |why: core::fmt::Arguments<'_>| {
+                    async_line(format_args!(
+                        "error: ft: {vm}: witness {witness} {why}; {vm} keeps running unprotected"
+                    ));
+                    Some(false)
                 };
-            };
-            if call.is_none() {
-                match Call::start(t, witness, &WitnessFrame::Begin { vm: vm.clone() }) {
-                    Ok(k) => *call = Some(k),
-                    Err(e) => {
-                        async_line(format_args!(
-                            "error: ft: {vm}: witness {witness} unreachable: {e}; {vm} keeps running unprotected"
-                        ));
-                        return Some(false);
+                if call.is_none() {
+                    match Call::start(t, witness, &WitnessFrame::Begin { vm: vm.clone() }) {
+                        Ok(k) => *call = Some(k),
+                        Err(e) => return refused(format_args!("unreachable: {e}")),
                     }
                 }
-            }
-            let answer = call.as_mut()?.poll(t)?;
-            if let Some(k) = call.take() {
-                k.release(t.stack);
-            }
-            match answer {
-                Ok(WitnessFrame::Begun { vm: v, generation }) if v == vm && generation > 0 => {
-                    c.generation = generation;
+                let answer = call.as_mut()?.poll(t)?;
+                if let Some(k) = call.take() {
+                    k.release(t.stack);
                 }
-                Ok(WitnessFrame::Begun { generation: 0, .. }) => {
-                    async_line(format_args!(
-                        "error: ft: {vm}: witness {witness} refused: it keeps too many guests; {vm} keeps running unprotected"
-                    ));
-                    return Some(false);
-                }
-                Ok(_) => {
-                    async_line(format_args!(
-                        "error: ft: {vm}: witness {witness} gave a wrong answer; {vm} keeps running unprotected"
-                    ));
-                    return Some(false);
-                }
-                Err(e) => {
-                    async_line(format_args!(
-                        "error: ft: {vm}: witness {witness} unreachable: {e}; {vm} keeps running unprotected"
-                    ));
-                    return Some(false);
+                match answer {
+                    Ok(WitnessFrame::Begun { vm: v, generation }) if v == vm && generation > 0 => {
+                        c.generation = generation;
+                    }
+                    Ok(WitnessFrame::Begun { generation: 0, .. }) => {
+                        return refused(format_args!("refused: it keeps too many guests"));
+                    }
+                    Ok(_) => return refused(format_args!("gave a wrong answer")),
+                    Err(e) => return refused(format_args!("unreachable: {e}")),
                 }
             }
-            match start_copy(c, t) {
-                Ok(out) => c.stage = Stage::Copying(out),
-                Err(()) => return Some(false),
-            }
-            return None;
+            // A generation granted (or no witness): the copy starts.
+            return match start_copy(c, t) {
+                Ok(out) => {
+                    c.stage = Stage::Copying(out);
+                    None
+                }
+                Err(()) => Some(false),
+            };
         }
         let Stage::Copying(out) = &mut c.stage else {
             return None;
@@ -885,7 +855,7 @@ impl FtService {
                 };
                 let mut link = Link::new(vm, Side::Primary, alloc::format!("{}", c.peer), chan);
                 link.arbiter = Some(info);
-                link.port = c.port;
+                link.resync_to = Some((c.peer, c.port));
                 link.send(&Frame::Arbiter {
                     witness: info.witness.map(|w| w.octets()),
                     generation: info.generation,
@@ -917,7 +887,7 @@ impl FtService {
         side: Side,
         outcome: Outcome,
         peer: &str,
-        port: u16,
+        resync_to: Option<(Ipv4Address, u16)>,
         info: Option<ArbiterInfo>,
     ) {
         let now = crate::arch::time::now_us();
@@ -936,7 +906,7 @@ impl FtService {
                 h.divergences += 1;
                 h.unprotected(now);
                 h.event(now, alloc::format!("divergence on {peer}"));
-                if let Ok(addr) = netstack::stack::parse_ipv4(peer) {
+                if let Some((addr, port)) = resync_to {
                     let witness = info.and_then(|i| i.witness);
                     self.copies.push(Copy::new(vm, addr, port, witness, true));
                 }
@@ -1019,7 +989,14 @@ impl Service for FtService {
         while i < self.links.len() {
             let l = &mut self.links[i];
             if let (true, Some(o)) = (l.closed, l.outcome.take()) {
-                ended.push((l.vm.clone(), l.side, o, l.peer.clone(), l.port, l.arbiter));
+                ended.push((
+                    l.vm.clone(),
+                    l.side,
+                    o,
+                    l.peer.clone(),
+                    l.resync_to,
+                    l.arbiter,
+                ));
             }
             if l.closed && (l.chan.is_closed() || now >= l.release_at) {
                 let l = self.links.swap_remove(i);
@@ -1028,8 +1005,8 @@ impl Service for FtService {
                 i += 1;
             }
         }
-        for (vm, side, o, peer, port, info) in ended {
-            self.ended(&vm, side, o, &peer, port, info);
+        for (vm, side, o, peer, resync_to, info) in ended {
+            self.ended(&vm, side, o, &peer, resync_to, info);
         }
         let busy = !self.copies.is_empty()
             || !self.links.is_empty()
