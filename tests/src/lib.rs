@@ -44,6 +44,7 @@ pub mod image;
 pub mod link;
 pub mod machine;
 pub mod peer;
+pub mod random;
 pub mod slots;
 pub mod sockets;
 

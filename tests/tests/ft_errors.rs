@@ -24,6 +24,7 @@ use common::{KEY, OTHER_KEY, bochs_on, caps, num};
 use ft_lockstep::{Ack, FRAME_ACK, FRAME_END, FRAME_LOG, Frame};
 use hv_tests::hubpeer::HubPeer;
 use hv_tests::peer::HostPeer;
+use hv_tests::random::XorShift;
 use hv_tests::regex::Regex;
 use hv_tests::{Link, Machine, secs};
 use migrate::dest::{Dest, DestAction, DestHost};
@@ -254,7 +255,7 @@ fn bochs_ft_enable_errors_leave_the_guest_running() {
         ),
         (
             "a Hello, then garbage as Pages",
-            vec![(hello_ty, hello), (36, garbage(&mut 7, 300))],
+            vec![(hello_ty, hello), (36, XorShift::new(7).bytes(300))],
             r"^malformed message from the source: ",
         ),
     ];
@@ -317,18 +318,6 @@ fn bochs_ft_enable_errors_leave_the_guest_running() {
         secs(30),
     );
     a.expect_line(r"sky +(running|halted) +8 MiB ticks +-", secs(30));
-}
-
-/// `n` pseudo-random bytes from the xorshift state `seed`.
-fn garbage(seed: &mut u64, n: usize) -> Vec<u8> {
-    (0..n)
-        .map(|_| {
-            *seed ^= *seed << 13;
-            *seed ^= *seed >> 7;
-            *seed ^= *seed << 17;
-            *seed as u8
-        })
-        .collect()
 }
 
 /// The `x86-64` CPU profile, which every VT-x host here can offer.
@@ -867,7 +856,7 @@ fn qemu_ft_listener_survives_garbage_and_wrong_keys() {
     // The key, then FT frames (48..=50), well-formed or not, before any
     // Hello; an unknown type; a Hello (refused here: no VT-x), then garbage.
     let key = Key::from_hex(KEY).unwrap();
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut seed = XorShift::new(0x9e37_79b9_7f4a_7c15);
     let ((hello_ty, hello), log) = hello_and_empty_log();
     let cases: Vec<(&str, Vec<RawFrame>, &str)> = vec![
         (
@@ -889,27 +878,27 @@ fn qemu_ft_listener_survives_garbage_and_wrong_keys() {
         ),
         (
             "garbage as a log frame",
-            vec![(FRAME_LOG, garbage(&mut seed, 5000))],
+            vec![(FRAME_LOG, seed.bytes(5000))],
             r"unknown migration message type 48",
         ),
         (
             "garbage as an acknowledgement",
-            vec![(FRAME_ACK, garbage(&mut seed, 40))],
+            vec![(FRAME_ACK, seed.bytes(40))],
             r"unknown migration message type 49",
         ),
         (
             "garbage as an End",
-            vec![(FRAME_END, garbage(&mut seed, 300))],
+            vec![(FRAME_END, seed.bytes(300))],
             r"unknown migration message type 50",
         ),
         (
             "an unknown frame type",
-            vec![(200, garbage(&mut seed, 64))],
+            vec![(200, seed.bytes(64))],
             r"unknown migration message type 200",
         ),
         (
             "a Hello (refused: no VT-x here), then garbage",
-            vec![(hello_ty, hello), (FRAME_LOG, garbage(&mut seed, 100))],
+            vec![(hello_ty, hello), (FRAME_LOG, seed.bytes(100))],
             r"VT-x is not available",
         ),
     ];

@@ -18,6 +18,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{KEY, bochs_on};
+use hv_tests::random::{XorShift, spread};
 use hv_tests::{Link, Machine, secs};
 
 /// The three hosts: primary, secondary (Bochs, VT-x) and the witness.
@@ -98,9 +99,9 @@ pub fn protect_dirty(t: &mut Trio) {
     println!("{}", done.text.trim());
 }
 
-/// A small deterministic generator (xorshift), seeded from
-/// `HV_FT_SEED` or the clock; the seed is printed so a run can be redone.
-pub struct Rng(u64);
+/// The kill times: seeded from `HV_FT_SEED` or the clock; the seed is
+/// printed so a run can be redone.
+pub struct Rng(XorShift);
 
 impl Default for Rng {
     fn default() -> Self {
@@ -120,15 +121,12 @@ impl Rng {
             })
             | 1;
         println!("random seed {seed} (HV_FT_SEED={seed} redoes these kill times)");
-        Rng(seed)
+        Rng(XorShift::new(seed))
     }
 
     /// Uniform in `lo..hi` milliseconds.
     pub fn ms(&mut self, lo: u64, hi: u64) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        Duration::from_millis(lo + self.0 % (hi - lo).max(1))
+        Duration::from_millis(lo + self.0.next_u64() % (hi - lo).max(1))
     }
 }
 
@@ -210,16 +208,6 @@ pub fn kill_primary_and_check(t: &mut Trio, after: Duration) -> Failover {
     f
 }
 
-/// `values` sorted: "min / p50 / p90 / max".
-fn spread(mut values: Vec<u64>) -> String {
-    values.sort_unstable();
-    if values.is_empty() {
-        return String::from("-");
-    }
-    let at = |q: usize| values[(values.len() - 1) * q / 100];
-    format!("{} / {} / {} / {}", at(0), at(50), at(90), at(100))
-}
-
 /// The primary killed at random points. `HV_FT_RUNS` runs (default 3:
 /// what `cargo xtask test` runs; `cargo xtask campaign ft --runs N` sets
 /// more), each on three fresh hosts; every run is checked, the summary
@@ -258,22 +246,24 @@ fn bochs_ft_failover_primary_killed_at_random_points() {
         }
     }
     println!("ft campaign: {runs} runs, {} failed", failed.len());
+    // min / p50 / p90 / max
+    const Q: &[usize] = &[0, 50, 90, 100];
     println!(
         "  failover, kill to first guest line on the secondary (ms, min / p50 / p90 / max): {}",
-        spread(ok.iter().map(|f| f.first_line_ms).collect())
+        spread(&ok.iter().map(|f| f.first_line_ms).collect::<Vec<_>>(), Q)
     );
     println!(
         "  kill to `live here` (ms): {}",
-        spread(ok.iter().map(|f| f.live_ms).collect())
+        spread(&ok.iter().map(|f| f.live_ms).collect::<Vec<_>>(), Q)
     );
     println!(
         "  the secondary's own figure, last frame to live (ms): {}",
-        spread(ok.iter().map(|f| f.reported_ms).collect())
+        spread(&ok.iter().map(|f| f.reported_ms).collect::<Vec<_>>(), Q)
     );
     println!(
         "  records drained: {}; counts repeated: {}",
-        spread(ok.iter().map(|f| f.drained).collect()),
-        spread(ok.iter().map(|f| f.repeated).collect())
+        spread(&ok.iter().map(|f| f.drained).collect::<Vec<_>>(), Q),
+        spread(&ok.iter().map(|f| f.repeated).collect::<Vec<_>>(), Q)
     );
     if let Some((run, why)) = failed.first() {
         panic!("{} of {runs} runs failed; run {run}: {why}", failed.len());

@@ -144,13 +144,7 @@ const SETTLED: Duration = Duration::from_millis(2500);
 
 fn garbage_bytes(seed: u64) -> Vec<u8> {
     let mut out = b"GET /migrate HTTP/1.1\r\nHost: 10.0.0.2\r\n\r\n".to_vec();
-    let mut x = seed | 1;
-    for _ in 0..256 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.push(x as u8);
-    }
+    out.extend(hv_tests::random::XorShift::new(seed).bytes(256));
     out
 }
 

@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use hv_tests::random::{XorShift, spread};
 use hv_tests::{Link, Machine};
 
 use crate::Result;
@@ -128,27 +129,16 @@ fn one_kill(t: &mut Trio, after: Duration) -> Result<Run> {
     })
 }
 
-fn spread(mut v: Vec<u64>) -> String {
-    v.sort_unstable();
-    if v.is_empty() {
-        return "-".into();
-    }
-    let at = |q: usize| v[(v.len() - 1) * q / 100];
-    format!("{} / {} / {}", at(0), at(50), at(100))
-}
-
 /// The failover figures: `runs` kills, then a check's cost and a re-sync.
 pub fn main(runs: usize) -> Result {
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(7, |d| d.as_nanos() as u64)
-        | 1;
+    let mut rng = XorShift::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(7, |d| d.as_nanos() as u64),
+    );
     let mut out = Vec::new();
     for run in 1..=runs {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let after = Duration::from_millis(2_000 + seed % 10_000);
+        let after = Duration::from_millis(2_000 + rng.next_u64() % 10_000);
         eprintln!("xtask: bench ft: failover run {run}/{runs}, kill after {after:?}");
         let r = trio().and_then(|mut t| one_kill(&mut t, after));
         match r {
@@ -197,27 +187,45 @@ pub fn main(runs: usize) -> Result {
     println!("                                              min / p50 / max");
     println!(
         "  kill to first guest line on the secondary   {} ms (wall)",
-        spread(out.iter().map(|r| r.first_line_ms).collect())
+        spread(
+            &out.iter().map(|r| r.first_line_ms).collect::<Vec<_>>(),
+            &[0, 50, 100]
+        )
     );
     println!(
         "  kill to `live here`                         {} ms (wall)",
-        spread(out.iter().map(|r| r.live_ms).collect())
+        spread(
+            &out.iter().map(|r| r.live_ms).collect::<Vec<_>>(),
+            &[0, 50, 100]
+        )
     );
     println!(
         "  detection: last frame to declared lost      {} ms (emulated)",
-        spread(out.iter().map(|r| r.detect_ms).collect())
+        spread(
+            &out.iter().map(|r| r.detect_ms).collect::<Vec<_>>(),
+            &[0, 50, 100]
+        )
     );
     println!(
         "  drain + witness + go-live                   {} ms (emulated)",
-        spread(out.iter().map(|r| r.decide_ms).collect())
+        spread(
+            &out.iter().map(|r| r.decide_ms).collect::<Vec<_>>(),
+            &[0, 50, 100]
+        )
     );
     println!(
         "  records drained                             {}",
-        spread(out.iter().map(|r| r.drained).collect())
+        spread(
+            &out.iter().map(|r| r.drained).collect::<Vec<_>>(),
+            &[0, 50, 100]
+        )
     );
     println!(
         "  lines re-emitted                            {}",
-        spread(out.iter().map(|r| r.reemitted).collect())
+        spread(
+            &out.iter().map(|r| r.reemitted).collect::<Vec<_>>(),
+            &[0, 50, 100]
+        )
     );
     println!("divergence check: {check}");
     println!("re-protection (re-sync after ft flip): {resync}");
